@@ -1,0 +1,10 @@
+//! The Azure IoT Hub wire vocabulary shared by the emulator and the Rust clients.
+//!
+//! Kept free of I/O so both sides of the wire use one definition of each rule.
+
+pub mod connection_string;
+pub mod registry;
+pub mod sas;
+
+pub use connection_string::{ConnectionStringError, DeviceConnectionString, ServiceConnectionString};
+pub use sas::{SasParseError, SasSignError, SasToken, generate_token};

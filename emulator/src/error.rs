@@ -1,0 +1,104 @@
+//! `HubError`, the hub's one error type, and the one table that maps each error to the wire:
+//! HTTP status, the hub's symbolic `ErrorCode` and its six-digit number, and the MQTT CONNACK code.
+
+/// An error the hub reports to a caller. The text is safe to show: it never contains keys or tokens.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HubError {
+    #[error("{0}")]
+    ArgumentInvalid(String),
+    #[error("{0}")]
+    ArgumentNull(String),
+    #[error("{0}")]
+    FormatError(String),
+    #[error("{0}")]
+    InvalidProtocolVersion(String),
+    #[error("Unauthorized")]
+    Unauthorized,
+    #[error("Device {0} not found")]
+    DeviceNotFound(String),
+    #[error("Device {0} is disabled")]
+    DeviceDisabled(String),
+    #[error("A device with ID '{0}' is already registered.")]
+    DeviceAlreadyExists(String),
+    #[error("{0}")]
+    PreconditionFailed(String),
+    #[error("{0}")]
+    MessageTooLarge(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    #[error("{0}")]
+    ServerError(String),
+    #[error("{0}")]
+    ServiceUnavailable(String),
+}
+
+/// How one error appears on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WireError {
+    /// HTTP status code.
+    pub status: u16,
+    /// Symbolic name, as in `ErrorCode:<name>;` and the `iothub-errorcode` header.
+    pub code: &'static str,
+    /// Six-digit numeric code (HTTP status followed by three digits).
+    pub number: u32,
+    /// MQTT 3.1.1 CONNACK return code when this error refuses a connection.
+    pub connack: u8,
+}
+
+impl HubError {
+    /// The wire form of this error. This is the only place that decides statuses and codes
+    /// (sources: wire-spec C.0.6 error-code table).
+    pub fn wire(&self) -> WireError {
+        const fn w(status: u16, code: &'static str, number: u32, connack: u8) -> WireError {
+            WireError { status, code, number, connack }
+        }
+        match self {
+            Self::ArgumentInvalid(_) => w(400, "ArgumentInvalid", 400004, 3),
+            Self::ArgumentNull(_) => w(400, "ArgumentNull", 400005, 3),
+            Self::FormatError(_) => w(400, "IotHubFormatError", 400006, 3),
+            Self::InvalidProtocolVersion(_) => w(400, "InvalidProtocolVersion", 400001, 1),
+            Self::Unauthorized => w(401, "IotHubUnauthorizedAccess", 401002, 5),
+            Self::DeviceNotFound(_) => w(404, "DeviceNotFound", 404001, 5),
+            // A disabled device is refused like a bad credential (wire-spec H.5).
+            Self::DeviceDisabled(_) => w(401, "IotHubUnauthorizedAccess", 401002, 5),
+            Self::DeviceAlreadyExists(_) => w(409, "DeviceAlreadyExists", 409001, 3),
+            Self::PreconditionFailed(_) => w(412, "PreconditionFailed", 412001, 3),
+            Self::MessageTooLarge(_) => w(413, "MessageTooLarge", 413001, 3),
+            Self::NotFound(_) => w(404, "NotFound", 404000, 3),
+            Self::MethodNotAllowed(_) => w(405, "MethodNotAllowed", 405000, 3),
+            Self::ServerError(_) => w(500, "ServerError", 500001, 3),
+            Self::ServiceUnavailable(_) => w(503, "ServiceUnavailable", 503001, 3),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_start_with_the_http_status() {
+        let all = [
+            HubError::ArgumentInvalid(String::new()),
+            HubError::ArgumentNull(String::new()),
+            HubError::FormatError(String::new()),
+            HubError::InvalidProtocolVersion(String::new()),
+            HubError::Unauthorized,
+            HubError::DeviceNotFound(String::new()),
+            HubError::DeviceDisabled(String::new()),
+            HubError::DeviceAlreadyExists(String::new()),
+            HubError::PreconditionFailed(String::new()),
+            HubError::MessageTooLarge(String::new()),
+            HubError::NotFound(String::new()),
+            HubError::MethodNotAllowed(String::new()),
+            HubError::ServerError(String::new()),
+            HubError::ServiceUnavailable(String::new()),
+        ];
+        for error in all {
+            let wire = error.wire();
+            assert_eq!(wire.number / 1000, u32::from(wire.status), "{error:?}");
+        }
+    }
+}

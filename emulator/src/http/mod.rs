@@ -1,0 +1,71 @@
+//! The HTTPS service API: the axum router over the hub, and the connection handling behind the TLS listener.
+
+mod registry;
+mod request;
+mod response;
+mod twins;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::Method;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+use tokio_util::sync::CancellationToken;
+use tower_http::trace::TraceLayer;
+
+pub use registry::{device_to_wire, spec_from_wire};
+pub use response::{ApiError, ERROR_CODE_HEADER, JSON_CONTENT_TYPE};
+
+use crate::error::HubError;
+use crate::hub::Hub;
+use crate::limits;
+
+/// The service REST API over `hub`.
+pub fn router(hub: Arc<Hub>) -> Router {
+    Router::new()
+        .route("/devices", get(registry::list_devices))
+        .route("/devices/", get(registry::list_devices))
+        .route("/devices/{id}", get(registry::get_device).put(registry::put_device).delete(registry::delete_device))
+        .route("/twins/{id}", get(twins::get_twin))
+        .route("/statistics/devices", get(registry::registry_statistics))
+        .route("/statistics/service", get(registry::service_statistics))
+        .route_layer(axum::middleware::from_fn(request::require_api_version))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(limits::MAX_HTTP_BODY_BYTES))
+        .layer(TraceLayer::new_for_http())
+        .with_state(hub)
+}
+
+async fn not_found(method: Method, uri: axum::http::Uri) -> Response {
+    ApiError(HubError::NotFound(format!("{method} {} is not an IoT Hub API", uri.path()))).into_response()
+}
+
+async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> Response {
+    ApiError(HubError::MethodNotAllowed(format!("{method} is not supported on {}", uri.path()))).into_response()
+}
+
+/// Serves HTTP/1.1 (with upgrades, for MQTT over WebSockets) and HTTP/2 on one TLS connection until it ends or
+/// `shutdown` fires, in which case in-flight requests finish first.
+pub async fn serve_connection(stream: TlsStream<TcpStream>, app: Router, shutdown: CancellationToken) {
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(app));
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        () = shutdown.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(error) = result {
+        tracing::debug!(%error, "HTTP connection ended with an error");
+    }
+}

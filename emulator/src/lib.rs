@@ -1,0 +1,331 @@
+//! iothub-emulator: a local Azure IoT Hub that real SDKs can talk to.
+//!
+//! The same hub the binary runs can be started in-process, which is how tests use it:
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), iothub_emulator::StartError> {
+//! let emulator = iothub_emulator::Emulator::builder().start().await?;
+//! println!("{} trusts {}", emulator.service_connection_string(), emulator.ca_pem().len());
+//! emulator.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+pub mod auth;
+pub mod clock;
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod http;
+pub mod hub;
+pub mod limits;
+mod listener;
+mod seed;
+pub mod store;
+pub mod tls;
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use iothub_proto::{DeviceConnectionString, ServiceConnectionString};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::Config;
+pub use error::HubError;
+pub use hub::Hub;
+
+use auth::{OWNER_POLICY, Policies, PolicyError};
+use clock::SharedClock;
+use store::{Loaded, Store, StoreError};
+use tls::{LocalCa, TlsError};
+
+/// Why the emulator could not start. Each message says what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot use the data dir {path}: {source}")]
+    DataDir { path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Policies(#[from] PolicyError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("seed file {path}: {detail}")]
+    Seed { path: PathBuf, detail: String },
+    #[error("{0}")]
+    Bind(String),
+}
+
+/// Entry point for starting an emulator.
+pub struct Emulator;
+
+impl Emulator {
+    /// A builder with the library defaults: loopback, ephemeral ports, host `localhost`, nothing on disk.
+    pub fn builder() -> EmulatorBuilder {
+        EmulatorBuilder { config: Config::default() }
+    }
+}
+
+/// Configures and starts an emulator.
+#[derive(Debug, Clone)]
+pub struct EmulatorBuilder {
+    config: Config,
+}
+
+impl EmulatorBuilder {
+    /// Starts from a whole configuration.
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Address to listen on.
+    pub fn bind(mut self, ip: std::net::IpAddr) -> Self {
+        self.config.bind = ip;
+        self
+    }
+
+    /// HTTPS port (0: any free port).
+    pub fn https_port(mut self, port: u16) -> Self {
+        self.config.https_port = port;
+        self
+    }
+
+    /// MQTT/TLS port (0: any free port).
+    pub fn mqtt_port(mut self, port: u16) -> Self {
+        self.config.mqtt_port = port;
+        self
+    }
+
+    /// The hub's host name.
+    pub fn host_name(mut self, name: impl Into<String>) -> Self {
+        self.config.host_name = name.into();
+        self
+    }
+
+    /// Keep the CA, keys and registry in `dir` (registry persisted unless `in_memory(true)`).
+    pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.config.data_dir = Some(dir.into());
+        self.config.in_memory = false;
+        self
+    }
+
+    /// Keep hub state in memory only.
+    pub fn in_memory(mut self, in_memory: bool) -> Self {
+        self.config.in_memory = in_memory;
+        self
+    }
+
+    /// Devices to create at start.
+    pub fn seed_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.config.seed = Some(path.into());
+        self
+    }
+
+    /// The clock the hub uses (tests pass a `TokioClock`).
+    pub fn clock(mut self, clock: SharedClock) -> Self {
+        self.config.clock = clock;
+        self
+    }
+
+    /// Starts the hub: loads or makes the CA, keys and registry, binds both listeners and serves.
+    pub async fn start(self) -> Result<RunningEmulator, StartError> {
+        start(self.config).await
+    }
+}
+
+/// A running emulator: where it listens, how to trust and reach it, and how to stop it.
+pub struct RunningEmulator {
+    hub: Arc<Hub>,
+    https_addr: SocketAddr,
+    mqtt_addr: SocketAddr,
+    ca_pem: String,
+    ca_path: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    durable: bool,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+}
+
+async fn start(config: Config) -> Result<RunningEmulator, StartError> {
+    let (ca, policies, store, loaded) = match &config.data_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).map_err(|source| StartError::DataDir { path: dir.clone(), source })?;
+            let ca = LocalCa::load_or_create(dir)?;
+            let policies = Policies::load_or_create(dir)?;
+            let (store, loaded) =
+                if config.in_memory { (Store::memory(), Loaded::default()) } else { Store::open(&dir.join(config::STORE_FILE))? };
+            (ca, policies, store, loaded)
+        }
+        None => (LocalCa::generate()?, Policies::generate(), Store::memory(), Loaded::default()),
+    };
+    let durable = store.is_durable();
+    let hub = Arc::new(Hub::new(config.host_name.clone(), policies, config.clock.clone(), store, loaded));
+    if let Some(path) = &config.seed {
+        seed::apply(&hub, path).await.map_err(|detail| StartError::Seed { path: path.clone(), detail })?;
+    }
+
+    let host_names = vec![config.host_name.clone(), config.bind.to_string()];
+    let https_tls = ca.server_config(&host_names, &[b"http/1.1"])?;
+    let mqtt_tls = ca.server_config(&host_names, &[])?;
+    let https_listener = bind(config.bind, config.https_port, "HTTPS", "--https-port / IOTHUB_EMULATOR_HTTPS_PORT").await?;
+    let mqtt_listener = bind(config.bind, config.mqtt_port, "MQTT", "--mqtt-port / IOTHUB_EMULATOR_MQTT_PORT").await?;
+    let https_addr = local_addr(&https_listener)?;
+    let mqtt_addr = local_addr(&mqtt_listener)?;
+
+    let shutdown = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let app = http::router(hub.clone());
+    {
+        let shutdown_for_conns = shutdown.clone();
+        tracker.spawn(listener::accept_tls(
+            https_listener,
+            TlsAcceptor::from(https_tls),
+            shutdown.clone(),
+            tracker.clone(),
+            move |stream, _peer| http::serve_connection(stream, app.clone(), shutdown_for_conns.clone()),
+        ));
+    }
+    tracker.spawn(listener::accept_tls(
+        mqtt_listener,
+        TlsAcceptor::from(mqtt_tls),
+        shutdown.clone(),
+        tracker.clone(),
+        |_stream, peer| async move {
+            tracing::debug!(%peer, "MQTT connection accepted");
+        },
+    ));
+    tracing::info!(%https_addr, %mqtt_addr, host = %config.host_name, "listening");
+    Ok(RunningEmulator {
+        hub,
+        https_addr,
+        mqtt_addr,
+        ca_pem: ca.cert_pem().to_owned(),
+        ca_path: ca.cert_path().map(Path::to_path_buf),
+        data_dir: config.data_dir.clone(),
+        durable,
+        shutdown,
+        tracker,
+    })
+}
+
+fn local_addr(listener: &TcpListener) -> Result<SocketAddr, StartError> {
+    listener.local_addr().map_err(|e| StartError::Bind(format!("cannot read the listening address: {e}")))
+}
+
+/// Binds a listener, turning the common failures into advice.
+async fn bind(ip: std::net::IpAddr, port: u16, what: &str, flag: &str) -> Result<TcpListener, StartError> {
+    let addr = SocketAddr::new(ip, port);
+    TcpListener::bind(addr).await.map_err(|error| {
+        let advice = match error.kind() {
+            io::ErrorKind::PermissionDenied => format!(
+                "permission denied: ports below 1024 need root or the CAP_NET_BIND_SERVICE capability. Either pick \
+                 another port ({flag}), or allow low ports, e.g. `sudo setcap cap_net_bind_service=+ep <path to \
+                 iothub-emulator>` or `sudo sysctl net.ipv4.ip_unprivileged_port_start=443`. (Unmodified Azure SDKs \
+                 dial 443 and 8883; see the README for clients on other ports.)"
+            ),
+            io::ErrorKind::AddrInUse => {
+                format!("port {port} is already in use (another emulator?). Stop that process or pick another port ({flag})")
+            }
+            io::ErrorKind::AddrNotAvailable => format!("{ip} is not an address of this machine (--bind)"),
+            _ => error.to_string(),
+        };
+        StartError::Bind(format!("cannot listen for {what} on {addr}: {advice}"))
+    })
+}
+
+impl RunningEmulator {
+    /// The hub itself, for in-process inspection.
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
+    /// Where the HTTPS service API listens.
+    pub fn https_addr(&self) -> SocketAddr {
+        self.https_addr
+    }
+
+    /// Where the MQTT/TLS device endpoint listens.
+    pub fn mqtt_addr(&self) -> SocketAddr {
+        self.mqtt_addr
+    }
+
+    /// The CA certificate (PEM) that clients must trust.
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
+    /// Where the CA certificate file is, when a data dir is used.
+    pub fn ca_path(&self) -> Option<&Path> {
+        self.ca_path.as_deref()
+    }
+
+    /// The data dir, if any.
+    pub fn data_dir(&self) -> Option<&Path> {
+        self.data_dir.as_deref()
+    }
+
+    /// True when the registry survives a restart.
+    pub fn is_durable(&self) -> bool {
+        self.durable
+    }
+
+    /// The hub's host name.
+    pub fn host_name(&self) -> &str {
+        self.hub.host_name()
+    }
+
+    /// The connection string of the `iothubowner` policy.
+    pub fn service_connection_string(&self) -> String {
+        self.policy_connection_string(OWNER_POLICY).unwrap_or_default()
+    }
+
+    /// The connection string of the named policy, if it exists.
+    pub fn policy_connection_string(&self, policy: &str) -> Option<String> {
+        let policy = self.hub.policies().get(policy)?;
+        Some(
+            ServiceConnectionString {
+                host_name: self.hub.host_name().to_owned(),
+                key_name: policy.key_name.clone(),
+                key: policy.primary_key.clone(),
+            }
+            .to_string(),
+        )
+    }
+
+    /// The connection string of a registered SAS device.
+    pub fn device_connection_string(&self, device_id: &str) -> Result<String, HubError> {
+        let device = self.hub.get_device(device_id)?;
+        let key = device.authentication.primary_key.clone().ok_or_else(|| {
+            HubError::ArgumentInvalid(format!("device '{device_id}' does not use SAS authentication"))
+        })?;
+        Ok(DeviceConnectionString {
+            host_name: self.hub.host_name().to_owned(),
+            device_id: device_id.to_owned(),
+            key,
+            gateway_host_name: None,
+        }
+        .to_string())
+    }
+
+    /// Stops accepting, lets in-flight requests finish (up to 5 s), and waits for pending writes.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(Duration::from_secs(5), self.tracker.wait()).await.is_err() {
+            tracing::warn!("some connections did not close within 5 s");
+        }
+        self.hub.close().await;
+    }
+}
+
+impl Drop for RunningEmulator {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}

@@ -1,0 +1,19 @@
+//! Every hub limit the emulator enforces, as a named constant, with where the number comes from.
+
+/// Longest device or module id (wire-spec C.0.4, swagger `Twin.deviceId`).
+pub const MAX_DEVICE_ID_LEN: usize = 128;
+/// Longest `statusReason` (swagger `Device.statusReason`).
+pub const MAX_STATUS_REASON_LEN: usize = 128;
+/// Symmetric keys must decode to 16..=64 bytes (the hub refuses shorter and longer keys).
+pub const MIN_KEY_BYTES: usize = 16;
+pub const MAX_KEY_BYTES: usize = 64;
+/// Bytes of randomness in a generated key (44 base64 characters, as the hub makes them).
+pub const GENERATED_KEY_BYTES: usize = 32;
+/// `GET /devices?top=` outside 1..=1000 is treated as 1000 (swagger `Devices_GetDevices`).
+pub const MAX_DEVICES_LIST: usize = 1000;
+/// Largest HTTP request body accepted; well above the largest legal twin or method payload.
+pub const MAX_HTTP_BODY_BYTES: usize = 256 * 1024;
+/// A TLS handshake (or the first MQTT packet) that takes longer than this is dropped (slow-loris guard).
+pub const HANDSHAKE_TIMEOUT_SECS: u64 = 10;
+/// Longest accepted `Authorization` header.
+pub const MAX_AUTH_HEADER_LEN: usize = iothub_proto::sas::MAX_TOKEN_LEN;

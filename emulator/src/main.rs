@@ -1,0 +1,136 @@
+//! The `iothub-emulator` command: starts a local IoT Hub with working defaults and prints how to reach it.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+use clap::Parser;
+use iothub_emulator::clock::SystemClock;
+use iothub_emulator::config::{self, Config};
+use iothub_emulator::{Emulator, RunningEmulator};
+use tracing_subscriber::EnvFilter;
+
+/// A local Azure IoT Hub: MQTT device endpoint and HTTPS service API that the unmodified Azure SDKs accept.
+///
+/// Every option can also be set through the environment variable shown with it. Logs go to stderr and are
+/// filtered with RUST_LOG (default: info).
+#[derive(Debug, Parser)]
+#[command(name = "iothub-emulator", version)]
+struct Cli {
+    /// Address to listen on. Use 0.0.0.0 (or ::) to accept other machines too.
+    #[arg(long, env = "IOTHUB_EMULATOR_BIND", default_value = "127.0.0.1")]
+    bind: IpAddr,
+
+    /// Port of the HTTPS service API. The Node service SDK can only dial 443.
+    #[arg(long, env = "IOTHUB_EMULATOR_HTTPS_PORT", default_value_t = config::DEFAULT_HTTPS_PORT)]
+    https_port: u16,
+
+    /// Port of the MQTT over TLS device endpoint. The Python device SDK can only dial 8883.
+    #[arg(long, env = "IOTHUB_EMULATOR_MQTT_PORT", default_value_t = config::DEFAULT_MQTT_PORT)]
+    mqtt_port: u16,
+
+    /// The hub's host name: HostName in connection strings, and a name in the server certificate. Clients
+    /// must resolve it to this machine.
+    #[arg(long, env = "IOTHUB_EMULATOR_HOSTNAME", default_value = config::DEFAULT_HOST_NAME)]
+    hostname: String,
+
+    /// Where the CA, the policy keys and the registry are kept
+    /// [default: $XDG_DATA_HOME/iothub-emulator or ~/.local/share/iothub-emulator].
+    #[arg(long, env = "IOTHUB_EMULATOR_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+
+    /// Keep devices and twins in memory only: every start begins with an empty hub. The CA and policy keys
+    /// are still kept in the data dir so clients keep trusting the emulator.
+    #[arg(long, env = "IOTHUB_EMULATOR_IN_MEMORY")]
+    in_memory: bool,
+
+    /// JSON file of devices to create at start when missing: {"devices":[{"deviceId":"d1", ...}]}.
+    #[arg(long, env = "IOTHUB_EMULATOR_SEED")]
+    seed: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .init();
+
+    let started = Instant::now();
+    let config = Config {
+        bind: cli.bind,
+        https_port: cli.https_port,
+        mqtt_port: cli.mqtt_port,
+        host_name: cli.hostname.clone(),
+        data_dir: Some(cli.data_dir.clone().unwrap_or_else(config::default_data_dir)),
+        in_memory: cli.in_memory,
+        seed: cli.seed.clone(),
+        clock: Arc::new(SystemClock),
+    };
+    let emulator = match Emulator::builder().config(config).start().await {
+        Ok(emulator) => emulator,
+        Err(error) => {
+            eprintln!("iothub-emulator: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    print_banner(&emulator, started.elapsed().as_secs_f64() * 1000.0);
+
+    wait_for_signal().await;
+    eprintln!("iothub-emulator: shutting down");
+    emulator.shutdown().await;
+    ExitCode::SUCCESS
+}
+
+fn print_banner(emulator: &RunningEmulator, startup_ms: f64) {
+    let host = emulator.host_name();
+    let https = emulator.https_addr();
+    let mqtt = emulator.mqtt_addr();
+    let ca = emulator.ca_path().map(|p| p.display().to_string()).unwrap_or_default();
+    let storage = match (emulator.data_dir(), emulator.is_durable()) {
+        (Some(dir), true) => format!("{} (devices kept across restarts)", dir.display()),
+        (Some(dir), false) => format!("{} (CA and keys only; devices in memory)", dir.display()),
+        (None, _) => "in memory".to_owned(),
+    };
+    println!("iothub-emulator listening ({startup_ms:.0} ms): hub '{host}'");
+    println!("  service API  https://{host}:{} (bound to {https})", https.port());
+    println!("  devices      mqtts://{host}:{} (bound to {mqtt})", mqtt.port());
+    println!("  data         {storage}");
+    println!("  connection string (iothubowner):");
+    println!("    {}", emulator.service_connection_string());
+    println!("  CA certificate: {ca}");
+    println!("  trust it:  Node    NODE_EXTRA_CA_CERTS={ca}");
+    println!("             Python  REQUESTS_CA_BUNDLE={ca} (service); server_verification_cert=open('{ca}').read() or SSL_CERT_FILE={ca} (device)");
+    if https.port() != config::DEFAULT_HTTPS_PORT || mqtt.port() != config::DEFAULT_MQTT_PORT {
+        println!(
+            "  note: unmodified SDKs dial 443 and 8883. Python service SDK: HostName={host}:{}; Node device SDK: GatewayHostName={host}:{}",
+            https.port(),
+            mqtt.port()
+        );
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,206 @@
+//! The redb-backed store: one file, ACID transactions, fsync on commit, and one writer thread doing group commit.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use redb::{Database, DatabaseError, ReadableDatabase as _, ReadableTable as _, TableDefinition};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Loaded, StoreError, Write, decode_device};
+
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const DEVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("devices");
+
+/// The file format this build writes and reads.
+const SCHEMA_VERSION: &[u8] = b"1";
+const SCHEMA_KEY: &str = "schema_version";
+
+/// Most batches folded into one transaction.
+const MAX_GROUP: usize = 4096;
+
+struct Batch {
+    writes: Vec<Write>,
+    done: oneshot::Sender<Result<(), StoreError>>,
+}
+
+pub(super) struct DiskStore {
+    tx: Mutex<Option<mpsc::UnboundedSender<Batch>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl DiskStore {
+    pub(super) fn open(path: &Path) -> Result<(Self, Loaded), StoreError> {
+        let shown = path.display().to_string();
+        let open_error = |detail: String| StoreError::Open { path: shown.clone(), detail };
+        let db = if path.exists() {
+            Database::open(path).map_err(|e| open_error(describe_open_error(e)))?
+        } else {
+            let db = Database::create(path).map_err(|e| open_error(describe_open_error(e)))?;
+            initialise(&db).map_err(|e| open_error(e.to_string()))?;
+            db
+        };
+        let loaded = load(&db, &shown)?;
+        let db = Arc::new(db);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let writer = std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || run_writer(&db, rx))
+            .map_err(|e| open_error(format!("cannot start the writer thread: {e}")))?;
+        Ok((Self { tx: Mutex::new(Some(tx)), writer: Mutex::new(Some(writer)) }, loaded))
+    }
+
+    pub(super) fn submit(&self, writes: Vec<Write>) -> oneshot::Receiver<Result<(), StoreError>> {
+        let (done, rx) = oneshot::channel();
+        let guard = self.tx.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(tx) = guard.as_ref() {
+            // A send error means the writer is gone; dropping `done` then reports Closed to the waiter.
+            let _ = tx.send(Batch { writes, done });
+        }
+        rx
+    }
+
+    pub(super) async fn close(&self) {
+        // Dropping the sender lets the writer drain what is queued and exit.
+        drop(self.tx.lock().unwrap_or_else(|p| p.into_inner()).take());
+        let handle = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(handle) = handle {
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
+    }
+}
+
+fn describe_open_error(error: DatabaseError) -> String {
+    match error {
+        DatabaseError::DatabaseAlreadyOpen => {
+            "it is already open in another process (is another emulator using this data dir?)".into()
+        }
+        DatabaseError::UpgradeRequired(v) => format!("it was written in an older redb format ({v})"),
+        other => format!("{other}; it is not an iothub-emulator data file or it is damaged. Move it away to start with an empty hub"),
+    }
+}
+
+fn initialise(db: &Database) -> Result<(), redb::Error> {
+    let txn = db.begin_write()?;
+    {
+        let mut meta = txn.open_table(META)?;
+        meta.insert(SCHEMA_KEY, SCHEMA_VERSION)?;
+        txn.open_table(DEVICES)?;
+    }
+    txn.commit()?;
+    Ok(())
+}
+
+fn load(db: &Database, shown: &str) -> Result<Loaded, StoreError> {
+    let corrupt = |detail: String| StoreError::Corrupt(format!("{shown}: {detail}"));
+    let read = db.begin_read().map_err(|e| corrupt(e.to_string()))?;
+    let meta = read
+        .open_table(META)
+        .map_err(|_| corrupt("not an iothub-emulator data file (no meta table); move it away to start fresh".into()))?;
+    let version = meta.get(SCHEMA_KEY).map_err(|e| corrupt(e.to_string()))?.map(|v| v.value().to_vec());
+    match version.as_deref() {
+        Some(SCHEMA_VERSION) => {}
+        Some(other) => {
+            return Err(corrupt(format!(
+                "written with data format version {} but this emulator reads version {}; use a matching emulator release",
+                String::from_utf8_lossy(other),
+                String::from_utf8_lossy(SCHEMA_VERSION)
+            )));
+        }
+        None => return Err(corrupt("not an iothub-emulator data file (no schema version)".into())),
+    }
+    let table = read.open_table(DEVICES).map_err(|e| corrupt(e.to_string()))?;
+    let mut loaded = Loaded::default();
+    for entry in table.iter().map_err(|e| corrupt(e.to_string()))? {
+        let (key, value) = entry.map_err(|e| corrupt(e.to_string()))?;
+        loaded.devices.push(decode_device(key.value(), value.value())?);
+    }
+    Ok(loaded)
+}
+
+fn run_writer(db: &Database, mut rx: mpsc::UnboundedReceiver<Batch>) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(batch) => group.push(batch),
+                Err(_) => break,
+            }
+        }
+        let result = commit_group(db, &group).map_err(|e| StoreError::Write(e.to_string()));
+        if let Err(error) = &result {
+            tracing::error!(%error, "commit failed; the affected requests get a server error");
+        }
+        for batch in group {
+            let _ = batch.done.send(result.clone());
+        }
+    }
+}
+
+fn commit_group(db: &Database, group: &[Batch]) -> Result<(), redb::Error> {
+    let txn = db.begin_write()?;
+    {
+        let mut devices = txn.open_table(DEVICES)?;
+        for write in group.iter().flat_map(|b| &b.writes) {
+            match write {
+                Write::PutDevice { id, record } => {
+                    devices.insert(id.as_str(), record.as_slice())?;
+                }
+                Write::DeleteDevice { id } => {
+                    devices.remove(id.as_str())?;
+                }
+            }
+        }
+    }
+    txn.commit()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::registry::{DeviceSpec, create_device};
+    use crate::store::Store;
+
+    #[tokio::test]
+    async fn writes_survive_reopening() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("hub.redb");
+        let now = "2026-01-01T00:00:00Z".parse().expect("time");
+        let device = create_device("d1", &DeviceSpec::default(), now, 1).expect("device");
+        {
+            let (store, loaded) = Store::open(&path).expect("create");
+            assert!(loaded.devices.is_empty());
+            store.submit(vec![Write::put_device(&device)]).durable().await.expect("commit");
+            let gone = create_device("d2", &DeviceSpec::default(), now, 2).expect("device");
+            store.submit(vec![Write::put_device(&gone)]).durable().await.expect("commit");
+            store.submit(vec![Write::DeleteDevice { id: "d2".into() }]).durable().await.expect("commit");
+            store.close().await;
+        }
+        let (_store, loaded) = Store::open(&path).expect("reopen");
+        assert_eq!(loaded.devices, vec![device]);
+    }
+
+    #[test]
+    fn a_foreign_file_is_refused_clearly() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("hub.redb");
+        std::fs::write(&path, b"this is not a database at all, just some text").expect("write");
+        let err = Store::open(&path).err().expect("must refuse");
+        assert!(err.to_string().contains("not an iothub-emulator data file"), "{err}");
+    }
+
+    #[test]
+    fn a_newer_format_is_refused_clearly() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("hub.redb");
+        {
+            let db = Database::create(&path).expect("create");
+            let txn = db.begin_write().expect("txn");
+            txn.open_table(META).expect("meta").insert(SCHEMA_KEY, b"99".as_slice()).expect("insert");
+            txn.commit().expect("commit");
+        }
+        let err = Store::open(&path).err().expect("must refuse");
+        assert!(err.to_string().contains("version 99"), "{err}");
+    }
+}

@@ -1,0 +1,118 @@
+//! Where hub state is kept: in memory only (`--in-memory`, tests), or in a redb file in the data dir.
+//!
+//! The hub keeps its working state in memory and sends every change here; a caller is answered only after
+//! `commit` returns, i.e. after the change is durable. The disk store commits on one writer thread that
+//! gathers whatever changes are waiting into one transaction (group commit), so many concurrent writers share
+//! one fsync.
+
+mod disk;
+
+use std::path::Path;
+
+use tokio::sync::oneshot;
+
+use crate::domain::registry::Device;
+
+/// One change to persist.
+#[derive(Debug, Clone)]
+pub enum Write {
+    /// Insert or replace a device (identity and twin).
+    PutDevice { id: String, record: Vec<u8> },
+    /// Remove a device.
+    DeleteDevice { id: String },
+}
+
+impl Write {
+    /// A write that stores `device`.
+    pub fn put_device(device: &Device) -> Self {
+        Self::PutDevice { id: device.device_id.clone(), record: encode_device(device) }
+    }
+}
+
+/// Why the store failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the data file {path}: {detail}")]
+    Open { path: String, detail: String },
+    #[error("{0}")]
+    Corrupt(String),
+    #[error("writing to the data file failed: {0}")]
+    Write(String),
+    #[error("the store has shut down")]
+    Closed,
+}
+
+/// Everything read back at start-up.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub devices: Vec<Device>,
+}
+
+/// The hub's persistence.
+pub struct Store {
+    kind: Kind,
+}
+
+enum Kind {
+    Memory,
+    Disk(disk::DiskStore),
+}
+
+impl Store {
+    /// A store that keeps nothing.
+    pub fn memory() -> Self {
+        Self { kind: Kind::Memory }
+    }
+
+    /// Opens (or creates) the data file at `path` and reads everything in it.
+    pub fn open(path: &Path) -> Result<(Self, Loaded), StoreError> {
+        let (disk, loaded) = disk::DiskStore::open(path)?;
+        Ok((Self { kind: Kind::Disk(disk) }, loaded))
+    }
+
+    /// True when changes survive a restart.
+    pub fn is_durable(&self) -> bool {
+        matches!(self.kind, Kind::Disk(_))
+    }
+
+    /// Queues `writes` as one atomic unit and returns a future that resolves once they are durable.
+    ///
+    /// Queueing is synchronous so the caller can do it while holding the hub's state lock: changes then reach
+    /// the file in the same order they were applied in memory.
+    pub fn submit(&self, writes: Vec<Write>) -> Pending {
+        match &self.kind {
+            Kind::Memory => Pending(None),
+            Kind::Disk(disk) => Pending(Some(disk.submit(writes))),
+        }
+    }
+
+    /// Waits until every write submitted so far is on disk, then stops the writer.
+    pub async fn close(&self) {
+        if let Kind::Disk(disk) = &self.kind {
+            disk.close().await;
+        }
+    }
+}
+
+/// A submitted change that is not known to be durable yet.
+#[must_use = "a write is only durable once its Pending resolves"]
+pub struct Pending(Option<oneshot::Receiver<Result<(), StoreError>>>);
+
+impl Pending {
+    /// Resolves once the change is durable.
+    pub async fn durable(self) -> Result<(), StoreError> {
+        match self.0 {
+            None => Ok(()),
+            Some(rx) => rx.await.unwrap_or(Err(StoreError::Closed)),
+        }
+    }
+}
+
+/// The stored form of a device (JSON of the domain record; the file's schema version guards changes).
+pub fn encode_device(device: &Device) -> Vec<u8> {
+    serde_json::to_vec(device).unwrap_or_default()
+}
+
+fn decode_device(id: &str, bytes: &[u8]) -> Result<Device, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(format!("the stored record of device '{id}' is unreadable: {e}")))
+}
