@@ -138,7 +138,10 @@ impl Policies {
             secondary_key: generate_key(),
             rights,
         };
-        let all = Rights::REGISTRY_READ.union(Rights::REGISTRY_WRITE).union(Rights::SERVICE_CONNECT).union(Rights::DEVICE_CONNECT);
+        let all = Rights::REGISTRY_READ
+            .union(Rights::REGISTRY_WRITE)
+            .union(Rights::SERVICE_CONNECT)
+            .union(Rights::DEVICE_CONNECT);
         Self {
             shared_access_policies: vec![
                 make(OWNER_POLICY, all),
@@ -165,8 +168,11 @@ impl Policies {
                 let policies = Self::generate();
                 let mut text = serde_json::to_string_pretty(&policies).unwrap_or_default();
                 text.push('\n');
-                crate::tls::write_private(&path, text.as_bytes(), true)
-                    .map_err(|source| PolicyError::Io { action: "write", path: shown, source })?;
+                crate::tls::write_private(&path, text.as_bytes(), true).map_err(|source| PolicyError::Io {
+                    action: "write",
+                    path: shown,
+                    source,
+                })?;
                 Ok(policies)
             }
             Err(source) => Err(PolicyError::Io { action: "read", path: shown, source }),
@@ -257,7 +263,12 @@ fn check_scope(token: &SasToken, target: &str) -> Result<(), AuthFailure> {
     }
 }
 
-fn check_policy<'a>(policies: &'a Policies, token: &SasToken, name: &str, needed: Rights) -> Result<&'a Policy, AuthFailure> {
+fn check_policy<'a>(
+    policies: &'a Policies,
+    token: &SasToken,
+    name: &str,
+    needed: Rights,
+) -> Result<&'a Policy, AuthFailure> {
     let policy = policies.get(name).ok_or_else(|| AuthFailure::UnknownPolicy(name.to_owned()))?;
     if !policy.decoded_keys().any(|key| token.is_signed_with(&key)) {
         return Err(AuthFailure::BadSignature);
@@ -336,7 +347,10 @@ mod tests {
         let expired = generate_token("localhost", key, Some(OWNER_POLICY), NOW).expect("token");
         assert_eq!(authorize_service(&policies, &expired, target, read, NOW), Err(AuthFailure::Expired));
         let unknown = generate_token("localhost", key, Some("nobody"), NOW + 60).expect("token");
-        assert_eq!(authorize_service(&policies, &unknown, target, read, NOW), Err(AuthFailure::UnknownPolicy("nobody".into())));
+        assert_eq!(
+            authorize_service(&policies, &unknown, target, read, NOW),
+            Err(AuthFailure::UnknownPolicy("nobody".into()))
+        );
         let other_key = &policies.get("service").expect("service").primary_key;
         let forged = generate_token("localhost", other_key, Some(OWNER_POLICY), NOW + 60).expect("token");
         assert_eq!(authorize_service(&policies, &forged, target, read, NOW), Err(AuthFailure::BadSignature));
@@ -348,7 +362,10 @@ mod tests {
             Err(AuthFailure::MissingPermission { .. })
         ));
         let device_token = generate_token("localhost/devices/d1", key, None, NOW + 60).expect("token");
-        assert_eq!(authorize_service(&policies, &device_token, target, read, NOW), Err(AuthFailure::DeviceTokenOnServiceApi));
+        assert_eq!(
+            authorize_service(&policies, &device_token, target, read, NOW),
+            Err(AuthFailure::DeviceTokenOnServiceApi)
+        );
     }
 
     #[test]
@@ -356,7 +373,8 @@ mod tests {
         let policies = Policies::generate();
         let key = &owner(&policies).primary_key;
         let with_port = generate_token("localhost:8443", key, Some(OWNER_POLICY), NOW + 60).expect("token");
-        authorize_service(&policies, &with_port, "localhost/devices/d1", Rights::REGISTRY_READ, NOW).expect("port ignored");
+        authorize_service(&policies, &with_port, "localhost/devices/d1", Rights::REGISTRY_READ, NOW)
+            .expect("port ignored");
         let narrow = generate_token("localhost/devices/d1", key, Some(OWNER_POLICY), NOW + 60).expect("token");
         authorize_service(&policies, &narrow, "localhost/devices/d1", Rights::REGISTRY_READ, NOW).expect("own device");
         assert!(authorize_service(&policies, &narrow, "localhost/devices/d10", Rights::REGISTRY_READ, NOW).is_err());
@@ -371,12 +389,17 @@ mod tests {
         let own = generate_token("localhost/devices/d1", &device_key, None, NOW + 60).expect("token");
         assert!(matches!(authorize_device(&policies, "localhost", &own, &device, NOW), Ok(Principal::Device { .. })));
         let other = generate_token("localhost/devices/d2", &device_key, None, NOW + 60).expect("token");
-        assert!(matches!(authorize_device(&policies, "localhost", &other, &device, NOW), Err(AuthFailure::WrongScope(_))));
+        assert!(matches!(
+            authorize_device(&policies, "localhost", &other, &device, NOW),
+            Err(AuthFailure::WrongScope(_))
+        ));
         let device_policy = policies.get("device").expect("device policy");
-        let via_policy = generate_token("localhost/devices", &device_policy.primary_key, Some("device"), NOW + 60).expect("token");
+        let via_policy =
+            generate_token("localhost/devices", &device_policy.primary_key, Some("device"), NOW + 60).expect("token");
         authorize_device(&policies, "localhost", &via_policy, &device, NOW).expect("DeviceConnect policy");
         let registry = policies.get("registryRead").expect("policy");
-        let no_right = generate_token("localhost", &registry.primary_key, Some("registryRead"), NOW + 60).expect("token");
+        let no_right =
+            generate_token("localhost", &registry.primary_key, Some("registryRead"), NOW + 60).expect("token");
         assert!(matches!(
             authorize_device(&policies, "localhost", &no_right, &device, NOW),
             Err(AuthFailure::MissingPermission { .. })

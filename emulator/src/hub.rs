@@ -131,7 +131,12 @@ impl Hub {
     }
 
     /// Creates a device (no `If-Match`) or updates one (`If-Match` given), answering once it is durable.
-    pub async fn put_device(&self, id: &str, spec: &DeviceSpec, if_match: Option<&IfMatch>) -> Result<Arc<Device>, HubError> {
+    pub async fn put_device(
+        &self,
+        id: &str,
+        spec: &DeviceSpec,
+        if_match: Option<&IfMatch>,
+    ) -> Result<Arc<Device>, HubError> {
         let now = self.clock.now();
         let (device, previous, pending) = {
             let mut state = self.write();

@@ -158,8 +158,11 @@ async fn start(config: Config) -> Result<RunningEmulator, StartError> {
             std::fs::create_dir_all(dir).map_err(|source| StartError::DataDir { path: dir.clone(), source })?;
             let ca = LocalCa::load_or_create(dir)?;
             let policies = Policies::load_or_create(dir)?;
-            let (store, loaded) =
-                if config.in_memory { (Store::memory(), Loaded::default()) } else { Store::open(&dir.join(config::STORE_FILE))? };
+            let (store, loaded) = if config.in_memory {
+                (Store::memory(), Loaded::default())
+            } else {
+                Store::open(&dir.join(config::STORE_FILE))?
+            };
             (ca, policies, store, loaded)
         }
         None => (LocalCa::generate()?, Policies::generate(), Store::memory(), Loaded::default()),
@@ -173,7 +176,8 @@ async fn start(config: Config) -> Result<RunningEmulator, StartError> {
     let host_names = vec![config.host_name.clone(), config.bind.to_string()];
     let https_tls = ca.server_config(&host_names, &[b"http/1.1"])?;
     let mqtt_tls = ca.server_config(&host_names, &[])?;
-    let https_listener = bind(config.bind, config.https_port, "HTTPS", "--https-port / IOTHUB_EMULATOR_HTTPS_PORT").await?;
+    let https_listener =
+        bind(config.bind, config.https_port, "HTTPS", "--https-port / IOTHUB_EMULATOR_HTTPS_PORT").await?;
     let mqtt_listener = bind(config.bind, config.mqtt_port, "MQTT", "--mqtt-port / IOTHUB_EMULATOR_MQTT_PORT").await?;
     let https_addr = local_addr(&https_listener)?;
     let mqtt_addr = local_addr(&mqtt_listener)?;
@@ -221,22 +225,26 @@ fn local_addr(listener: &TcpListener) -> Result<SocketAddr, StartError> {
 /// Binds a listener, turning the common failures into advice.
 async fn bind(ip: std::net::IpAddr, port: u16, what: &str, flag: &str) -> Result<TcpListener, StartError> {
     let addr = SocketAddr::new(ip, port);
-    TcpListener::bind(addr).await.map_err(|error| {
-        let advice = match error.kind() {
-            io::ErrorKind::PermissionDenied => format!(
-                "permission denied: ports below 1024 need root or the CAP_NET_BIND_SERVICE capability. Either pick \
-                 another port ({flag}), or allow low ports, e.g. `sudo setcap cap_net_bind_service=+ep <path to \
-                 iothub-emulator>` or `sudo sysctl net.ipv4.ip_unprivileged_port_start=443`. (Unmodified Azure SDKs \
-                 dial 443 and 8883; see the README for clients on other ports.)"
-            ),
-            io::ErrorKind::AddrInUse => {
-                format!("port {port} is already in use (another emulator?). Stop that process or pick another port ({flag})")
-            }
-            io::ErrorKind::AddrNotAvailable => format!("{ip} is not an address of this machine (--bind)"),
-            _ => error.to_string(),
-        };
-        StartError::Bind(format!("cannot listen for {what} on {addr}: {advice}"))
-    })
+    TcpListener::bind(addr).await.map_err(|error| bind_error(what, flag, addr, &error))
+}
+
+/// Says what went wrong binding `addr` and what the user can do about it.
+fn bind_error(what: &str, flag: &str, addr: SocketAddr, error: &io::Error) -> StartError {
+    let advice = match error.kind() {
+        io::ErrorKind::PermissionDenied => format!(
+            "permission denied: ports below 1024 need root or the CAP_NET_BIND_SERVICE capability. Either pick \
+             another port ({flag}), or allow low ports, e.g. `sudo setcap cap_net_bind_service=+ep <path to \
+             iothub-emulator>` or `sudo sysctl net.ipv4.ip_unprivileged_port_start=443`. (Unmodified Azure SDKs \
+             dial 443 and 8883; see the README for clients on other ports.)"
+        ),
+        io::ErrorKind::AddrInUse => format!(
+            "port {} is already in use (another emulator?). Stop that process or pick another port ({flag})",
+            addr.port()
+        ),
+        io::ErrorKind::AddrNotAvailable => format!("{} is not an address of this machine (--bind)", addr.ip()),
+        _ => error.to_string(),
+    };
+    StartError::Bind(format!("cannot listen for {what} on {addr}: {advice}"))
 }
 
 impl RunningEmulator {
@@ -327,5 +335,23 @@ impl RunningEmulator {
 impl Drop for RunningEmulator {
     fn drop(&mut self) {
         self.shutdown.cancel();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bind_failures_come_with_advice() {
+        let addr: SocketAddr = "127.0.0.1:443".parse().expect("addr");
+        let denied = bind_error("HTTPS", "--https-port", addr, &io::Error::from(io::ErrorKind::PermissionDenied));
+        let text = denied.to_string();
+        assert!(
+            text.contains("127.0.0.1:443") && text.contains("--https-port") && text.contains("CAP_NET_BIND_SERVICE"),
+            "{text}"
+        );
+        let taken = bind_error("MQTT", "--mqtt-port", addr, &io::Error::from(io::ErrorKind::AddrInUse));
+        assert!(taken.to_string().contains("port 443 is already in use"), "{taken}");
     }
 }

@@ -43,7 +43,8 @@ pub async fn accept_tls<H, F>(
         let handle = handle.clone();
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
-            let handshake = tokio::time::timeout(Duration::from_secs(limits::HANDSHAKE_TIMEOUT_SECS), acceptor.accept(tcp));
+            let handshake =
+                tokio::time::timeout(Duration::from_secs(limits::HANDSHAKE_TIMEOUT_SECS), acceptor.accept(tcp));
             let stream = tokio::select! {
                 result = handshake => match result {
                     Ok(Ok(stream)) => stream,

@@ -59,6 +59,7 @@ async fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
 
+    let stop = shutdown_signal();
     let started = Instant::now();
     let config = Config {
         bind: cli.bind,
@@ -79,7 +80,7 @@ async fn main() -> ExitCode {
     };
     print_banner(&emulator, started.elapsed().as_secs_f64() * 1000.0);
 
-    wait_for_signal().await;
+    stop.await;
     eprintln!("iothub-emulator: shutting down");
     emulator.shutdown().await;
     ExitCode::SUCCESS
@@ -103,7 +104,9 @@ fn print_banner(emulator: &RunningEmulator, startup_ms: f64) {
     println!("    {}", emulator.service_connection_string());
     println!("  CA certificate: {ca}");
     println!("  trust it:  Node    NODE_EXTRA_CA_CERTS={ca}");
-    println!("             Python  REQUESTS_CA_BUNDLE={ca} (service); server_verification_cert=open('{ca}').read() or SSL_CERT_FILE={ca} (device)");
+    println!(
+        "             Python  REQUESTS_CA_BUNDLE={ca} (service); server_verification_cert=open('{ca}').read() or SSL_CERT_FILE={ca} (device)"
+    );
     if https.port() != config::DEFAULT_HTTPS_PORT || mqtt.port() != config::DEFAULT_MQTT_PORT {
         println!(
             "  note: unmodified SDKs dial 443 and 8883. Python service SDK: HostName={host}:{}; Node device SDK: GatewayHostName={host}:{}",
@@ -113,24 +116,30 @@ fn print_banner(emulator: &RunningEmulator, startup_ms: f64) {
     }
 }
 
-async fn wait_for_signal() {
+/// Registers for SIGINT/SIGTERM now (so a signal that arrives right after the banner is not lost) and returns
+/// a future that resolves when one arrives.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
+        let interrupt = signal(SignalKind::interrupt());
+        let terminate = signal(SignalKind::terminate());
+        async move {
+            match (interrupt, terminate) {
+                (Ok(mut interrupt), Ok(mut terminate)) => {
+                    tokio::select! {
+                        _ = interrupt.recv() => {}
+                        _ = terminate.recv() => {}
+                    }
                 }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
         }
     }
     #[cfg(not(unix))]
-    {
+    async {
         let _ = tokio::signal::ctrl_c().await;
     }
 }

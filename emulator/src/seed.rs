@@ -24,7 +24,11 @@ pub async fn apply(hub: &Hub, path: &Path) -> Result<(), String> {
     let seed: SeedFile = serde_json::from_str(&text).map_err(|e| format!("not a valid seed file: {e}"))?;
     let mut created = 0usize;
     for (index, entry) in seed.devices.iter().enumerate() {
-        let id = entry.device_id.as_deref().filter(|id| !id.is_empty()).ok_or_else(|| format!("devices[{index}] has no deviceId"))?;
+        let id = entry
+            .device_id
+            .as_deref()
+            .filter(|id| !id.is_empty())
+            .ok_or_else(|| format!("devices[{index}] has no deviceId"))?;
         if hub.get_device(id).is_ok() {
             continue;
         }

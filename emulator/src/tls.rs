@@ -75,7 +75,8 @@ impl LocalCa {
         name.push(DnType::OrganizationName, "iothub-emulator");
         params.distinguished_name = name;
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
         let now = time::OffsetDateTime::now_utc();
         params.not_before = now - time::Duration::days(1);
         params.not_after = now + time::Duration::days(365 * 20);
@@ -150,7 +151,11 @@ fn read_file(path: &Path) -> Result<String, TlsError> {
 
 /// Writes a file, creating it with mode 0600 when `secret` (Unix).
 pub(crate) fn write_file(path: &Path, contents: &[u8], secret: bool) -> Result<(), TlsError> {
-    write_private(path, contents, secret).map_err(|source| TlsError::Io { action: "write", path: path.to_owned(), source })
+    write_private(path, contents, secret).map_err(|source| TlsError::Io {
+        action: "write",
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// Writes `contents` to a temporary file beside `path`, syncs it and renames it into place, so a crash never

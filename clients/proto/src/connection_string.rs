@@ -6,8 +6,15 @@
 use std::fmt;
 
 /// Keys the SDKs know; anything else is refused so typos surface early.
-const KNOWN_KEYS: [&str; 7] =
-    ["HostName", "SharedAccessKeyName", "SharedAccessKey", "SharedAccessSignature", "DeviceId", "ModuleId", "GatewayHostName"];
+const KNOWN_KEYS: [&str; 7] = [
+    "HostName",
+    "SharedAccessKeyName",
+    "SharedAccessKey",
+    "SharedAccessSignature",
+    "DeviceId",
+    "ModuleId",
+    "GatewayHostName",
+];
 
 /// Why a connection string could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -128,7 +128,8 @@ fn decode_component(raw: &str) -> Option<String> {
 
 fn signature_bytes(key: &[u8], raw_sr: &str, raw_se: &str) -> Vec<u8> {
     // HMAC accepts keys of any length, so this cannot fail.
-    let mut mac = <HmacSha256 as KeyInit>::new_from_slice(key).unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+    let mut mac =
+        <HmacSha256 as KeyInit>::new_from_slice(key).unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
     mac.update(raw_sr.as_bytes());
     mac.update(b"\n");
     mac.update(raw_se.as_bytes());
@@ -149,7 +150,12 @@ pub enum SasSignError {
 
 /// Makes a token for `resource` (e.g. `host/devices/dev1`, or `host` for a service token) valid until `expiry`
 /// (seconds since the epoch), signed with the base64 `key`; `key_name` adds `skn` for policy keys.
-pub fn generate_token(resource: &str, key_b64: &str, key_name: Option<&str>, expiry: u64) -> Result<String, SasSignError> {
+pub fn generate_token(
+    resource: &str,
+    key_b64: &str,
+    key_name: Option<&str>,
+    expiry: u64,
+) -> Result<String, SasSignError> {
     let key = BASE64.decode(key_b64.as_bytes()).map_err(|_| SasSignError::InvalidKey)?;
     let sr = encode_resource(resource);
     let se = expiry.to_string();
@@ -202,10 +208,12 @@ mod tests {
     fn signature_is_over_sr_as_sent_not_as_decoded() {
         // Node writes `*` as `%2a`; the same resource with `%2A` is a different signed text.
         let lower = sign_raw("h%2Fdevices%2Fa%2a", "100");
-        let token = SasToken::parse(&format!("SharedAccessSignature sr=h%2Fdevices%2Fa%2a&sig={lower}&se=100")).expect("parse");
+        let token =
+            SasToken::parse(&format!("SharedAccessSignature sr=h%2Fdevices%2Fa%2a&sig={lower}&se=100")).expect("parse");
         assert!(token.is_signed_with(&key_bytes()));
         assert_eq!(token.resource, "h/devices/a*");
-        let upper = SasToken::parse(&format!("SharedAccessSignature sr=h%2Fdevices%2Fa%2A&sig={lower}&se=100")).expect("parse");
+        let upper =
+            SasToken::parse(&format!("SharedAccessSignature sr=h%2Fdevices%2Fa%2A&sig={lower}&se=100")).expect("parse");
         assert!(!upper.is_signed_with(&key_bytes()));
     }
 

@@ -35,7 +35,9 @@ impl DeviceStatus {
         match text.to_ascii_lowercase().as_str() {
             "enabled" => Ok(Self::Enabled),
             "disabled" => Ok(Self::Disabled),
-            _ => Err(HubError::ArgumentInvalid(format!("Invalid device status '{text}'; expected 'enabled' or 'disabled'"))),
+            _ => Err(HubError::ArgumentInvalid(format!(
+                "Invalid device status '{text}'; expected 'enabled' or 'disabled'"
+            ))),
         }
     }
 }
@@ -195,9 +197,10 @@ pub fn generate_key() -> String {
 }
 
 fn validate_key(which: &str, key: &str) -> Result<(), HubError> {
-    let len = BASE64.decode(key.as_bytes()).map(|b| b.len()).map_err(|_| {
-        HubError::ArgumentInvalid(format!("The {which} key is not valid base64"))
-    })?;
+    let len = BASE64
+        .decode(key.as_bytes())
+        .map(|b| b.len())
+        .map_err(|_| HubError::ArgumentInvalid(format!("The {which} key is not valid base64")))?;
     if !(limits::MIN_KEY_BYTES..=limits::MAX_KEY_BYTES).contains(&len) {
         return Err(HubError::ArgumentInvalid(format!(
             "The {which} key decodes to {len} bytes; keys must be between {} and {} bytes",
@@ -238,10 +241,7 @@ fn resolve_authentication(spec: &DeviceSpec, existing: Option<&Authentication>) 
         AuthType::Sas => {
             let kept = existing.filter(|a| a.kind == AuthType::Sas);
             let pick = |given: &Option<String>, old: Option<&Option<String>>| -> String {
-                non_empty(given)
-                    .map(str::to_owned)
-                    .or_else(|| old.and_then(|o| o.clone()))
-                    .unwrap_or_else(generate_key)
+                non_empty(given).map(str::to_owned).or_else(|| old.and_then(|o| o.clone())).unwrap_or_else(generate_key)
             };
             let primary = pick(&spec.primary_key, kept.map(|a| &a.primary_key));
             let secondary = pick(&spec.secondary_key, kept.map(|a| &a.secondary_key));
@@ -300,7 +300,12 @@ pub fn create_device(id: &str, spec: &DeviceSpec, now: Timestamp, identity_versi
 
 /// Applies an update request to an existing device. Members the request omits are reset to their defaults,
 /// as the hub documents for `PUT`, except SAS keys, which are kept when left empty.
-pub fn update_device(current: &Device, spec: &DeviceSpec, now: Timestamp, identity_version: u64) -> Result<Device, HubError> {
+pub fn update_device(
+    current: &Device,
+    spec: &DeviceSpec,
+    now: Timestamp,
+    identity_version: u64,
+) -> Result<Device, HubError> {
     validate_status_reason(&spec.status_reason)?;
     let authentication = resolve_authentication(spec, Some(&current.authentication))?;
     let status = spec.status.unwrap_or(DeviceStatus::Enabled);
@@ -337,7 +342,8 @@ mod tests {
 
     #[test]
     fn create_generates_both_keys_when_none_or_empty_are_given() {
-        let empty = DeviceSpec { primary_key: Some(String::new()), secondary_key: Some(String::new()), ..Default::default() };
+        let empty =
+            DeviceSpec { primary_key: Some(String::new()), secondary_key: Some(String::new()), ..Default::default() };
         for spec in [DeviceSpec::default(), empty] {
             let device = create_device("dev1", &spec, now(), 7).expect("create");
             let primary = device.authentication.primary_key.clone().expect("primary");

@@ -112,15 +112,16 @@ pub async fn list_devices(State(hub): State<Arc<Hub>>, RawQuery(query): RawQuery
     let top = match form_pairs(query.as_deref().unwrap_or("")).find(|(k, _)| k.eq_ignore_ascii_case("top")) {
         None => limits::MAX_DEVICES_LIST,
         Some((_, v)) => {
-            let n: i64 = v.trim().parse().map_err(|_| HubError::ArgumentInvalid(format!("top '{v}' is not a number")))?;
-            usize::try_from(n).ok().filter(|n| (1..=limits::MAX_DEVICES_LIST).contains(n)).unwrap_or(limits::MAX_DEVICES_LIST)
+            let n: i64 =
+                v.trim().parse().map_err(|_| HubError::ArgumentInvalid(format!("top '{v}' is not a number")))?;
+            usize::try_from(n)
+                .ok()
+                .filter(|n| (1..=limits::MAX_DEVICES_LIST).contains(n))
+                .unwrap_or(limits::MAX_DEVICES_LIST)
         }
     };
-    let devices: Vec<wire::Device> = hub
-        .list_devices(None, top)
-        .iter()
-        .map(|d| device_to_wire(d, hub.is_connected(&d.device_id)))
-        .collect();
+    let devices: Vec<wire::Device> =
+        hub.list_devices(None, top).iter().map(|d| device_to_wire(d, hub.is_connected(&d.device_id))).collect();
     Ok(ok_json(&devices))
 }
 

@@ -56,10 +56,7 @@ pub fn if_match(headers: &HeaderMap) -> Result<Option<IfMatch>, HubError> {
 
 /// The `Authorization` header text, when present, readable and of sane length.
 pub fn authorization(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| v.len() <= limits::MAX_AUTH_HEADER_LEN)
+    headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).filter(|v| v.len() <= limits::MAX_AUTH_HEADER_LEN)
 }
 
 /// One path parameter (a device id, job id, ...), percent-decoded once.
@@ -84,7 +81,10 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
         let bytes = Bytes::from_request(request, state).await.map_err(|e| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                HubError::MessageTooLarge(format!("The request body is larger than {} bytes", limits::MAX_HTTP_BODY_BYTES))
+                HubError::MessageTooLarge(format!(
+                    "The request body is larger than {} bytes",
+                    limits::MAX_HTTP_BODY_BYTES
+                ))
             } else {
                 HubError::FormatError(format!("The request body could not be read: {}", e.body_text()))
             }
@@ -131,6 +131,9 @@ mod tests {
         assert!(matches!(parse_json::<serde_json::Value>(b"{"), Err(HubError::FormatError(_))));
         assert!(matches!(parse_json::<Vec<u8>>(b"{}"), Err(HubError::ArgumentInvalid(_))));
         let deep = format!("{}{}", "[".repeat(1000), "]".repeat(1000));
-        assert!(parse_json::<serde_json::Value>(deep.as_bytes()).is_err(), "deep nesting must be refused, not overflow");
+        assert!(
+            parse_json::<serde_json::Value>(deep.as_bytes()).is_err(),
+            "deep nesting must be refused, not overflow"
+        );
     }
 }

@@ -47,7 +47,9 @@ impl IntoResponse for ApiError {
 /// A JSON answer with `status`.
 pub fn json_response<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> Response {
     match serde_json::to_vec(value) {
-        Ok(body) => (status, [(header::CONTENT_TYPE, HeaderValue::from_static(JSON_CONTENT_TYPE))], body).into_response(),
+        Ok(body) => {
+            (status, [(header::CONTENT_TYPE, HeaderValue::from_static(JSON_CONTENT_TYPE))], body).into_response()
+        }
         Err(e) => ApiError(HubError::ServerError(format!("could not render the answer: {e}"))).into_response(),
     }
 }

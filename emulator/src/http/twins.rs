@@ -12,7 +12,11 @@ use crate::auth::Rights;
 use crate::hub::Hub;
 
 /// `GET /twins/{id}`: the full twin document. Readable with ServiceConnect or RegistryRead.
-pub async fn get_twin(State(hub): State<Arc<Hub>>, PathId(id): PathId, headers: HeaderMap) -> Result<Response, ApiError> {
+pub async fn get_twin(
+    State(hub): State<Arc<Hub>>,
+    PathId(id): PathId,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let needed = Rights::SERVICE_CONNECT.union(Rights::REGISTRY_READ);
     hub.authorize_service(authorization(&headers), &format!("twins/{id}"), needed)?;
     Ok(ok_json(&hub.twin_document(&id)?))

@@ -76,7 +76,9 @@ fn describe_open_error(error: DatabaseError) -> String {
             "it is already open in another process (is another emulator using this data dir?)".into()
         }
         DatabaseError::UpgradeRequired(v) => format!("it was written in an older redb format ({v})"),
-        other => format!("{other}; it is not an iothub-emulator data file or it is damaged. Move it away to start with an empty hub"),
+        other => format!(
+            "{other}; it is not an iothub-emulator data file or it is damaged. Move it away to start with an empty hub"
+        ),
     }
 }
 

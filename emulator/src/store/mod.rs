@@ -114,5 +114,6 @@ pub fn encode_device(device: &Device) -> Vec<u8> {
 }
 
 fn decode_device(id: &str, bytes: &[u8]) -> Result<Device, StoreError> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(format!("the stored record of device '{id}' is unreadable: {e}")))
+    serde_json::from_slice(bytes)
+        .map_err(|e| StoreError::Corrupt(format!("the stored record of device '{id}' is unreadable: {e}")))
 }
