@@ -1,11 +1,13 @@
 //! The hub: the one API the transports call. It owns the in-memory state, applies the domain rules, sends
 //! every change to the store and answers only once the change is durable.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use jiff::Timestamp;
 use serde_json::Value;
+use tokio_util::sync::CancellationToken;
 
 use crate::auth::{self, AuthFailure, Policies, Principal, Rights};
 use crate::clock::SharedClock;
@@ -27,7 +29,23 @@ struct State {
     /// Next hub-wide change number for device identities (etags).
     next_version: u64,
     /// Devices with a live MQTT connection.
-    connected: HashSet<String>,
+    connected: HashMap<String, Presence>,
+    next_connection: u64,
+}
+
+/// A device's live connection.
+struct Presence {
+    connection: u64,
+    since: Timestamp,
+    closed: CancellationToken,
+}
+
+/// Handed to a transport when a device connects: its connection number, and a token the hub cancels when
+/// the connection must end (a newer connection for the device, the device deleted or disabled).
+#[derive(Debug, Clone)]
+pub struct ConnectionLease {
+    pub id: u64,
+    pub closed: CancellationToken,
 }
 
 impl State {
@@ -57,7 +75,7 @@ impl Hub {
             policies,
             clock,
             store,
-            state: RwLock::new(State { devices, next_version, connected: HashSet::new() }),
+            state: RwLock::new(State { devices, next_version, connected: HashMap::new(), next_connection: 1 }),
         }
     }
 
@@ -127,7 +145,36 @@ impl Hub {
 
     /// True when the device has a live connection.
     pub fn is_connected(&self, id: &str) -> bool {
-        self.read().connected.contains(id)
+        self.read().connected.contains_key(id)
+    }
+
+    /// Since when the device has been connected, if it is.
+    pub fn connected_since(&self, id: &str) -> Option<Timestamp> {
+        self.read().connected.get(id).map(|p| p.since)
+    }
+
+    /// Records a new connection of `device_id`. An older connection of the same device is told to close, as the
+    /// hub allows one connection per identity.
+    pub fn device_connected(&self, device_id: &str) -> ConnectionLease {
+        let now = self.clock.now();
+        let mut state = self.write();
+        let id = state.next_connection;
+        state.next_connection += 1;
+        let closed = CancellationToken::new();
+        let presence = Presence { connection: id, since: now, closed: closed.clone() };
+        if let Some(older) = state.connected.insert(device_id.to_owned(), presence) {
+            tracing::info!(device_id, "a new connection replaces the older one");
+            older.closed.cancel();
+        }
+        ConnectionLease { id, closed }
+    }
+
+    /// Records the end of connection `connection` of `device_id` (ignored if a newer one replaced it).
+    pub fn device_disconnected(&self, device_id: &str, connection: u64) {
+        let mut state = self.write();
+        if state.connected.get(device_id).is_some_and(|p| p.connection == connection) {
+            state.connected.remove(device_id);
+        }
     }
 
     /// Creates a device (no `If-Match`) or updates one (`If-Match` given), answering once it is durable.
@@ -151,6 +198,11 @@ impl Hub {
                 }
             };
             state.take_version();
+            if device.status == DeviceStatus::Disabled
+                && let Some(presence) = state.connected.remove(id)
+            {
+                presence.closed.cancel();
+            }
             let device = Arc::new(device);
             let pending = self.store.submit(vec![Write::put_device(&device)]);
             state.devices.insert(id.to_owned(), device.clone());
@@ -170,7 +222,9 @@ impl Hub {
             }
             let pending = self.store.submit(vec![Write::DeleteDevice { id: id.to_owned() }]);
             let previous = state.devices.remove(id);
-            state.connected.remove(id);
+            if let Some(presence) = state.connected.remove(id) {
+                presence.closed.cancel();
+            }
             (previous, pending)
         };
         self.settle(pending, id, previous, None).await
@@ -213,7 +267,7 @@ impl Hub {
     pub fn twin_document(&self, id: &str) -> Result<Value, HubError> {
         let state = self.read();
         let device = state.devices.get(id).ok_or_else(|| HubError::DeviceNotFound(id.to_owned()))?;
-        Ok(twin::twin_document(device, state.connected.contains(id)))
+        Ok(twin::twin_document(device, state.connected.contains_key(id)))
     }
 
     /// Waits for every submitted change to be durable and stops the store.

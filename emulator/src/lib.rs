@@ -19,6 +19,7 @@ pub mod http;
 pub mod hub;
 pub mod limits;
 mod listener;
+pub mod mqtt;
 mod seed;
 pub mod store;
 pub mod tls;
@@ -200,8 +201,10 @@ async fn start(config: Config) -> Result<RunningEmulator, StartError> {
         TlsAcceptor::from(mqtt_tls),
         shutdown.clone(),
         tracker.clone(),
-        |_stream, peer| async move {
-            tracing::debug!(%peer, "MQTT connection accepted");
+        {
+            let hub = hub.clone();
+            let shutdown = shutdown.clone();
+            move |stream, peer| mqtt::serve_connection(stream, hub.clone(), shutdown.clone(), peer)
         },
     ));
     tracing::info!(%https_addr, %mqtt_addr, host = %config.host_name, "listening");

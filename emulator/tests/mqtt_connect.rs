@@ -1,0 +1,231 @@
+//! The MQTT device endpoint's CONNECT stage over real TLS: SAS checks, CONNACK codes, presence, one
+//! connection per device.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{TestHub, start, unix_now};
+use futures_util::{SinkExt as _, StreamExt as _};
+use iothub_proto::generate_token;
+use reqwest::Method;
+use rumqttc::mqttbytes::QoS;
+use rumqttc::mqttbytes::v4::{Codec, ConnAck, Connect, ConnectReturnCode, Packet, Subscribe};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+use tokio_util::codec::Framed;
+
+type Mqtt = Framed<TlsStream<TcpStream>, Codec>;
+
+async fn tls(hub: &TestHub) -> TlsStream<TcpStream> {
+    let config = common::client_tls(hub.emulator.ca_pem(), rustls::DEFAULT_VERSIONS);
+    let tcp = TcpStream::connect(hub.emulator.mqtt_addr()).await.expect("tcp");
+    let name = rustls_pki_types::ServerName::try_from("localhost").expect("name");
+    TlsConnector::from(Arc::new(config)).connect(name, tcp).await.expect("TLS with only the emulator CA trusted")
+}
+
+/// Sends CONNECT as the SDKs do and returns the transport and the CONNACK code.
+async fn connect(hub: &TestHub, client_id: &str, user_name: &str, password: &str) -> (Mqtt, ConnectReturnCode) {
+    let mut mqtt = Framed::new(tls(hub).await, Codec { max_incoming_size: 1 << 20, max_outgoing_size: 1 << 20 });
+    let mut packet = Connect::new(client_id);
+    packet.keep_alive = 60;
+    packet.clean_session = false;
+    packet.set_login(user_name, password);
+    mqtt.send(Packet::Connect(packet)).await.expect("send CONNECT");
+    let reply = tokio::time::timeout(Duration::from_secs(5), mqtt.next()).await.expect("CONNACK in time");
+    match reply {
+        Some(Ok(Packet::ConnAck(ConnAck { code, session_present }))) => {
+            assert!(!session_present);
+            (mqtt, code)
+        }
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+}
+
+fn user_name(device_id: &str) -> String {
+    format!("localhost/{device_id}/?api-version=2021-04-12&DeviceClientType=test%2F1.0")
+}
+
+fn device_token(hub: &TestHub, device_id: &str, key_of: &str, expiry: u64) -> String {
+    let key = hub.emulator.hub().get_device(key_of).expect("device").authentication.primary_key.clone().expect("key");
+    generate_token(&format!("localhost/devices/{device_id}"), &key, None, expiry).expect("token")
+}
+
+/// Waits until the transport is closed by the hub.
+async fn expect_closed(mqtt: &mut Mqtt) {
+    let end = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match mqtt.next().await {
+                None | Some(Err(_)) => return,
+                Some(Ok(packet)) => panic!("unexpected packet while waiting for close: {packet:?}"),
+            }
+        }
+    })
+    .await;
+    assert!(end.is_ok(), "the hub closed the connection");
+}
+
+async fn device_json(hub: &TestHub, id: &str) -> Value {
+    hub.request(Method::GET, &format!("/devices/{id}")).send().await.expect("send").json().await.expect("json")
+}
+
+#[tokio::test]
+async fn a_device_connects_with_its_own_key_and_shows_as_connected() {
+    let hub = start().await;
+    hub.create_device("d1").await;
+    let token = device_token(&hub, "d1", "d1", unix_now() + 600);
+    let (mut mqtt, code) = connect(&hub, "d1", &user_name("d1"), &token).await;
+    assert_eq!(code, ConnectReturnCode::Success);
+    let device = device_json(&hub, "d1").await;
+    assert_eq!(device["connectionState"], "Connected");
+    assert_ne!(device["connectionStateUpdatedTime"], "0001-01-01T00:00:00Z");
+    let twin: Value = hub.request(Method::GET, "/twins/d1").send().await.expect("send").json().await.expect("json");
+    assert_eq!(twin["connectionState"], "Connected");
+    let stats: Value =
+        hub.request(Method::GET, "/statistics/service").send().await.expect("send").json().await.expect("json");
+    assert_eq!(stats, json!({"connectedDeviceCount": 1}));
+
+    mqtt.send(Packet::PingReq).await.expect("ping");
+    let pong = tokio::time::timeout(Duration::from_secs(5), mqtt.next()).await.expect("in time");
+    assert!(matches!(pong, Some(Ok(Packet::PingResp))), "{pong:?}");
+
+    mqtt.send(Packet::Disconnect).await.expect("disconnect");
+    expect_closed(&mut mqtt).await;
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while hub.emulator.hub().is_connected("d1") {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("presence cleared after DISCONNECT");
+}
+
+#[tokio::test]
+async fn bad_credentials_get_connack_5() {
+    let hub = start().await;
+    hub.create_device("d1").await;
+    hub.create_device("d2").await;
+    hub.create_device("off").await;
+    hub.request(Method::PUT, "/devices/off")
+        .header("If-Match", "*")
+        .json(&json!({"status":"disabled"}))
+        .send()
+        .await
+        .expect("send");
+    let later = unix_now() + 600;
+    let registry_key = hub.emulator.hub().policies().get("registryRead").expect("policy").primary_key.clone();
+    let cases: Vec<(&str, &str, String, String)> = vec![
+        ("signed with another device's key", "d1", user_name("d1"), device_token(&hub, "d1", "d2", later)),
+        ("expired", "d1", user_name("d1"), device_token(&hub, "d1", "d1", unix_now() - 1)),
+        ("token for another device", "d1", user_name("d1"), device_token(&hub, "d2", "d2", later)),
+        ("unknown device", "ghost", user_name("ghost"), device_token(&hub, "ghost", "d1", later)),
+        ("disabled device", "off", user_name("off"), device_token(&hub, "off", "off", later)),
+        ("user name for another device", "d1", user_name("d2"), device_token(&hub, "d1", "d1", later)),
+        (
+            "user name for another hub",
+            "d1",
+            "elsewhere/d1/?api-version=2021-04-12".into(),
+            device_token(&hub, "d1", "d1", later),
+        ),
+        ("not a SAS token", "d1", user_name("d1"), "hunter2".into()),
+        ("empty password", "d1", user_name("d1"), String::new()),
+        (
+            "policy without DeviceConnect",
+            "d1",
+            user_name("d1"),
+            generate_token("localhost", &registry_key, Some("registryRead"), later).expect("token"),
+        ),
+    ];
+    for (what, client_id, user, password) in cases {
+        let (mut mqtt, code) = connect(&hub, client_id, &user, &password).await;
+        assert_eq!(code, ConnectReturnCode::NotAuthorized, "{what}");
+        expect_closed(&mut mqtt).await;
+    }
+    assert_eq!(hub.emulator.hub().connected_device_count(), 0);
+}
+
+#[tokio::test]
+async fn a_device_connect_policy_token_is_accepted() {
+    let hub = start().await;
+    hub.create_device("d1").await;
+    let key = hub.emulator.hub().policies().get("device").expect("policy").primary_key.clone();
+    let token = generate_token("localhost/devices", &key, Some("device"), unix_now() + 600).expect("token");
+    let (_mqtt, code) = connect(&hub, "d1", &user_name("d1"), &token).await;
+    assert_eq!(code, ConnectReturnCode::Success);
+}
+
+#[tokio::test]
+async fn a_second_connection_replaces_the_first() {
+    let hub = start().await;
+    hub.create_device("d1").await;
+    let token = device_token(&hub, "d1", "d1", unix_now() + 600);
+    let (mut first, code) = connect(&hub, "d1", &user_name("d1"), &token).await;
+    assert_eq!(code, ConnectReturnCode::Success);
+    let (mut second, code) = connect(&hub, "d1", &user_name("d1"), &token).await;
+    assert_eq!(code, ConnectReturnCode::Success);
+    expect_closed(&mut first).await;
+    second.send(Packet::PingReq).await.expect("ping");
+    let pong = tokio::time::timeout(Duration::from_secs(5), second.next()).await.expect("in time");
+    assert!(matches!(pong, Some(Ok(Packet::PingResp))), "the newer connection lives on: {pong:?}");
+    assert!(hub.emulator.hub().is_connected("d1"));
+}
+
+#[tokio::test]
+async fn disabling_or_deleting_a_device_closes_its_connection() {
+    let hub = start().await;
+    for id in ["d1", "d2"] {
+        hub.create_device(id).await;
+    }
+    let (mut one, _) = connect(&hub, "d1", &user_name("d1"), &device_token(&hub, "d1", "d1", unix_now() + 600)).await;
+    let (mut two, _) = connect(&hub, "d2", &user_name("d2"), &device_token(&hub, "d2", "d2", unix_now() + 600)).await;
+    hub.request(Method::PUT, "/devices/d1")
+        .header("If-Match", "*")
+        .json(&json!({"status":"disabled"}))
+        .send()
+        .await
+        .expect("send");
+    expect_closed(&mut one).await;
+    hub.request(Method::DELETE, "/devices/d2").header("If-Match", "*").send().await.expect("send");
+    expect_closed(&mut two).await;
+}
+
+#[tokio::test]
+async fn topics_not_offered_yet_are_refused() {
+    let hub = start().await;
+    hub.create_device("d1").await;
+    let token = device_token(&hub, "d1", "d1", unix_now() + 600);
+    let (mut mqtt, _) = connect(&hub, "d1", &user_name("d1"), &token).await;
+    mqtt.send(Packet::Subscribe(Subscribe::new("some/other/topic", QoS::AtLeastOnce))).await.expect("subscribe");
+    let reply = tokio::time::timeout(Duration::from_secs(5), mqtt.next()).await.expect("in time");
+    match reply {
+        Some(Ok(Packet::SubAck(ack))) => {
+            assert_eq!(ack.return_codes, vec![rumqttc::mqttbytes::v4::SubscribeReasonCode::Failure]);
+        }
+        other => panic!("expected SUBACK, got {other:?}"),
+    }
+    let publish = rumqttc::mqttbytes::v4::Publish::new("devices/d2/messages/events/", QoS::AtMostOnce, b"x".to_vec());
+    mqtt.send(Packet::Publish(publish)).await.expect("publish");
+    expect_closed(&mut mqtt).await;
+}
+
+#[tokio::test]
+async fn mqtt_3_1_gets_connack_1_and_garbage_is_closed() {
+    let hub = start().await;
+    // A v3.1 CONNECT: protocol name "MQIsdp", level 3, clean session, keep-alive 60, client id "d".
+    let mut stream = tls(&hub).await;
+    let v31 = [0x10, 0x0f, 0x00, 0x06, b'M', b'Q', b'I', b's', b'd', b'p', 0x03, 0x02, 0x00, 0x3c, 0x00, 0x01, b'd'];
+    stream.write_all(&v31).await.expect("write");
+    let mut ack = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut ack)).await.expect("in time").expect("read");
+    assert_eq!(ack, [0x20, 0x02, 0x00, 0x01], "CONNACK: unacceptable protocol version");
+
+    let mut stream = tls(&hub).await;
+    stream.write_all(&[0x10, 0xff, 0xff, 0xff, 0x7f]).await.expect("write");
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await.expect("closed in time");
+    assert!(matches!(read, Ok(0) | Err(_)), "an oversized packet header closes the connection: {read:?}");
+}
