@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Runs Microsoft's unmodified Azure IoT SDKs against a freshly started emulator and prints a PASS/FAIL table
+# ending with "N passed, M failed".
+#
+# The SDKs dial 443 (service) and 8883 (devices) at HostName=localhost, so the emulator must bind those ports:
+# run as root, or give the binary CAP_NET_BIND_SERVICE. Needs node/npm (the Node SDK packages are installed
+# with `npm ci` from the lockfile in conformance/node).
+#
+# Usage: scripts/sdk-conformance.sh [path/to/iothub-emulator]   (default: builds and uses target/debug)
+set -euo pipefail
+
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+
+bin="${1:-}"
+if [ -z "$bin" ]; then
+  cargo build --quiet -p iothub-emulator
+  bin="$root/target/debug/iothub-emulator"
+fi
+
+work="$(mktemp -d)"
+emulator_pid=""
+cleanup() {
+  if [ -n "$emulator_pid" ] && kill -0 "$emulator_pid" 2>/dev/null; then
+    kill -TERM "$emulator_pid" 2>/dev/null || true
+    wait "$emulator_pid" 2>/dev/null || true
+  fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# Start the emulator on the default ports with a throw-away data dir, and wait for its banner.
+"$bin" --data-dir "$work/data" >"$work/banner.txt" 2>"$work/emulator.log" &
+emulator_pid=$!
+for _ in $(seq 1 100); do
+  if grep -q "Python" "$work/banner.txt" 2>/dev/null; then break; fi
+  if ! kill -0 "$emulator_pid" 2>/dev/null; then
+    echo "the emulator did not start:" >&2
+    cat "$work/emulator.log" >&2
+    exit 1
+  fi
+  sleep 0.1
+done
+connection_string="$(grep -o 'HostName=[^ ]*' "$work/banner.txt" | head -n 1)"
+ca="$work/data/ca.pem"
+if [ -z "$connection_string" ] || [ ! -f "$ca" ]; then
+  echo "the emulator printed no connection string:" >&2
+  cat "$work/banner.txt" "$work/emulator.log" >&2
+  exit 1
+fi
+
+passed=0
+failed=0
+table="$work/table.txt"
+: >"$table"
+
+# Runs one conformance script; its lines "PASS name" / "FAIL name: why" go into the table.
+run_suite() {
+  local label="$1"; shift
+  local out="$work/$label.out"
+  set +e
+  "$@" >"$out" 2>&1
+  local code=$?
+  set -e
+  local lines
+  lines="$(grep -E '^(PASS|FAIL) ' "$out" || true)"
+  if [ -z "$lines" ]; then
+    echo "FAIL $label: produced no results (exit $code)" >>"$table"
+    sed 's/^/    /' "$out" >>"$table"
+    failed=$((failed + 1))
+    return
+  fi
+  while IFS= read -r line; do
+    echo "$line" | sed "s/^\(PASS\|FAIL\) /\1 $label\//" >>"$table"
+    case "$line" in
+      PASS*) passed=$((passed + 1)) ;;
+      FAIL*) failed=$((failed + 1)) ;;
+    esac
+  done <<<"$lines"
+  if [ "$code" -ne 0 ] && ! grep -q '^FAIL ' "$out"; then
+    echo "FAIL $label: exited with $code" >>"$table"
+    failed=$((failed + 1))
+  fi
+}
+
+(cd conformance/node && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+run_suite node-registry env IOTHUB_CONNECTION_STRING="$connection_string" NODE_EXTRA_CA_CERTS="$ca" \
+  node conformance/node/registry.js
+
+echo "SDK conformance against the emulator ($connection_string)" | sed 's/SharedAccessKey=[^;]*/SharedAccessKey=***/'
+cat "$table"
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]
