@@ -5,7 +5,7 @@ mod common;
 
 use common::{API, expect_error, start, unix_now};
 use iothub_proto::generate_token;
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use serde_json::json;
 
 #[tokio::test]
@@ -101,47 +101,17 @@ async fn each_policy_gets_exactly_its_permissions() {
     for (policy, read, write, twin) in table {
         let token = hub.policy_token(policy);
         let status = |ok: bool, success: StatusCode| if ok { success } else { StatusCode::UNAUTHORIZED };
-        let get = hub
-            .http
-            .get(hub.url(&format!("/devices/d1?{API}")))
-            .header("Authorization", &token)
-            .send()
-            .await
-            .expect("send");
+        let send = |method: Method, path: &str| hub.request_as(&token, method, path);
+        let get = send(Method::GET, "/devices/d1").send().await.expect("send");
         assert_eq!(get.status(), status(read, StatusCode::OK), "{policy} GET /devices/d1");
-        let stats = hub
-            .http
-            .get(hub.url(&format!("/statistics/devices?{API}")))
-            .header("Authorization", &token)
-            .send()
-            .await
-            .expect("send");
+        let stats = send(Method::GET, "/statistics/devices").send().await.expect("send");
         assert_eq!(stats.status(), status(read, StatusCode::OK), "{policy} GET /statistics/devices");
-        let put = hub
-            .http
-            .put(hub.url(&format!("/devices/new-{policy}?{API}")))
-            .header("Authorization", &token)
-            .json(&json!({}))
-            .send()
-            .await
-            .expect("send");
+        let put = send(Method::PUT, &format!("/devices/new-{policy}")).json(&json!({})).send().await.expect("send");
         assert_eq!(put.status(), status(write, StatusCode::OK), "{policy} PUT");
-        let twin_get = hub
-            .http
-            .get(hub.url(&format!("/twins/d1?{API}")))
-            .header("Authorization", &token)
-            .send()
-            .await
-            .expect("send");
+        let twin_get = send(Method::GET, "/twins/d1").send().await.expect("send");
         assert_eq!(twin_get.status(), status(twin, StatusCode::OK), "{policy} GET /twins");
-        let delete = hub
-            .http
-            .delete(hub.url(&format!("/devices/d1?{API}")))
-            .header("Authorization", &token)
-            .header("If-Match", "\"none-such\"")
-            .send()
-            .await
-            .expect("send");
+        let delete =
+            send(Method::DELETE, "/devices/d1").header("If-Match", "\"none-such\"").send().await.expect("send");
         let expected = if write { StatusCode::PRECONDITION_FAILED } else { StatusCode::UNAUTHORIZED };
         assert_eq!(delete.status(), expected, "{policy} DELETE (authorization comes before the etag check)");
     }
@@ -156,17 +126,10 @@ async fn a_token_scoped_to_one_device_reaches_only_that_device() {
     let key = hub.emulator.hub().policies().get("registryRead").expect("policy").primary_key.clone();
     let token =
         generate_token(&format!("{host}/devices/d1"), &key, Some("registryRead"), unix_now() + 600).expect("token");
-    let own = hub
-        .http
-        .get(hub.url(&format!("/devices/d1?{API}")))
-        .header("Authorization", &token)
-        .send()
-        .await
-        .expect("send");
+    let own = hub.request_as(&token, Method::GET, "/devices/d1").send().await.expect("send");
     assert_eq!(own.status(), StatusCode::OK);
     for path in ["/devices/d10", "/devices"] {
-        let other =
-            hub.http.get(hub.url(&format!("{path}?{API}"))).header("Authorization", &token).send().await.expect("send");
+        let other = hub.request_as(&token, Method::GET, path).send().await.expect("send");
         expect_error(other, StatusCode::UNAUTHORIZED, "IotHubUnauthorizedAccess").await;
     }
 }

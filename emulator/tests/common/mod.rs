@@ -74,8 +74,13 @@ impl TestHub {
 
     /// A request with the owner's token and `?api-version=` appended.
     pub fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        self.request_as(&self.owner_token(), method, path)
+    }
+
+    /// A request with `token` as its Authorization and `?api-version=` appended.
+    pub fn request_as(&self, token: &str, method: Method, path: &str) -> RequestBuilder {
         let sep = if path.contains('?') { '&' } else { '?' };
-        self.http.request(method, self.url(&format!("{path}{sep}{API}"))).header("Authorization", self.owner_token())
+        self.http.request(method, self.url(&format!("{path}{sep}{API}"))).header("Authorization", token)
     }
 
     /// Creates a device with generated keys and returns its JSON.
