@@ -87,7 +87,7 @@ run_suite() {
 run_suite node-registry env IOTHUB_CONNECTION_STRING="$connection_string" NODE_EXTRA_CA_CERTS="$ca" \
   node conformance/node/registry.js
 
-echo "SDK conformance against the emulator ($connection_string)" | sed 's/SharedAccessKey=[^;]*/SharedAccessKey=***/'
+echo "SDK conformance against the emulator ($connection_string)" | sed 's/SharedAccessKey=[^;)]*/SharedAccessKey=***/'
 cat "$table"
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -1,0 +1,143 @@
+'use strict';
+// Registry conformance with Microsoft's unmodified `azure-iothub` (pinned in package-lock.json).
+//
+// Runs against whatever hub IOTHUB_CONNECTION_STRING names: the emulator (trust its CA with
+// NODE_EXTRA_CA_CERTS=<ca.pem>; the SDK always dials port 443) or a real Azure IoT Hub. Each scenario prints
+// "PASS <name>" or "FAIL <name>: <why>"; the last line is "N passed, M failed"; the exit code is 0 only when
+// nothing failed. The device it creates has a random id and is deleted at the end.
+
+const crypto = require('crypto');
+const { Registry } = require('azure-iothub');
+
+const connectionString = process.env.IOTHUB_CONNECTION_STRING;
+if (!connectionString) {
+  console.error('IOTHUB_CONNECTION_STRING is not set: give the hub owner connection string (the emulator prints it).');
+  process.exit(2);
+}
+
+const results = [];
+const deviceId = `conf-node-${crypto.randomBytes(6).toString('hex')}`;
+const registry = Registry.fromConnectionString(connectionString);
+
+function check(condition, message) {
+  if (!condition) throw new Error(message);
+}
+
+async function scenario(name, body) {
+  try {
+    await body();
+    results.push(true);
+    console.log(`PASS ${name}`);
+  } catch (err) {
+    results.push(false);
+    console.log(`FAIL ${name}: ${err && err.message ? err.message : err}`);
+  }
+}
+
+async function expectRejection(promise, errorName) {
+  try {
+    await promise;
+  } catch (err) {
+    check(err.name === errorName, `expected ${errorName}, got ${err.name}: ${err.message}`);
+    return;
+  }
+  throw new Error(`expected ${errorName}, but the call succeeded`);
+}
+
+async function main() {
+  let primaryKey;
+
+  await scenario('create', async () => {
+    const { responseBody, httpResponse } = await registry.create({ deviceId });
+    check(httpResponse.statusCode === 200, `status ${httpResponse.statusCode}, expected 200`);
+    check(responseBody.deviceId === deviceId, `deviceId ${responseBody.deviceId}`);
+    primaryKey = responseBody.authentication.symmetricKey.primaryKey;
+    check(typeof primaryKey === 'string' && primaryKey.length === 44, `generated key ${primaryKey}`);
+    check(Buffer.from(primaryKey, 'base64').length === 32, 'the key is base64 of 32 bytes');
+    check(responseBody.status === 'enabled', `status ${responseBody.status}`);
+  });
+
+  await scenario('create-duplicate', async () => {
+    await expectRejection(registry.create({ deviceId }), 'DeviceAlreadyExistsError');
+  });
+
+  await scenario('get', async () => {
+    const { responseBody } = await registry.get(deviceId);
+    check(responseBody.deviceId === deviceId, `deviceId ${responseBody.deviceId}`);
+    check(responseBody.authentication.symmetricKey.primaryKey === primaryKey, 'same key as created');
+    check(typeof responseBody.etag === 'string' && responseBody.etag.length > 0, 'has an etag');
+    check(responseBody.connectionState === 'Disconnected', `connectionState ${responseBody.connectionState}`);
+  });
+
+  await scenario('list', async () => {
+    const { responseBody } = await registry.list();
+    check(Array.isArray(responseBody), 'an array');
+    check(responseBody.some((d) => d.deviceId === deviceId), 'contains the new device');
+  });
+
+  await scenario('update', async () => {
+    const { responseBody } = await registry.update({ deviceId, status: 'disabled' });
+    check(responseBody.status === 'disabled', `status ${responseBody.status}`);
+    const fetched = await registry.get(deviceId);
+    check(fetched.responseBody.status === 'disabled', `status after get ${fetched.responseBody.status}`);
+  });
+
+  await scenario('getTwin', async () => {
+    const { responseBody } = await registry.getTwin(deviceId);
+    check(responseBody.deviceId === deviceId, `deviceId ${responseBody.deviceId}`);
+    check(typeof responseBody.etag === 'string', 'has an etag');
+    check(typeof responseBody.properties.desired.$version === 'number', 'desired has a $version');
+    check(typeof responseBody.properties.reported.$version === 'number', 'reported has a $version');
+    check(responseBody.tags && typeof responseBody.tags === 'object', 'tags is an object');
+  });
+
+  await scenario('registry-statistics', async () => {
+    const { responseBody } = await registry.getRegistryStatistics();
+    check(typeof responseBody.totalDeviceCount === 'number' && responseBody.totalDeviceCount >= 1,
+      `totalDeviceCount ${responseBody.totalDeviceCount}`);
+    check(responseBody.disabledDeviceCount >= 1, `disabledDeviceCount ${responseBody.disabledDeviceCount}`);
+  });
+
+  await scenario('bad-key', async () => {
+    const wrongKey = crypto.randomBytes(32).toString('base64');
+    const forged = Registry.fromConnectionString(
+      connectionString.replace(/SharedAccessKey=[^;]*/, `SharedAccessKey=${wrongKey}`));
+    await expectRejection(forged.get(deviceId), 'UnauthorizedError');
+  });
+
+  await scenario('delete', async () => {
+    const { httpResponse } = await registry.delete(deviceId);
+    check(httpResponse.statusCode === 204, `status ${httpResponse.statusCode}, expected 204`);
+  });
+
+  await scenario('get-deleted', async () => {
+    await expectRejection(registry.get(deviceId), 'DeviceNotFoundError');
+  });
+
+  await scenario('delete-missing', async () => {
+    await expectRejection(registry.delete(deviceId), 'DeviceNotFoundError');
+  });
+}
+
+const timer = setTimeout(() => {
+  console.log('FAIL timeout: the scenarios did not finish within 60 s');
+  process.exit(1);
+}, 60000);
+
+main()
+  .catch((err) => {
+    results.push(false);
+    console.log(`FAIL unexpected: ${err && err.stack ? err.stack : err}`);
+  })
+  .finally(async () => {
+    try {
+      await registry.delete(deviceId);
+    } catch (_) {
+      // already deleted, or never created
+    }
+    clearTimeout(timer);
+    const passed = results.filter(Boolean).length;
+    const failed = results.length - passed;
+    console.log(`${passed} passed, ${failed} failed`);
+    process.exit(failed === 0 ? 0 : 1);
+  });
