@@ -66,6 +66,8 @@ impl HubError {
             Self::DeviceAlreadyExists(_) => w(409, "DeviceAlreadyExists", 409001, 3),
             Self::PreconditionFailed(_) => w(412, "PreconditionFailed", 412001, 3),
             Self::MessageTooLarge(_) => w(413, "MessageTooLarge", 413001, 3),
+            // What the hub answers for a path or method it does not serve is not documented; these two codes are
+            // the emulator's own, in the hub's envelope so every client still parses them.
             Self::NotFound(_) => w(404, "NotFound", 404000, 3),
             Self::MethodNotAllowed(_) => w(405, "MethodNotAllowed", 405000, 3),
             Self::ServerError(_) => w(500, "ServerError", 500001, 3),

@@ -178,6 +178,8 @@ impl Hub {
     }
 
     /// Creates a device (no `If-Match`) or updates one (`If-Match` given), answering once it is durable.
+    /// An `If-Match` for a device that does not exist is 404 DeviceNotFound (wire-spec H.18); a create for one
+    /// that does is 409 DeviceAlreadyExists.
     pub async fn put_device(
         &self,
         id: &str,

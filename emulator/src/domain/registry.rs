@@ -299,7 +299,9 @@ pub fn create_device(id: &str, spec: &DeviceSpec, now: Timestamp, identity_versi
 }
 
 /// Applies an update request to an existing device. Members the request omits are reset to their defaults,
-/// as the hub documents for `PUT`, except SAS keys, which are kept when left empty.
+/// as the hub documents for `PUT`, except SAS keys, which are kept when left empty: the Node SDK's
+/// `Registry.update({deviceId, status})` fills in empty keys itself (`_normalizeAuthentication`), and rotating
+/// keys there would cut off every device of a user who only meant to disable one.
 pub fn update_device(
     current: &Device,
     spec: &DeviceSpec,

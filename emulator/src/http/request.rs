@@ -16,7 +16,8 @@ use crate::error::HubError;
 use crate::limits;
 
 /// Refuses any REST call without a non-empty `api-version` query parameter. Every value is accepted and
-/// behaves the same (wire-spec C.0.1).
+/// behaves the same (wire-spec C.0.1). Decision on wire-spec H.16 (the real code is unconfirmed): 400 with
+/// `InvalidProtocolVersion` (400001), the code the hub uses for a version it does not know.
 pub async fn require_api_version(request: Request, next: Next) -> Response {
     let has_version = request
         .uri()

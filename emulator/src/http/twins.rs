@@ -11,7 +11,8 @@ use super::response::{ApiError, ok_json};
 use crate::auth::Rights;
 use crate::hub::Hub;
 
-/// `GET /twins/{id}`: the full twin document. Readable with ServiceConnect or RegistryRead.
+/// `GET /twins/{id}`: the full twin document. Readable with ServiceConnect (the docs' permission for twin
+/// access) or RegistryRead (the twin repeats registry data, and registryRead callers query twins too).
 pub async fn get_twin(
     State(hub): State<Arc<Hub>>,
     PathId(id): PathId,
