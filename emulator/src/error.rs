@@ -28,10 +28,25 @@ pub enum HubError {
     NotFound(String),
     #[error("{0}")]
     MethodNotAllowed(String),
+    /// Direct method: the device is not connected (or not subscribed to methods) within the connect timeout.
+    #[error("{message}")]
+    DeviceNotOnline { message: String, connect_timeout_secs: Option<u64> },
+    /// Direct method: the device did not answer within the response timeout.
+    #[error("Timed out waiting for the response from device.")]
+    GatewayTimeout,
     #[error("{0}")]
     ServerError(String),
     #[error("{0}")]
     ServiceUnavailable(String),
+}
+
+/// Which of the hub's two JSON error bodies an error uses (wire-spec C.0.6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Envelope {
+    /// `{"Message":"ErrorCode:<Code>;<text>","ExceptionMessage":"Tracking ID:..."}`: registry, twins, jobs.
+    Legacy,
+    /// `{"Message":"{\"errorCode\":404103,...}","ExceptionMessage":""}`: direct-method failures.
+    Json,
 }
 
 /// How one error appears on the wire.
@@ -45,6 +60,8 @@ pub struct WireError {
     pub number: u32,
     /// MQTT 3.1.1 CONNACK return code when this error refuses a connection.
     pub connack: u8,
+    /// The body shape on HTTP.
+    pub envelope: Envelope,
 }
 
 impl HubError {
@@ -52,7 +69,10 @@ impl HubError {
     /// (sources: wire-spec C.0.6 error-code table).
     pub fn wire(&self) -> WireError {
         const fn w(status: u16, code: &'static str, number: u32, connack: u8) -> WireError {
-            WireError { status, code, number, connack }
+            WireError { status, code, number, connack, envelope: Envelope::Legacy }
+        }
+        const fn j(status: u16, code: &'static str, number: u32) -> WireError {
+            WireError { status, code, number, connack: 3, envelope: Envelope::Json }
         }
         match self {
             Self::ArgumentInvalid(_) => w(400, "ArgumentInvalid", 400004, 3),
@@ -70,9 +90,32 @@ impl HubError {
             // the emulator's own, in the hub's envelope so every client still parses them.
             Self::NotFound(_) => w(404, "NotFound", 404000, 3),
             Self::MethodNotAllowed(_) => w(405, "MethodNotAllowed", 405000, 3),
+            Self::DeviceNotOnline { .. } => j(404, "DeviceNotOnline", 404103),
+            Self::GatewayTimeout => j(504, "GatewayTimeout", 504101),
             Self::ServerError(_) => w(500, "ServerError", 500001, 3),
             Self::ServiceUnavailable(_) => w(503, "ServiceUnavailable", 503001, 3),
         }
+    }
+}
+
+impl HubError {
+    /// The hub's JSON error object: `{"errorCode","trackingId","message","info","timestampUtc"}`. It is the
+    /// inner document of the JSON envelope and the body of MQTT twin error responses (which the Node SDK
+    /// recognises by its `errorCode` member).
+    pub fn detail(&self, now: jiff::Timestamp) -> serde_json::Value {
+        let info = match self {
+            Self::DeviceNotOnline { connect_timeout_secs: Some(secs), .. } => {
+                serde_json::json!({ "timeout": format!("{:02}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60) })
+            }
+            _ => serde_json::json!({}),
+        };
+        serde_json::json!({
+            "errorCode": self.wire().number,
+            "trackingId": format!("{}-G:0-TimeStamp:{}", uuid::Uuid::new_v4().simple(), now.strftime("%m/%d/%Y %H:%M:%S")),
+            "message": self.to_string(),
+            "info": info,
+            "timestampUtc": crate::clock::format_time(now),
+        })
     }
 }
 
@@ -97,10 +140,32 @@ mod tests {
             HubError::MethodNotAllowed(String::new()),
             HubError::ServerError(String::new()),
             HubError::ServiceUnavailable(String::new()),
+            HubError::DeviceNotOnline { message: String::new(), connect_timeout_secs: None },
+            HubError::GatewayTimeout,
         ];
         for error in all {
             let wire = error.wire();
             assert_eq!(wire.number / 1000, u32::from(wire.status), "{error:?}");
         }
+    }
+}
+
+#[cfg(test)]
+mod detail_tests {
+    use super::*;
+
+    #[test]
+    fn method_errors_carry_the_hubs_texts_and_timeout_info() {
+        let now = jiff::Timestamp::from_second(1_600_000_000).expect("time");
+        let offline = HubError::DeviceNotOnline {
+            message: "Timed out waiting for device to connect.".into(),
+            connect_timeout_secs: Some(65),
+        };
+        let detail = offline.detail(now);
+        assert_eq!(detail["errorCode"], 404103);
+        assert_eq!(detail["info"]["timeout"], "00:01:05");
+        assert_eq!(detail["message"], "Timed out waiting for device to connect.");
+        assert_eq!(HubError::GatewayTimeout.detail(now)["message"], "Timed out waiting for the response from device.");
+        assert_eq!(HubError::GatewayTimeout.wire().envelope, Envelope::Json);
     }
 }

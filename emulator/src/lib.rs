@@ -185,7 +185,7 @@ async fn start(config: Config) -> Result<RunningEmulator, StartError> {
 
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
-    let app = http::router(hub.clone());
+    let app = http::router(hub.clone(), shutdown.clone());
     {
         let shutdown_for_conns = shutdown.clone();
         tracker.spawn(listener::accept_tls(
@@ -193,7 +193,7 @@ async fn start(config: Config) -> Result<RunningEmulator, StartError> {
             TlsAcceptor::from(https_tls),
             shutdown.clone(),
             tracker.clone(),
-            move |stream, _peer| http::serve_connection(stream, app.clone(), shutdown_for_conns.clone()),
+            move |stream, peer| http::serve_connection(stream, peer, app.clone(), shutdown_for_conns.clone()),
         ));
     }
     tracker.spawn(listener::accept_tls(

@@ -1,4 +1,7 @@
 //! Pure hub logic: no sockets, no HTTP or MQTT details. The transports translate to and from these types.
 
+pub mod methods;
+pub mod properties;
 pub mod registry;
+pub mod telemetry;
 pub mod twin;

@@ -128,6 +128,15 @@ impl Device {
     }
 }
 
+/// Connection facts the hub tracks in memory beside the stored record.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Liveness {
+    /// When the current connection started; `None` when disconnected.
+    pub connected_since: Option<Timestamp>,
+    /// When the device last sent something.
+    pub last_activity: Option<Timestamp>,
+}
+
 /// What a create or update request asks for; `None` means "not given".
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DeviceSpec {

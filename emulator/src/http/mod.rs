@@ -1,23 +1,28 @@
 //! The HTTPS service API: the axum router over the hub, and the connection handling behind the TLS listener.
 
+mod emulator;
 mod registry;
 mod request;
 mod response;
 mod twins;
+mod websocket;
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRef};
 use axum::http::Method;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
+use tower::ServiceExt as _;
 use tower_http::trace::TraceLayer;
 
 pub use registry::{device_to_wire, spec_from_wire};
@@ -27,21 +32,37 @@ use crate::error::HubError;
 use crate::hub::Hub;
 use crate::limits;
 
-/// The service REST API over `hub`.
-pub fn router(hub: Arc<Hub>) -> Router {
+/// What the handlers share: the hub, and the shutdown signal long-lived connections (WebSockets) watch.
+#[derive(Clone)]
+pub struct AppState {
+    pub hub: Arc<Hub>,
+    pub shutdown: CancellationToken,
+}
+
+impl FromRef<AppState> for Arc<Hub> {
+    fn from_ref(state: &AppState) -> Self {
+        state.hub.clone()
+    }
+}
+
+/// The service REST API over `hub`, plus MQTT over WebSockets at `/$iothub/websocket`.
+pub fn router(hub: Arc<Hub>, shutdown: CancellationToken) -> Router {
     Router::new()
         .route("/devices", get(registry::list_devices))
         .route("/devices/", get(registry::list_devices))
         .route("/devices/{id}", get(registry::get_device).put(registry::put_device).delete(registry::delete_device))
-        .route("/twins/{id}", get(twins::get_twin))
+        .route("/twins/{id}", get(twins::get_twin).patch(twins::patch_twin).put(twins::replace_twin))
+        .route("/twins/{id}/methods", post(twins::invoke_method))
+        .route("/emulator/devices/{id}/messages/events", get(emulator::device_telemetry))
         .route("/statistics/devices", get(registry::registry_statistics))
         .route("/statistics/service", get(registry::service_statistics))
         .route_layer(axum::middleware::from_fn(request::require_api_version))
+        .route("/$iothub/websocket", get(websocket::upgrade))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limits::MAX_HTTP_BODY_BYTES))
         .layer(TraceLayer::new_for_http())
-        .with_state(hub)
+        .with_state(AppState { hub, shutdown })
 }
 
 async fn not_found(method: Method, uri: axum::http::Uri) -> Response {
@@ -54,8 +75,17 @@ async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> Response {
 
 /// Serves HTTP/1.1 (with upgrades, for MQTT over WebSockets) and HTTP/2 on one TLS connection until it ends or
 /// `shutdown` fires, in which case in-flight requests finish first.
-pub async fn serve_connection(stream: TlsStream<TcpStream>, app: Router, shutdown: CancellationToken) {
+pub async fn serve_connection(
+    stream: TlsStream<TcpStream>,
+    peer: SocketAddr,
+    app: Router,
+    shutdown: CancellationToken,
+) {
     let builder = auto::Builder::new(TokioExecutor::new());
+    let app = app.map_request(move |mut request: axum::http::Request<hyper::body::Incoming>| {
+        request.extensions_mut().insert(ConnectInfo(peer));
+        request
+    });
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(app));
     tokio::pin!(connection);
     let result = tokio::select! {

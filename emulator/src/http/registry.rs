@@ -11,7 +11,7 @@ use super::request::{JsonBody, PathId, authorization, form_pairs, if_match};
 use super::response::{ApiError, ok_json};
 use crate::auth::Rights;
 use crate::clock::format_optional_time;
-use crate::domain::registry::{AuthType, Device, DeviceSpec, DeviceStatus};
+use crate::domain::registry::{AuthType, Device, DeviceSpec, DeviceStatus, Liveness};
 use crate::error::HubError;
 use crate::hub::Hub;
 use crate::limits;
@@ -19,8 +19,8 @@ use crate::limits;
 type ApiResult = Result<Response, ApiError>;
 
 /// Renders a device identity as the hub does (wire-spec C.1).
-pub fn device_to_wire(device: &Device, connected_since: Option<jiff::Timestamp>) -> wire::Device {
-    let connected = connected_since.is_some();
+pub fn device_to_wire(device: &Device, liveness: &Liveness) -> wire::Device {
+    let connected = liveness.connected_since.is_some();
     let auth = &device.authentication;
     wire::Device {
         device_id: Some(device.device_id.clone()),
@@ -29,9 +29,9 @@ pub fn device_to_wire(device: &Device, connected_since: Option<jiff::Timestamp>)
         connection_state: Some(if connected { "Connected" } else { "Disconnected" }.into()),
         status: Some(device.status.as_str().into()),
         status_reason: device.status_reason.clone(),
-        connection_state_updated_time: Some(format_optional_time(connected_since)),
+        connection_state_updated_time: Some(format_optional_time(liveness.connected_since)),
         status_updated_time: Some(format_optional_time(device.status_updated)),
-        last_activity_time: Some(format_optional_time(device.last_activity)),
+        last_activity_time: Some(format_optional_time(liveness.last_activity.or(device.last_activity))),
         cloud_to_device_message_count: Some(u64::from(device.cloud_to_device_message_count)),
         authentication: Some(wire::AuthenticationMechanism {
             symmetric_key: Some(wire::SymmetricKey {
@@ -77,7 +77,7 @@ pub fn spec_from_wire(path_id: &str, body: &wire::Device) -> Result<DeviceSpec, 
 }
 
 fn device_response(hub: &Hub, device: &Device) -> Response {
-    ok_json(&device_to_wire(device, hub.connected_since(&device.device_id)))
+    ok_json(&device_to_wire(device, &hub.liveness(&device.device_id)))
 }
 
 /// `GET /devices/{id}`.
@@ -122,7 +122,7 @@ pub async fn list_devices(State(hub): State<Arc<Hub>>, RawQuery(query): RawQuery
         }
     };
     let devices: Vec<wire::Device> =
-        hub.list_devices(None, top).iter().map(|d| device_to_wire(d, hub.connected_since(&d.device_id))).collect();
+        hub.list_devices(None, top).iter().map(|d| device_to_wire(d, &hub.liveness(&d.device_id))).collect();
     Ok(ok_json(&devices))
 }
 

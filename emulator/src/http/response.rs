@@ -5,7 +5,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::error::HubError;
+use crate::error::{Envelope, HubError};
 
 /// `Content-Type` of every JSON answer. The Node service SDK parses a body only when this says JSON.
 pub const JSON_CONTENT_TYPE: &str = "application/json; charset=utf-8";
@@ -24,20 +24,25 @@ impl From<HubError> for ApiError {
 }
 
 impl IntoResponse for ApiError {
-    /// The hub's legacy envelope (wire-spec C.0.6):
-    /// `{"Message":"ErrorCode:<Code>;<text>","ExceptionMessage":"Tracking ID:<id>-G:0-TimeStamp:<time>"}`.
+    /// The hub's error body (wire-spec C.0.6) in the envelope the error calls for, with `iothub-errorcode`.
     fn into_response(self) -> Response {
         let wire = self.0.wire();
         let status = StatusCode::from_u16(wire.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         if status.is_server_error() {
             tracing::warn!(error = %self.0, "request failed");
         }
-        let tracking = uuid::Uuid::new_v4().simple();
-        let stamp = jiff::Timestamp::now().strftime("%m/%d/%Y %H:%M:%S");
-        let body = json!({
-            "Message": format!("ErrorCode:{};{}", wire.code, self.0),
-            "ExceptionMessage": format!("Tracking ID:{tracking}-G:0-TimeStamp:{stamp}"),
-        });
+        let now = jiff::Timestamp::now();
+        let body = match wire.envelope {
+            Envelope::Legacy => {
+                let tracking = uuid::Uuid::new_v4().simple();
+                let stamp = now.strftime("%m/%d/%Y %H:%M:%S");
+                json!({
+                    "Message": format!("ErrorCode:{};{}", wire.code, self.0),
+                    "ExceptionMessage": format!("Tracking ID:{tracking}-G:0-TimeStamp:{stamp}"),
+                })
+            }
+            Envelope::Json => json!({ "Message": self.0.detail(now).to_string(), "ExceptionMessage": "" }),
+        };
         let mut response = json_response(status, &body);
         response.headers_mut().insert(ERROR_CODE_HEADER, HeaderValue::from_static(wire.code));
         response

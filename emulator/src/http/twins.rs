@@ -1,24 +1,107 @@
-//! Twin endpoints: `GET /twins/{id}`.
+//! Twin and direct-method endpoints: `GET/PATCH/PUT /twins/{id}`, `POST /twins/{id}/methods`.
 
 use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
+use serde_json::{Map, Value, json};
 
-use super::request::{PathId, authorization};
+use super::request::{JsonBody, PathId, authorization, if_match};
 use super::response::{ApiError, ok_json};
 use crate::auth::Rights;
+use crate::domain::methods;
+use crate::domain::twin::{TwinWrite, WriteMode};
+use crate::error::HubError;
 use crate::hub::Hub;
 
-/// `GET /twins/{id}`: the full twin document. Readable with ServiceConnect (the docs' permission for twin
-/// access) or RegistryRead (the twin repeats registry data, and registryRead callers query twins too).
-pub async fn get_twin(
+type ApiResult = Result<Response, ApiError>;
+
+/// Twin reads need ServiceConnect (the docs' permission for twins) or RegistryRead (the twin repeats registry
+/// data, and registryRead callers query twins too); writes need ServiceConnect or RegistryWrite.
+const TWIN_READ: Rights = Rights::SERVICE_CONNECT.union(Rights::REGISTRY_READ);
+const TWIN_WRITE: Rights = Rights::SERVICE_CONNECT.union(Rights::REGISTRY_WRITE);
+
+/// `GET /twins/{id}`: the full twin document.
+pub async fn get_twin(State(hub): State<Arc<Hub>>, PathId(id): PathId, headers: HeaderMap) -> ApiResult {
+    hub.authorize_service(authorization(&headers), &format!("twins/{id}"), TWIN_READ)?;
+    Ok(ok_json(&hub.twin_document(&id)?))
+}
+
+/// `PATCH /twins/{id}`: merge tags and desired properties.
+pub async fn patch_twin(
     State(hub): State<Arc<Hub>>,
     PathId(id): PathId,
     headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    let needed = Rights::SERVICE_CONNECT.union(Rights::REGISTRY_READ);
-    hub.authorize_service(authorization(&headers), &format!("twins/{id}"), needed)?;
-    Ok(ok_json(&hub.twin_document(&id)?))
+    JsonBody(body): JsonBody<Value>,
+) -> ApiResult {
+    write(&hub, &id, &headers, &body, WriteMode::Merge).await
+}
+
+/// `PUT /twins/{id}`: replace tags and desired properties (sections left out stay as they are).
+pub async fn replace_twin(
+    State(hub): State<Arc<Hub>>,
+    PathId(id): PathId,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<Value>,
+) -> ApiResult {
+    write(&hub, &id, &headers, &body, WriteMode::Replace).await
+}
+
+async fn write(hub: &Hub, id: &str, headers: &HeaderMap, body: &Value, mode: WriteMode) -> ApiResult {
+    hub.authorize_service(authorization(headers), &format!("twins/{id}"), TWIN_WRITE)?;
+    let twin_write = parse_twin_write(body)?;
+    let document = hub.write_twin(id, &twin_write, mode, if_match(headers)?.as_ref()).await?;
+    Ok(ok_json(&document))
+}
+
+/// A section of a write body: absent, `null` (clear), or an object.
+fn section(value: Option<&Value>, name: &str) -> Result<Option<Option<Map<String, Value>>>, HubError> {
+    match value {
+        None => Ok(None),
+        Some(Value::Null) => Ok(Some(None)),
+        Some(Value::Object(map)) => Ok(Some(Some(map.clone()))),
+        Some(other) => Err(HubError::ArgumentInvalid(format!("{name} must be a JSON object, not {other}"))),
+    }
+}
+
+/// Reads a twin write body: `tags` and `properties.desired`. Identity members (`deviceId`, `etag`, ...) are
+/// ignored, as the hub does; reported properties belong to the device, so a non-empty `properties.reported`
+/// is refused (wire-spec H.22), while `{}` (which the Node twin-job sample sends) is accepted.
+pub fn parse_twin_write(body: &Value) -> Result<TwinWrite, HubError> {
+    let Value::Object(body) = body else {
+        return Err(HubError::ArgumentInvalid("The twin must be a JSON object".into()));
+    };
+    let mut write = TwinWrite { tags: section(body.get("tags"), "tags")?, desired: None };
+    match body.get("properties") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(properties)) => {
+            write.desired = section(properties.get("desired"), "properties.desired")?;
+            match properties.get("reported") {
+                None | Some(Value::Null) => {}
+                Some(Value::Object(reported)) if reported.keys().all(|k| k.starts_with('$')) => {}
+                Some(_) => {
+                    return Err(HubError::ArgumentInvalid(
+                        "Reported properties can only be written by the device; remove properties.reported".into(),
+                    ));
+                }
+            }
+        }
+        Some(other) => return Err(HubError::ArgumentInvalid(format!("properties must be a JSON object, not {other}"))),
+    }
+    Ok(write)
+}
+
+/// `POST /twins/{id}/methods`: invoke a direct method and answer `{status, payload}` with HTTP 200 whatever
+/// status the device chose; 404103 when it is not online, 504101 when it does not answer in time.
+pub async fn invoke_method(
+    State(hub): State<Arc<Hub>>,
+    PathId(id): PathId,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<Value>,
+) -> ApiResult {
+    hub.authorize_service(authorization(&headers), &format!("twins/{id}/methods"), Rights::SERVICE_CONNECT)?;
+    let call = methods::parse_call(&body)?;
+    let response = hub.invoke_method(&id, &call).await?;
+    Ok(ok_json(&json!({ "status": response.status, "payload": response.payload })))
 }

@@ -7,5 +7,6 @@
 
 pub mod connect;
 mod session;
+pub mod topics;
 
 pub use session::serve_connection;

@@ -1,25 +1,37 @@
-//! One MQTT connection, from CONNECT to close: authenticate, keep presence, enforce keep-alive, answer pings.
-//! Topics (twins, methods, telemetry) are not offered yet: subscriptions are refused (SUBACK 0x80) and a
-//! PUBLISH closes the connection, as the hub does for topics it does not know.
+//! One MQTT connection, from CONNECT to close: authenticate, resume or start the session, then serve the
+//! device's twin requests, method answers and telemetry, and deliver what the hub sends it.
+//!
+//! Refusals follow the hub: a topic it does not offer gets SUBACK 0x80; a PUBLISH to a topic that is not the
+//! device's own, a QoS 2 PUBLISH or an oversized message closes the connection.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_util::{SinkExt as _, StreamExt as _};
-use rumqttc::mqttbytes::v4::{Codec, ConnAck, ConnectReturnCode, Packet, SubAck, SubscribeReasonCode, UnsubAck};
+use rumqttc::mqttbytes::v4::{
+    Codec, ConnAck, ConnectReturnCode, Packet, PubAck, Publish, SubAck, Subscribe, SubscribeReasonCode, UnsubAck,
+    Unsubscribe,
+};
 use rumqttc::mqttbytes::{Error as CodecError, QoS};
+use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
-use super::connect;
-use crate::hub::Hub;
+use super::connect::{self, Accepted};
+use super::topics::{self, Inbound};
+use crate::domain::methods;
+use crate::domain::telemetry::{self, TelemetryMessage};
+use crate::error::HubError;
+use crate::hub::{Hub, Subscriptions, ToDevice};
 use crate::limits;
 
 type Transport<IO> = Framed<IO, Codec>;
 
-/// Serves one MQTT connection on `io` (TLS today; WebSockets use the same code) until it ends or `shutdown`.
+/// Serves one MQTT connection on `io` (TLS or WebSocket) until it ends or `shutdown` fires.
 pub async fn serve_connection<IO>(io: IO, hub: Arc<Hub>, shutdown: CancellationToken, peer: SocketAddr)
 where
     IO: AsyncRead + AsyncWrite + Unpin,
@@ -63,15 +75,23 @@ where
             return;
         }
     };
-    let device_id = accepted.device_id.clone();
-    let lease = hub.device_connected(&device_id);
-    let ack = Packet::ConnAck(ConnAck { session_present: false, code: ConnectReturnCode::Success });
-    if transport.send(ack).await.is_ok() {
-        tracing::debug!(%peer, device_id, "device connected");
-        run(&mut transport, &accepted, &lease.closed, &shutdown).await;
+    let connected = hub.device_connected(&accepted.device_id, accepted.clean_session);
+    let ack = ConnAck { session_present: connected.session_present, code: ConnectReturnCode::Success };
+    let connection = connected.lease.id;
+    if transport.send(Packet::ConnAck(ack)).await.is_ok() {
+        tracing::debug!(%peer, device_id = %accepted.device_id, resumed = connected.session_present, "device connected");
+        let mut session = Session {
+            transport,
+            hub: &hub,
+            accepted: &accepted,
+            connection,
+            subscriptions: connected.subscriptions,
+            outbound: connected.outbound,
+        };
+        session.run(&connected.lease.closed, &shutdown).await;
     }
-    hub.device_disconnected(&device_id, lease.id);
-    tracing::debug!(%peer, device_id, "device disconnected");
+    hub.device_disconnected(&accepted.device_id, connection, accepted.clean_session);
+    tracing::debug!(%peer, device_id = %accepted.device_id, "device disconnected");
 }
 
 async fn refuse<IO: AsyncRead + AsyncWrite + Unpin>(transport: &mut Transport<IO>, code: ConnectReturnCode) {
@@ -86,65 +106,223 @@ fn keep_alive_deadline(keep_alive_secs: u16) -> Option<Duration> {
     })
 }
 
-async fn run<IO: AsyncRead + AsyncWrite + Unpin>(
-    transport: &mut Transport<IO>,
-    accepted: &connect::Accepted,
-    closed: &CancellationToken,
-    shutdown: &CancellationToken,
-) {
-    let deadline = keep_alive_deadline(accepted.keep_alive_secs);
-    let device_id = accepted.device_id.as_str();
-    loop {
-        let next = async {
-            match deadline {
-                Some(limit) => tokio::time::timeout(limit, transport.next()).await.ok(),
-                None => Some(transport.next().await),
-            }
-        };
-        let packet = tokio::select! {
-            packet = next => packet,
-            () = closed.cancelled() => {
-                tracing::debug!(device_id, "connection closed by the hub");
-                return;
-            }
-            () = shutdown.cancelled() => return,
-        };
-        let packet = match packet {
-            None => {
-                tracing::debug!(device_id, "keep-alive expired");
-                return;
-            }
-            Some(None) => return,
-            Some(Some(Err(error))) => {
-                tracing::debug!(device_id, %error, "malformed packet; closing");
-                return;
-            }
-            Some(Some(Ok(packet))) => packet,
-        };
-        let reply = match packet {
-            Packet::PingReq => Packet::PingResp,
-            Packet::Disconnect => return,
-            Packet::Subscribe(subscribe) => {
-                for filter in &subscribe.filters {
-                    tracing::debug!(device_id, filter = %filter.path, "subscription refused: topic not offered");
+/// Whether the connection goes on after handling something.
+enum Flow {
+    Continue,
+    Close(&'static str),
+}
+
+enum Event {
+    Packet(Packet),
+    Outbound(ToDevice),
+    Ended(&'static str),
+}
+
+struct Session<'a, IO> {
+    transport: Transport<IO>,
+    hub: &'a Hub,
+    accepted: &'a Accepted,
+    connection: u64,
+    subscriptions: Subscriptions,
+    outbound: mpsc::Receiver<ToDevice>,
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> Session<'_, IO> {
+    fn device_id(&self) -> &str {
+        &self.accepted.device_id
+    }
+
+    async fn run(&mut self, closed: &CancellationToken, shutdown: &CancellationToken) {
+        let deadline = keep_alive_deadline(self.accepted.keep_alive_secs);
+        loop {
+            let event = {
+                let next = async {
+                    match deadline {
+                        Some(limit) => tokio::time::timeout(limit, self.transport.next())
+                            .await
+                            .unwrap_or(None)
+                            .map_or(Event::Ended("keep-alive expired or connection closed"), |p| {
+                                p.map_or(Event::Ended("malformed packet"), Event::Packet)
+                            }),
+                        None => self.transport.next().await.map_or(Event::Ended("connection closed"), |p| {
+                            p.map_or(Event::Ended("malformed packet"), Event::Packet)
+                        }),
+                    }
+                };
+                tokio::select! {
+                    event = next => event,
+                    Some(message) = self.outbound.recv() => Event::Outbound(message),
+                    () = closed.cancelled() => Event::Ended("closed by the hub (replaced, disabled or deleted)"),
+                    () = shutdown.cancelled() => Event::Ended("emulator shutting down"),
                 }
-                let return_codes = vec![SubscribeReasonCode::Failure; subscribe.filters.len()];
-                Packet::SubAck(SubAck { pkid: subscribe.pkid, return_codes })
-            }
-            Packet::Unsubscribe(unsubscribe) => Packet::UnsubAck(UnsubAck { pkid: unsubscribe.pkid }),
-            Packet::PubAck(_) => continue,
-            Packet::Publish(publish) => {
-                let why = if publish.qos == QoS::ExactlyOnce { "QoS 2 is not supported" } else { "topic not offered" };
-                tracing::debug!(device_id, topic = %publish.topic, why, "PUBLISH refused; closing");
+            };
+            let flow = match event {
+                Event::Packet(packet) => self.handle(packet).await,
+                Event::Outbound(message) => self.deliver(message).await,
+                Event::Ended(why) => Flow::Close(why),
+            };
+            if let Flow::Close(why) = flow {
+                tracing::debug!(device_id = self.device_id(), why, "closing the connection");
                 return;
             }
-            other => {
-                tracing::debug!(device_id, packet = ?other, "unexpected packet; closing");
-                return;
+        }
+    }
+
+    async fn send(&mut self, packet: Packet) -> Flow {
+        match self.transport.send(packet).await {
+            Ok(()) => Flow::Continue,
+            Err(_) => Flow::Close("write failed"),
+        }
+    }
+
+    async fn publish(&mut self, topic: String, payload: impl Into<Bytes>) -> Flow {
+        let publish = Publish::from_bytes(topic, QoS::AtMostOnce, payload.into());
+        self.send(Packet::Publish(publish)).await
+    }
+
+    async fn handle(&mut self, packet: Packet) -> Flow {
+        match packet {
+            Packet::PingReq => self.send(Packet::PingResp).await,
+            Packet::Disconnect => Flow::Close("DISCONNECT"),
+            Packet::Subscribe(subscribe) => self.subscribe(subscribe).await,
+            Packet::Unsubscribe(unsubscribe) => self.unsubscribe(unsubscribe).await,
+            Packet::Publish(publish) => self.on_publish(publish).await,
+            Packet::PubAck(_) => Flow::Continue,
+            Packet::Connect(_) => Flow::Close("a second CONNECT"),
+            _ => Flow::Close("unexpected packet"),
+        }
+    }
+
+    async fn subscribe(&mut self, subscribe: Subscribe) -> Flow {
+        let mut return_codes = Vec::with_capacity(subscribe.filters.len());
+        for filter in &subscribe.filters {
+            match topics::parse_filter(&filter.path, self.device_id()) {
+                Some(kind) => {
+                    kind.set(&mut self.subscriptions, true);
+                    let granted = if filter.qos == QoS::AtMostOnce { QoS::AtMostOnce } else { QoS::AtLeastOnce };
+                    return_codes.push(SubscribeReasonCode::Success(granted));
+                }
+                None => {
+                    tracing::debug!(device_id = self.device_id(), filter = %filter.path, "subscription refused");
+                    return_codes.push(SubscribeReasonCode::Failure);
+                }
+            }
+        }
+        // Recorded before the SUBACK, so a method call can reach the device as soon as it knows it subscribed.
+        self.hub.set_subscriptions(self.device_id(), self.connection, self.subscriptions);
+        self.send(Packet::SubAck(SubAck { pkid: subscribe.pkid, return_codes })).await
+    }
+
+    async fn unsubscribe(&mut self, unsubscribe: Unsubscribe) -> Flow {
+        for topic in &unsubscribe.topics {
+            if let Some(kind) = topics::parse_filter(topic, self.device_id()) {
+                kind.set(&mut self.subscriptions, false);
+            }
+        }
+        self.hub.set_subscriptions(self.device_id(), self.connection, self.subscriptions);
+        self.send(Packet::UnsubAck(UnsubAck { pkid: unsubscribe.pkid })).await
+    }
+
+    async fn on_publish(&mut self, publish: Publish) -> Flow {
+        if publish.qos == QoS::ExactlyOnce {
+            return Flow::Close("QoS 2 is not supported by IoT Hub");
+        }
+        self.hub.touch(self.device_id());
+        let reply = match topics::parse_publish(&publish.topic, self.device_id()) {
+            Inbound::TwinGet { rid } => {
+                let (status, body) = match self.hub.device_twin_view(self.device_id()) {
+                    Ok(view) => (200, view.to_string()),
+                    Err(error) => self.error_reply(&error),
+                };
+                Some((topics::twin_response(status, &rid, None), body))
+            }
+            Inbound::ReportedPatch { rid } => {
+                let outcome = match serde_json::from_slice::<Value>(&publish.payload) {
+                    Ok(Value::Object(patch)) => self.hub.patch_reported(self.device_id(), &patch).await,
+                    Ok(_) => Err(HubError::ArgumentInvalid("A reported-properties patch must be a JSON object".into())),
+                    Err(e) => {
+                        Err(HubError::FormatError(format!("The reported-properties patch is not valid JSON: {e}")))
+                    }
+                };
+                Some(match outcome {
+                    Ok(version) => (topics::twin_response(204, &rid, Some(version)), String::new()),
+                    Err(error) => {
+                        let (status, body) = self.error_reply(&error);
+                        (topics::twin_response(status, &rid, None), body)
+                    }
+                })
+            }
+            Inbound::MethodResponse { status, rid } => {
+                match rid.parse::<u64>() {
+                    Ok(rid) => {
+                        if publish.payload.len() > methods::MAX_PAYLOAD_BYTES {
+                            return Flow::Close("method response larger than 128 KB");
+                        }
+                        let response = methods::parse_response(status, &publish.payload);
+                        self.hub.complete_method(self.device_id(), rid, response);
+                    }
+                    Err(_) => tracing::debug!(
+                        device_id = self.device_id(),
+                        rid,
+                        "method response with a foreign $rid dropped"
+                    ),
+                }
+                None
+            }
+            Inbound::Telemetry { property_bag } => {
+                if publish.payload.len() > telemetry::MAX_BODY_BYTES {
+                    return Flow::Close("device-to-cloud message larger than 256 KB");
+                }
+                let (system_properties, mut properties) = telemetry::parse_property_bag(property_bag);
+                if publish.retain {
+                    properties.insert("mqtt-retain".into(), "true".into());
+                }
+                self.hub.record_telemetry(TelemetryMessage {
+                    device_id: self.device_id().to_owned(),
+                    enqueued_time: self.hub.clock().now(),
+                    body: publish.payload.to_vec(),
+                    system_properties,
+                    properties,
+                });
+                None
+            }
+            Inbound::Unknown => {
+                tracing::debug!(device_id = self.device_id(), topic = %publish.topic, "PUBLISH to a topic the hub does not offer");
+                return Flow::Close("PUBLISH to a topic that is not offered or not the device's own");
             }
         };
-        if transport.send(reply).await.is_err() {
-            return;
+        if publish.qos == QoS::AtLeastOnce
+            && let Flow::Close(why) = self.send(Packet::PubAck(PubAck::new(publish.pkid))).await
+        {
+            return Flow::Close(why);
+        }
+        match reply {
+            Some((topic, body)) if self.subscriptions.twin_responses => self.publish(topic, body).await,
+            Some(_) => {
+                tracing::debug!(
+                    device_id = self.device_id(),
+                    "twin response dropped: not subscribed to $iothub/twin/res/#"
+                );
+                Flow::Continue
+            }
+            None => Flow::Continue,
+        }
+    }
+
+    /// A twin error response: the status and the hub's JSON error object (the Node SDK needs `errorCode`).
+    fn error_reply(&self, error: &HubError) -> (u16, String) {
+        (error.wire().status, error.detail(self.hub.clock().now()).to_string())
+    }
+
+    async fn deliver(&mut self, message: ToDevice) -> Flow {
+        match message {
+            ToDevice::MethodRequest { rid, name, payload } if self.subscriptions.methods => {
+                self.publish(topics::method_request(&name, rid), payload).await
+            }
+            ToDevice::DesiredChanged { version, body } if self.subscriptions.desired => {
+                self.publish(topics::desired_changed(version), body).await
+            }
+            _ => Flow::Continue,
         }
     }
 }

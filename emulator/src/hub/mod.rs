@@ -1,18 +1,28 @@
 //! The hub: the one API the transports call. It owns the in-memory state, applies the domain rules, sends
 //! every change to the store and answers only once the change is durable.
+//!
+//! Split by concern: this file holds the state and the registry; `presence` the live connections,
+//! `twins`, `methods` and `telemetry` the device features.
+
+mod methods;
+mod presence;
+mod telemetry;
+mod twins;
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use jiff::Timestamp;
-use serde_json::Value;
-use tokio_util::sync::CancellationToken;
+use tokio::sync::{Notify, broadcast};
+
+pub use presence::{Connected, ConnectionLease, Subscriptions, ToDevice};
 
 use crate::auth::{self, AuthFailure, Policies, Principal, Rights};
 use crate::clock::SharedClock;
-use crate::domain::registry::{self, Device, DeviceSpec, DeviceStatus, IfMatch};
-use crate::domain::twin;
+use crate::domain::methods::PendingCalls;
+use crate::domain::registry::{self, Device, DeviceSpec, DeviceStatus, IfMatch, Liveness};
+use crate::domain::telemetry::{DeviceBuffer, TelemetryMessage};
 use crate::error::HubError;
 use crate::store::{Loaded, Pending, Store, Write};
 
@@ -28,24 +38,15 @@ struct State {
     devices: BTreeMap<String, Arc<Device>>,
     /// Next hub-wide change number for device identities (etags).
     next_version: u64,
-    /// Devices with a live MQTT connection.
-    connected: HashMap<String, Presence>,
+    /// Devices with a live connection.
+    connected: HashMap<String, presence::Presence>,
     next_connection: u64,
-}
-
-/// A device's live connection.
-struct Presence {
-    connection: u64,
-    since: Timestamp,
-    closed: CancellationToken,
-}
-
-/// Handed to a transport when a device connects: its connection number, and a token the hub cancels when
-/// the connection must end (a newer connection for the device, the device deleted or disabled).
-#[derive(Debug, Clone)]
-pub struct ConnectionLease {
-    pub id: u64,
-    pub closed: CancellationToken,
+    /// Subscriptions of clean-session-0 clients, kept across reconnects (the Node SDK never re-subscribes).
+    sessions: HashMap<String, Subscriptions>,
+    /// Last activity of devices that are not connected now (kept in memory only).
+    last_activity: HashMap<String, Timestamp>,
+    /// Recent telemetry per device.
+    telemetry: HashMap<String, DeviceBuffer>,
 }
 
 impl State {
@@ -53,6 +54,13 @@ impl State {
         let v = self.next_version;
         self.next_version += 1;
         v
+    }
+
+    /// Ends the device's connection, if any (deleted or disabled devices).
+    fn disconnect(&mut self, device_id: &str) {
+        if let Some(presence) = self.connected.remove(device_id) {
+            presence.closed.cancel();
+        }
     }
 }
 
@@ -63,6 +71,10 @@ pub struct Hub {
     clock: SharedClock,
     store: Store,
     state: RwLock<State>,
+    /// Woken whenever a device connects or changes its subscriptions (direct methods wait on it).
+    presence_changed: Notify,
+    pending_calls: PendingCalls,
+    telemetry_feed: broadcast::Sender<Arc<TelemetryMessage>>,
 }
 
 impl Hub {
@@ -75,7 +87,18 @@ impl Hub {
             policies,
             clock,
             store,
-            state: RwLock::new(State { devices, next_version, connected: HashMap::new(), next_connection: 1 }),
+            state: RwLock::new(State {
+                devices,
+                next_version,
+                connected: HashMap::new(),
+                next_connection: 1,
+                sessions: HashMap::new(),
+                last_activity: HashMap::new(),
+                telemetry: HashMap::new(),
+            }),
+            presence_changed: Notify::new(),
+            pending_calls: PendingCalls::default(),
+            telemetry_feed: broadcast::channel(telemetry::FEED_CAPACITY).0,
         }
     }
 
@@ -143,43 +166,9 @@ impl Hub {
         state.devices.range((lower, Bound::Unbounded)).take(limit).map(|(_, d)| d.clone()).collect()
     }
 
-    /// True when the device has a live connection.
-    pub fn is_connected(&self, id: &str) -> bool {
-        self.read().connected.contains_key(id)
-    }
-
-    /// Since when the device has been connected, if it is.
-    pub fn connected_since(&self, id: &str) -> Option<Timestamp> {
-        self.read().connected.get(id).map(|p| p.since)
-    }
-
-    /// Records a new connection of `device_id`. An older connection of the same device is told to close, as the
-    /// hub allows one connection per identity.
-    pub fn device_connected(&self, device_id: &str) -> ConnectionLease {
-        let now = self.clock.now();
-        let mut state = self.write();
-        let id = state.next_connection;
-        state.next_connection += 1;
-        let closed = CancellationToken::new();
-        let presence = Presence { connection: id, since: now, closed: closed.clone() };
-        if let Some(older) = state.connected.insert(device_id.to_owned(), presence) {
-            tracing::info!(device_id, "a new connection replaces the older one");
-            older.closed.cancel();
-        }
-        ConnectionLease { id, closed }
-    }
-
-    /// Records the end of connection `connection` of `device_id` (ignored if a newer one replaced it).
-    pub fn device_disconnected(&self, device_id: &str, connection: u64) {
-        let mut state = self.write();
-        if state.connected.get(device_id).is_some_and(|p| p.connection == connection) {
-            state.connected.remove(device_id);
-        }
-    }
-
     /// Creates a device (no `If-Match`) or updates one (`If-Match` given), answering once it is durable.
     /// An `If-Match` for a device that does not exist is 404 DeviceNotFound (wire-spec H.18); a create for one
-    /// that does is 409 DeviceAlreadyExists.
+    /// that does is 409 DeviceAlreadyExists. Disabling a device ends its connection (wire-spec H.20).
     pub async fn put_device(
         &self,
         id: &str,
@@ -200,18 +189,23 @@ impl Hub {
                 }
             };
             state.take_version();
-            if device.status == DeviceStatus::Disabled
-                && let Some(presence) = state.connected.remove(id)
-            {
-                presence.closed.cancel();
+            if device.status == DeviceStatus::Disabled {
+                state.disconnect(id);
             }
-            let device = Arc::new(device);
-            let pending = self.store.submit(vec![Write::put_device(&device)]);
-            state.devices.insert(id.to_owned(), device.clone());
+            let (device, pending) = self.store_device(&mut state, device);
             (device, previous, pending)
         };
-        self.settle(pending, id, previous, Some(device.identity_version)).await?;
+        self.settle(pending, id, previous, Some(&device)).await?;
         Ok(device)
+    }
+
+    /// Replaces the device record in memory and queues it for the store (call with the state lock held, so
+    /// the store sees changes in the order memory does).
+    fn store_device(&self, state: &mut State, device: Device) -> (Arc<Device>, Pending) {
+        let device = Arc::new(device);
+        let pending = self.store.submit(vec![Write::put_device(&device)]);
+        state.devices.insert(device.device_id.clone(), device.clone());
+        (device, pending)
     }
 
     /// Deletes a device (and its twin), answering once the deletion is durable.
@@ -224,26 +218,30 @@ impl Hub {
             }
             let pending = self.store.submit(vec![Write::DeleteDevice { id: id.to_owned() }]);
             let previous = state.devices.remove(id);
-            if let Some(presence) = state.connected.remove(id) {
-                presence.closed.cancel();
-            }
+            state.disconnect(id);
+            state.sessions.remove(id);
+            state.telemetry.remove(id);
             (previous, pending)
         };
         self.settle(pending, id, previous, None).await
     }
 
     /// Waits for a change to be durable. If it cannot be saved, the in-memory change is undone (unless a
-    /// later change has replaced it) and the caller gets a server error: memory never runs ahead of the disk.
+    /// later change has replaced it) and the caller gets a server error, so memory does not run ahead of disk.
     async fn settle(
         &self,
         pending: Pending,
         id: &str,
         previous: Option<Arc<Device>>,
-        written_version: Option<u64>,
+        written: Option<&Arc<Device>>,
     ) -> Result<(), HubError> {
         let Err(error) = pending.durable().await else { return Ok(()) };
         let mut state = self.write();
-        let still_ours = state.devices.get(id).map(|d| d.identity_version) == written_version;
+        let still_ours = match (state.devices.get(id), written) {
+            (Some(current), Some(written)) => Arc::ptr_eq(current, written),
+            (None, None) => true,
+            _ => false,
+        };
         if still_ours {
             match previous {
                 Some(device) => state.devices.insert(id.to_owned(), device),
@@ -260,16 +258,18 @@ impl Hub {
         RegistryStatistics { total: state.devices.len(), enabled, disabled: state.devices.len() - enabled }
     }
 
-    /// How many devices are connected now.
-    pub fn connected_device_count(&self) -> usize {
-        self.read().connected.len()
+    /// Connection facts of a device, for the device and twin documents.
+    pub fn liveness(&self, id: &str) -> Liveness {
+        Self::liveness_in(&self.read(), id)
     }
 
-    /// The full twin document of a device.
-    pub fn twin_document(&self, id: &str) -> Result<Value, HubError> {
-        let state = self.read();
-        let device = state.devices.get(id).ok_or_else(|| HubError::DeviceNotFound(id.to_owned()))?;
-        Ok(twin::twin_document(device, state.connected.contains_key(id)))
+    fn liveness_in(state: &State, id: &str) -> Liveness {
+        match state.connected.get(id) {
+            Some(presence) => {
+                Liveness { connected_since: Some(presence.since), last_activity: Some(presence.last_activity()) }
+            }
+            None => Liveness { connected_since: None, last_activity: state.last_activity.get(id).copied() },
+        }
     }
 
     /// Waits for every submitted change to be durable and stops the store.

@@ -1,0 +1,171 @@
+//! Live device connections: who is connected, what each device subscribed to, and the channel the hub uses
+//! to send a device its method requests and desired-property changes.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use jiff::Timestamp;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::Hub;
+
+/// Messages waiting per connection before the hub considers the device too slow.
+const OUTBOUND_CAPACITY: usize = 1024;
+
+/// What a device listens to. Kept across reconnects for clean-session-0 clients.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Subscriptions {
+    /// `$iothub/methods/POST/#`
+    pub methods: bool,
+    /// `$iothub/twin/res/#`
+    pub twin_responses: bool,
+    /// `$iothub/twin/PATCH/properties/desired/#`
+    pub desired: bool,
+    /// `devices/<id>/messages/devicebound/#`
+    pub cloud_to_device: bool,
+}
+
+/// What the hub sends a connected device on its own initiative.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ToDevice {
+    /// A direct method call; `payload` is JSON text.
+    MethodRequest { rid: u64, name: String, payload: String },
+    /// Desired properties changed; `body` is the JSON notification including `$version`.
+    DesiredChanged { version: u64, body: String },
+}
+
+pub(super) struct Presence {
+    pub(super) connection: u64,
+    pub(super) since: Timestamp,
+    pub(super) closed: CancellationToken,
+    pub(super) outbound: mpsc::Sender<ToDevice>,
+    /// Nanoseconds since the epoch; atomic so activity is recorded under the read lock.
+    last_activity: AtomicI64,
+}
+
+impl Presence {
+    pub(super) fn last_activity(&self) -> Timestamp {
+        Timestamp::from_nanosecond(i128::from(self.last_activity.load(Ordering::Relaxed))).unwrap_or(self.since)
+    }
+}
+
+fn nanos(ts: Timestamp) -> i64 {
+    i64::try_from(ts.as_nanosecond()).unwrap_or(i64::MAX)
+}
+
+/// Handed to a transport when a device connects: its connection number, and a token the hub cancels when
+/// the connection must end (a newer connection for the device, the device deleted or disabled).
+#[derive(Debug, Clone)]
+pub struct ConnectionLease {
+    pub id: u64,
+    pub closed: CancellationToken,
+}
+
+/// Everything a transport gets for an accepted connection.
+#[derive(Debug)]
+pub struct Connected {
+    pub lease: ConnectionLease,
+    /// Messages the hub sends the device.
+    pub outbound: mpsc::Receiver<ToDevice>,
+    /// True when a stored session (clean-session 0) was resumed.
+    pub session_present: bool,
+    /// The subscriptions in force from the start (resumed ones).
+    pub subscriptions: Subscriptions,
+}
+
+impl Hub {
+    /// Records a new connection of `device_id`. An older connection of the same device is told to close, as the
+    /// hub allows one connection per identity. A clean session discards stored subscriptions.
+    pub fn device_connected(&self, device_id: &str, clean_session: bool) -> Connected {
+        let now = self.clock.now();
+        let (outbound_tx, outbound) = mpsc::channel(OUTBOUND_CAPACITY);
+        let closed = CancellationToken::new();
+        let connected = {
+            let mut state = self.write();
+            let id = state.next_connection;
+            state.next_connection += 1;
+            let presence = Presence {
+                connection: id,
+                since: now,
+                closed: closed.clone(),
+                outbound: outbound_tx,
+                last_activity: AtomicI64::new(nanos(now)),
+            };
+            if let Some(older) = state.connected.insert(device_id.to_owned(), presence) {
+                tracing::info!(device_id, "a new connection replaces the older one");
+                older.closed.cancel();
+            }
+            state.last_activity.remove(device_id);
+            let resumed = if clean_session {
+                state.sessions.remove(device_id).and(None)
+            } else {
+                state.sessions.get(device_id).copied()
+            };
+            Connected {
+                lease: ConnectionLease { id, closed },
+                outbound,
+                session_present: resumed.is_some(),
+                subscriptions: resumed.unwrap_or_default(),
+            }
+        };
+        self.presence_changed.notify_waiters();
+        connected
+    }
+
+    /// Records what connection `connection` of `device_id` now subscribes to.
+    pub fn set_subscriptions(&self, device_id: &str, connection: u64, subscriptions: Subscriptions) {
+        {
+            let mut state = self.write();
+            if state.connected.get(device_id).is_none_or(|p| p.connection != connection) {
+                return;
+            }
+            state.sessions.insert(device_id.to_owned(), subscriptions);
+        }
+        self.presence_changed.notify_waiters();
+    }
+
+    /// Records the end of connection `connection` of `device_id` (ignored if a newer one replaced it). A clean
+    /// session's subscriptions end with it.
+    pub fn device_disconnected(&self, device_id: &str, connection: u64, clean_session: bool) {
+        let mut state = self.write();
+        if state.connected.get(device_id).is_some_and(|p| p.connection == connection) {
+            if let Some(presence) = state.connected.remove(device_id) {
+                state.last_activity.insert(device_id.to_owned(), presence.last_activity());
+            }
+            if clean_session {
+                state.sessions.remove(device_id);
+            }
+        }
+    }
+
+    /// Notes that the device sent something (its `lastActivityTime`).
+    pub fn touch(&self, device_id: &str) {
+        let now = nanos(self.clock.now());
+        if let Some(presence) = self.read().connected.get(device_id) {
+            presence.last_activity.store(now, Ordering::Relaxed);
+        }
+    }
+
+    /// True when the device has a live connection.
+    pub fn is_connected(&self, id: &str) -> bool {
+        self.read().connected.contains_key(id)
+    }
+
+    /// How many devices are connected now.
+    pub fn connected_device_count(&self) -> usize {
+        self.read().connected.len()
+    }
+
+    /// The sender to a connected device that subscribed as `wanted` says; `Err(true)` when it is connected but
+    /// not subscribed, `Err(false)` when it is not connected.
+    pub(super) fn route(
+        &self,
+        device_id: &str,
+        wanted: fn(&Subscriptions) -> bool,
+    ) -> Result<mpsc::Sender<ToDevice>, bool> {
+        let state = self.read();
+        let presence = state.connected.get(device_id).ok_or(false)?;
+        let subscribed = state.sessions.get(device_id).is_some_and(wanted);
+        if subscribed { Ok(presence.outbound.clone()) } else { Err(true) }
+    }
+}

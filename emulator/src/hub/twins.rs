@@ -1,0 +1,84 @@
+//! Twin reads and writes: the service's PATCH/PUT (and twin jobs), the device's reported patches and GET,
+//! and the desired-change notification to the connected device.
+
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+
+use super::presence::ToDevice;
+use super::{Hub, State};
+use crate::domain::registry::{Device, IfMatch};
+use crate::domain::twin::{self, DesiredNotification, TwinWrite, WriteMode};
+use crate::error::HubError;
+
+impl Hub {
+    /// The full twin document of a device (wire-spec D.1).
+    pub fn twin_document(&self, id: &str) -> Result<Value, HubError> {
+        let state = self.read();
+        let device = state.devices.get(id).ok_or_else(|| HubError::DeviceNotFound(id.to_owned()))?;
+        Ok(twin::twin_document(device, &Self::liveness_in(&state, id)))
+    }
+
+    /// What the device gets for `$iothub/twin/GET`.
+    pub fn device_twin_view(&self, id: &str) -> Result<Value, HubError> {
+        Ok(self.get_device(id)?.twin.device_view())
+    }
+
+    /// A service write of the twin: checks `If-Match` against the twin etag, applies it, notifies the device
+    /// of desired changes, and answers with the new twin document once it is durable.
+    pub async fn write_twin(
+        &self,
+        id: &str,
+        write: &TwinWrite,
+        mode: WriteMode,
+        if_match: Option<&IfMatch>,
+    ) -> Result<Value, HubError> {
+        let now = self.clock.now();
+        let (device, previous, pending, document) = {
+            let mut state = self.write();
+            let current = state.devices.get(id).cloned().ok_or_else(|| HubError::DeviceNotFound(id.to_owned()))?;
+            if let Some(condition) = if_match {
+                condition.check(&current.twin.etag())?;
+            }
+            let change = current.twin.apply_service_write(write, mode, now)?;
+            let (device, pending) = self.store_device(&mut state, Device { twin: change.twin, ..(*current).clone() });
+            if let Some(notification) = change.desired_notification {
+                // Sent under the lock so notifications reach the device in version order.
+                Self::notify_desired(&state, id, notification);
+            }
+            let document = twin::twin_document(&device, &Self::liveness_in(&state, id));
+            (device, Some(current), pending, document)
+        };
+        self.settle(pending, id, previous, Some(&device)).await?;
+        Ok(document)
+    }
+
+    fn notify_desired(state: &State, device_id: &str, notification: DesiredNotification) {
+        let Some(presence) = state.connected.get(device_id) else { return };
+        if !state.sessions.get(device_id).is_some_and(|s| s.desired) {
+            return;
+        }
+        let message = ToDevice::DesiredChanged {
+            version: notification.version,
+            body: Value::Object(notification.body).to_string(),
+        };
+        if presence.outbound.try_send(message).is_err() {
+            tracing::warn!(device_id, "desired-property notification dropped: the device is not reading");
+        }
+    }
+
+    /// A device's reported-properties patch; returns the new reported `$version` once it is durable.
+    pub async fn patch_reported(&self, device_id: &str, patch: &Map<String, Value>) -> Result<u64, HubError> {
+        let now = self.clock.now();
+        let (device, previous, pending) = {
+            let mut state = self.write();
+            let current: Arc<Device> =
+                state.devices.get(device_id).cloned().ok_or_else(|| HubError::DeviceNotFound(device_id.to_owned()))?;
+            let twin = current.twin.apply_reported_patch(patch, now)?;
+            let (device, pending) = self.store_device(&mut state, Device { twin, ..(*current).clone() });
+            (device, Some(current), pending)
+        };
+        self.settle(pending, device_id, previous, Some(&device)).await?;
+        Ok(device.twin.reported.version)
+    }
+}
