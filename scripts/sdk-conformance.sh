@@ -84,8 +84,10 @@ run_suite() {
 }
 
 (cd conformance/node && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
-run_suite node-registry env IOTHUB_CONNECTION_STRING="$connection_string" NODE_EXTRA_CA_CERTS="$ca" \
-  node conformance/node/registry.js
+for suite in registry device; do
+  run_suite "node-$suite" env IOTHUB_CONNECTION_STRING="$connection_string" NODE_EXTRA_CA_CERTS="$ca" \
+    node "conformance/node/$suite.js"
+done
 
 echo "SDK conformance against the emulator ($connection_string)" | sed 's/SharedAccessKey=[^;)]*/SharedAccessKey=***/'
 cat "$table"

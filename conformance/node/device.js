@@ -1,0 +1,181 @@
+'use strict';
+// Device conformance with Microsoft's unmodified Node SDKs (versions pinned in package-lock.json):
+// `azure-iot-device` + `azure-iot-device-mqtt` on the device side (MQTT over TLS, and MQTT over WebSockets),
+// `azure-iothub` (`Client.invokeDeviceMethod`, `Registry.getTwin/updateTwin`) on the service side.
+//
+// Needs IOTHUB_CONNECTION_STRING (hub owner) and, for the emulator, NODE_EXTRA_CA_CERTS=<ca.pem>. Prints
+// "PASS <name>" / "FAIL <name>: <why>" lines, then "N passed, M failed"; exit code 0 only when nothing failed.
+// The devices it creates have random ids and are deleted at the end.
+
+const crypto = require('crypto');
+const { Client: DeviceClient, Message } = require('azure-iot-device');
+const { Mqtt, MqttWs } = require('azure-iot-device-mqtt');
+const { Client: ServiceClient, Registry } = require('azure-iothub');
+
+const connectionString = process.env.IOTHUB_CONNECTION_STRING;
+if (!connectionString) {
+  console.error('IOTHUB_CONNECTION_STRING is not set: give the hub owner connection string (the emulator prints it).');
+  process.exit(2);
+}
+const hostName = /HostName=([^;]+)/.exec(connectionString)[1];
+const registry = Registry.fromConnectionString(connectionString);
+const service = ServiceClient.fromConnectionString(connectionString);
+const suffix = crypto.randomBytes(5).toString('hex');
+const created = [];
+const clients = [];
+const results = [];
+
+function check(condition, message) {
+  if (!condition) throw new Error(message);
+}
+
+function withTimeout(promise, ms, what) {
+  let timer;
+  const timeout = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what}: no result within ${ms} ms`)), ms);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+
+async function scenario(name, body) {
+  try {
+    await withTimeout(body(), 30000, name);
+    results.push(true);
+    console.log(`PASS ${name}`);
+  } catch (err) {
+    results.push(false);
+    console.log(`FAIL ${name}: ${err && err.message ? err.message : err}`);
+  }
+}
+
+async function createDevice(label) {
+  const deviceId = `conf-node-${label}-${suffix}`;
+  const { responseBody } = await registry.create({ deviceId });
+  created.push(deviceId);
+  const key = responseBody.authentication.symmetricKey.primaryKey;
+  return { deviceId, connectionString: `HostName=${hostName};DeviceId=${deviceId};SharedAccessKey=${key}` };
+}
+
+async function connect(device, transport) {
+  const client = DeviceClient.fromConnectionString(device.connectionString, transport);
+  clients.push(client);
+  await client.open();
+  return client;
+}
+
+/// Registers lockDoor, which answers 200 with what it was sent and where it ran.
+function answerLockDoor(client, deviceId) {
+  client.onDeviceMethod('lockDoor', (request, response) => {
+    response.send(200, { locked: true, echo: request.payload, deviceId }, (err) => {
+      if (err) console.error(`lockDoor response failed: ${err.message}`);
+    });
+  });
+}
+
+async function main() {
+  const mqttDevice = await createDevice('mqtt');
+  const wsDevice = await createDevice('ws');
+  const offlineDevice = await createDevice('offline');
+  let client;
+  let twin;
+
+  await scenario('connect-mqtt', async () => {
+    client = await connect(mqttDevice, Mqtt);
+    answerLockDoor(client, mqttDevice.deviceId);
+  });
+
+  await scenario('direct-method-round-trip', async () => {
+    // Give the lazy SUBSCRIBE of onDeviceMethod a moment, as a real back end would with connectTimeout.
+    const { result } = await service.invokeDeviceMethod(mqttDevice.deviceId, {
+      methodName: 'lockDoor',
+      payload: { door: 'front', pin: 1234 },
+      responseTimeoutInSeconds: 10,
+      connectTimeoutInSeconds: 5,
+    });
+    check(result.status === 200, `status ${result.status}`);
+    check(result.payload.locked === true, `payload ${JSON.stringify(result.payload)}`);
+    check(result.payload.echo.door === 'front' && result.payload.echo.pin === 1234, 'payload reached the device intact');
+  });
+
+  await scenario('reported-properties-read-by-service', async () => {
+    twin = await client.getTwin();
+    check(typeof twin.properties.desired.$version === 'number', 'device twin has desired.$version');
+    const patch = { battery: 87, firmware: { version: '1.2.3' } };
+    await new Promise((resolve, reject) => twin.properties.reported.update(patch, (err) => (err ? reject(err) : resolve())));
+    const { responseBody } = await registry.getTwin(mqttDevice.deviceId);
+    check(responseBody.properties.reported.battery === 87, `reported ${JSON.stringify(responseBody.properties.reported)}`);
+    check(responseBody.properties.reported.firmware.version === '1.2.3', 'nested reported property');
+  });
+
+  await scenario('desired-change-reaches-device', async () => {
+    const received = new Promise((resolve) => {
+      twin.on('properties.desired', (delta) => {
+        if (delta.building === '43') resolve(delta);
+      });
+    });
+    await new Promise((resolve) => setTimeout(resolve, 200)); // the SDK subscribes lazily
+    const { responseBody } = await registry.updateTwin(mqttDevice.deviceId,
+      { properties: { desired: { building: '43', floor: 3 } } }, '*');
+    check(responseBody.properties.desired.building === '43', 'service sees its own write');
+    const delta = await received;
+    check(delta.floor === 3, `delta ${JSON.stringify(delta)}`);
+    check(typeof delta.$version === 'number', 'the notification carries $version');
+  });
+
+  await scenario('telemetry-accepted', async () => {
+    const message = new Message(JSON.stringify({ temperature: 21.5 }));
+    message.properties.add('alert', 'false');
+    message.contentType = 'application/json';
+    message.contentEncoding = 'utf-8';
+    await client.sendEvent(message);
+  });
+
+  await scenario('offline-device-gets-404103', async () => {
+    try {
+      await service.invokeDeviceMethod(offlineDevice.deviceId, { methodName: 'lockDoor', responseTimeoutInSeconds: 5 });
+    } catch (err) {
+      const body = String(err.responseBody || '');
+      check(err.response && err.response.statusCode === 404, `status ${err.response && err.response.statusCode}`);
+      check(body.includes('404103'), `body ${body}`);
+      return;
+    }
+    throw new Error('the call succeeded against a device that never connected');
+  });
+
+  await scenario('mqtt-over-websockets-method', async () => {
+    const wsClient = await connect(wsDevice, MqttWs);
+    answerLockDoor(wsClient, wsDevice.deviceId);
+    const { result } = await service.invokeDeviceMethod(wsDevice.deviceId, {
+      methodName: 'lockDoor',
+      payload: null,
+      responseTimeoutInSeconds: 10,
+      connectTimeoutInSeconds: 5,
+    });
+    check(result.status === 200 && result.payload.deviceId === wsDevice.deviceId, `result ${JSON.stringify(result)}`);
+    check(result.payload.echo === null, 'a null payload arrives as null');
+  });
+}
+
+const overall = setTimeout(() => {
+  console.log('FAIL timeout: the scenarios did not finish within 120 s');
+  process.exit(1);
+}, 120000);
+
+main()
+  .catch((err) => {
+    results.push(false);
+    console.log(`FAIL unexpected: ${err && err.stack ? err.stack : err}`);
+  })
+  .finally(async () => {
+    for (const c of clients) {
+      try { await c.close(); } catch (_) { /* already closed */ }
+    }
+    for (const id of created) {
+      try { await registry.delete(id); } catch (_) { /* already gone */ }
+    }
+    clearTimeout(overall);
+    const passed = results.filter(Boolean).length;
+    const failed = results.length - passed;
+    console.log(`${passed} passed, ${failed} failed`);
+    process.exit(failed === 0 ? 0 : 1);
+  });
