@@ -1,5 +1,6 @@
 //! The `iothub-emulator` command: starts a local IoT Hub with working defaults and prints how to reach it.
 
+use std::io::Write as _;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -74,19 +75,26 @@ async fn main() -> ExitCode {
     let emulator = match Emulator::builder().config(config).start().await {
         Ok(emulator) => emulator,
         Err(error) => {
-            eprintln!("iothub-emulator: {error}");
+            let _ = writeln!(std::io::stderr(), "iothub-emulator: {error}");
             return ExitCode::FAILURE;
         }
     };
     print_banner(&emulator, started.elapsed().as_secs_f64() * 1000.0);
 
     stop.await;
-    eprintln!("iothub-emulator: shutting down");
+    let _ = writeln!(std::io::stderr(), "iothub-emulator: shutting down");
     emulator.shutdown().await;
     ExitCode::SUCCESS
 }
 
+/// Prints how to reach and trust the hub. Written in one piece and never panicking: a closed stdout (a
+/// supervisor that stopped reading) must not bring the hub down.
 fn print_banner(emulator: &RunningEmulator, startup_ms: f64) {
+    let _ = std::io::stdout().write_all(banner(emulator, startup_ms).as_bytes());
+    let _ = std::io::stdout().flush();
+}
+
+fn banner(emulator: &RunningEmulator, startup_ms: f64) -> String {
     let host = emulator.host_name();
     let https = emulator.https_addr();
     let mqtt = emulator.mqtt_addr();
@@ -96,24 +104,28 @@ fn print_banner(emulator: &RunningEmulator, startup_ms: f64) {
         (Some(dir), false) => format!("{} (CA and keys only; devices in memory)", dir.display()),
         (None, _) => "in memory".to_owned(),
     };
-    println!("iothub-emulator listening ({startup_ms:.0} ms): hub '{host}'");
-    println!("  service API  https://{host}:{} (bound to {https})", https.port());
-    println!("  devices      mqtts://{host}:{} (bound to {mqtt})", mqtt.port());
-    println!("  data         {storage}");
-    println!("  connection string (iothubowner):");
-    println!("    {}", emulator.service_connection_string());
-    println!("  CA certificate: {ca}");
-    println!("  trust it:  Node    NODE_EXTRA_CA_CERTS={ca}");
-    println!(
-        "             Python  REQUESTS_CA_BUNDLE={ca} (service); server_verification_cert=open('{ca}').read() or SSL_CERT_FILE={ca} (device)"
+    let mut text = format!(
+        "iothub-emulator listening ({startup_ms:.0} ms): hub '{host}'\n\
+         \x20 service API  https://{host}:{} (bound to {https}); MQTT over WebSockets at /$iothub/websocket\n\
+         \x20 devices      mqtts://{host}:{} (bound to {mqtt})\n\
+         \x20 data         {storage}\n\
+         \x20 connection string (iothubowner):\n\
+         \x20   {}\n\
+         \x20 CA certificate: {ca}\n\
+         \x20 trust it:  Node    NODE_EXTRA_CA_CERTS={ca}\n\
+         \x20            Python  REQUESTS_CA_BUNDLE={ca} (service); server_verification_cert=open('{ca}').read() or SSL_CERT_FILE={ca} (device)\n",
+        https.port(),
+        mqtt.port(),
+        emulator.service_connection_string(),
     );
     if https.port() != config::DEFAULT_HTTPS_PORT || mqtt.port() != config::DEFAULT_MQTT_PORT {
-        println!(
-            "  note: unmodified SDKs dial 443 and 8883. Python service SDK: HostName={host}:{}; Node device SDK: GatewayHostName={host}:{}",
+        text.push_str(&format!(
+            "  note: unmodified SDKs dial 443 and 8883. Python service SDK: HostName={host}:{}; Node device SDK: GatewayHostName={host}:{}\n",
             https.port(),
             mqtt.port()
-        );
+        ));
     }
+    text
 }
 
 /// Registers for SIGINT/SIGTERM now (so a signal that arrives right after the banner is not lost) and returns

@@ -98,9 +98,10 @@ fn start_and_read_banner(data_dir: &std::path::Path) -> (Child, String) {
         .spawn()
         .expect("spawn");
     let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
     let mut banner = String::new();
     let deadline = Instant::now() + Duration::from_secs(20);
-    for line in BufReader::new(stdout).lines() {
+    for line in lines.by_ref() {
         let line = line.expect("line");
         banner.push_str(&line);
         banner.push('\n');
@@ -108,6 +109,8 @@ fn start_and_read_banner(data_dir: &std::path::Path) -> (Child, String) {
             break;
         }
     }
+    // Keep draining, as a supervisor would; the emulator must not depend on it either way.
+    std::thread::spawn(move || lines.for_each(drop));
     (child, banner)
 }
 
