@@ -3,67 +3,23 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
+use common::mqtt::{Mqtt, connect_with, device_token, expect_closed, tls, user_name};
 use common::{TestHub, start, unix_now};
 use futures_util::{SinkExt as _, StreamExt as _};
 use iothub_proto::generate_token;
 use reqwest::Method;
 use rumqttc::mqttbytes::QoS;
-use rumqttc::mqttbytes::v4::{Codec, ConnAck, Connect, ConnectReturnCode, Packet, Subscribe};
+use rumqttc::mqttbytes::v4::{ConnectReturnCode, Packet, Subscribe};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
-use tokio_rustls::client::TlsStream;
-use tokio_util::codec::Framed;
 
-type Mqtt = Framed<TlsStream<TcpStream>, Codec>;
-
-async fn tls(hub: &TestHub) -> TlsStream<TcpStream> {
-    let config = common::client_tls(hub.emulator.ca_pem(), rustls::DEFAULT_VERSIONS);
-    let tcp = TcpStream::connect(hub.emulator.mqtt_addr()).await.expect("tcp");
-    let name = rustls_pki_types::ServerName::try_from("localhost").expect("name");
-    TlsConnector::from(Arc::new(config)).connect(name, tcp).await.expect("TLS with only the emulator CA trusted")
-}
-
-/// Sends CONNECT as the SDKs do and returns the transport and the CONNACK code.
+/// Sends CONNECT as the SDKs do (clean session 0) and returns the transport and the CONNACK code.
 async fn connect(hub: &TestHub, client_id: &str, user_name: &str, password: &str) -> (Mqtt, ConnectReturnCode) {
-    let mut mqtt = Framed::new(tls(hub).await, Codec { max_incoming_size: 1 << 20, max_outgoing_size: 1 << 20 });
-    let mut packet = Connect::new(client_id);
-    packet.keep_alive = 60;
-    packet.clean_session = false;
-    packet.set_login(user_name, password);
-    mqtt.send(Packet::Connect(packet)).await.expect("send CONNECT");
-    let reply = tokio::time::timeout(Duration::from_secs(5), mqtt.next()).await.expect("CONNACK in time");
-    match reply {
-        Some(Ok(Packet::ConnAck(ConnAck { code, session_present }))) => {
-            assert!(!session_present);
-            (mqtt, code)
-        }
-        other => panic!("expected CONNACK, got {other:?}"),
-    }
-}
-
-fn user_name(device_id: &str) -> String {
-    format!("localhost/{device_id}/?api-version=2021-04-12&DeviceClientType=test%2F1.0")
-}
-
-fn device_token(hub: &TestHub, device_id: &str, key_of: &str, expiry: u64) -> String {
-    let key = hub.emulator.hub().get_device(key_of).expect("device").authentication.primary_key.clone().expect("key");
-    generate_token(&format!("localhost/devices/{device_id}"), &key, None, expiry).expect("token")
-}
-
-/// Waits until the transport is closed by the hub.
-async fn expect_closed(mqtt: &mut Mqtt) {
-    let end = tokio::time::timeout(Duration::from_secs(5), async {
-        if let Some(Ok(packet)) = mqtt.next().await {
-            panic!("unexpected packet while waiting for close: {packet:?}");
-        }
-    })
-    .await;
-    assert!(end.is_ok(), "the hub closed the connection");
+    let (mqtt, ack) = connect_with(hub, client_id, user_name, password, false).await;
+    assert!(!ack.session_present || ack.code == ConnectReturnCode::Success);
+    (mqtt, ack.code)
 }
 
 async fn device_json(hub: &TestHub, id: &str) -> Value {
@@ -191,12 +147,14 @@ async fn disabling_or_deleting_a_device_closes_its_connection() {
 }
 
 #[tokio::test]
-async fn topics_not_offered_yet_are_refused() {
+async fn foreign_topics_are_refused() {
     let hub = start().await;
     hub.create_device("d1").await;
     let token = device_token(&hub, "d1", "d1", unix_now() + 600);
     let (mut mqtt, _) = connect(&hub, "d1", &user_name("d1"), &token).await;
-    mqtt.send(Packet::Subscribe(Subscribe::new("some/other/topic", QoS::AtLeastOnce))).await.expect("subscribe");
+    let mut subscribe = Subscribe::new("some/other/topic", QoS::AtLeastOnce);
+    subscribe.pkid = 1;
+    mqtt.send(Packet::Subscribe(subscribe)).await.expect("subscribe");
     let reply = tokio::time::timeout(Duration::from_secs(5), mqtt.next()).await.expect("in time");
     match reply {
         Some(Ok(Packet::SubAck(ack))) => {

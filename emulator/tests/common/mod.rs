@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod mqtt;
+
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
