@@ -4,7 +4,8 @@
 #
 # The SDKs dial 443 (service) and 8883 (devices) at HostName=localhost, so the emulator must bind those ports:
 # run as root, or give the binary CAP_NET_BIND_SERVICE. Needs node/npm (the Node SDK packages are installed
-# with `npm ci` from the lockfile in conformance/node).
+# with `npm ci` from the lockfile in conformance/node) and python3 (the Python SDKs are installed into
+# conformance/python/.venv from conformance/python/requirements.lock).
 #
 # Usage: scripts/sdk-conformance.sh [path/to/iothub-emulator]   (default: builds and uses target/debug)
 set -euo pipefail
@@ -88,6 +89,16 @@ for suite in registry device; do
   run_suite "node-$suite" env IOTHUB_CONNECTION_STRING="$connection_string" NODE_EXTRA_CA_CERTS="$ca" \
     node "conformance/node/$suite.js"
 done
+
+venv=conformance/python/.venv
+if [ ! -x "$venv/bin/python" ] || ! cmp -s conformance/python/requirements.lock "$venv/installed.lock"; then
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check -r conformance/python/requirements.lock
+  cp conformance/python/requirements.lock "$venv/installed.lock"
+fi
+run_suite python env IOTHUB_CONNECTION_STRING="$connection_string" REQUESTS_CA_BUNDLE="$ca" IOTHUB_CA_FILE="$ca" \
+  "$venv/bin/python" conformance/python/sdk_conformance.py
 
 echo "SDK conformance against the emulator ($connection_string)" | sed 's/SharedAccessKey=[^;)]*/SharedAccessKey=***/'
 cat "$table"
