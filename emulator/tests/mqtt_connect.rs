@@ -5,13 +5,13 @@ mod common;
 
 use std::time::Duration;
 
-use common::mqtt::{Mqtt, connect_with, device_token, expect_closed, tls, user_name};
+use common::mqtt::{Mqtt, connect_packet, connect_with, device_token, expect_closed, tls, user_name};
 use common::{TestHub, start, unix_now};
 use futures_util::{SinkExt as _, StreamExt as _};
 use iothub_proto::generate_token;
 use reqwest::Method;
 use rumqttc::mqttbytes::QoS;
-use rumqttc::mqttbytes::v4::{ConnectReturnCode, Packet, Subscribe};
+use rumqttc::mqttbytes::v4::{Connect, ConnectReturnCode, Packet, Subscribe};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -183,4 +183,30 @@ async fn mqtt_3_1_gets_connack_1_and_garbage_is_closed() {
     let mut buf = [0u8; 16];
     let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await.expect("closed in time");
     assert!(matches!(read, Ok(0) | Err(_)), "an oversized packet header closes the connection: {read:?}");
+}
+
+#[tokio::test]
+async fn a_silent_client_is_dropped_after_one_and_a_half_keep_alives() {
+    let hub = start().await;
+    hub.create_device("quiet").await;
+    let mut packet = Connect::new("quiet");
+    packet.keep_alive = 1;
+    packet.set_login(user_name("quiet"), device_token(&hub, "quiet", "quiet", unix_now() + 600));
+    let (mut mqtt, ack) = connect_packet(&hub, packet).await;
+    assert_eq!(ack.code, ConnectReturnCode::Success);
+    let started = std::time::Instant::now();
+    // Pings keep it alive past the deadline...
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        mqtt.send(Packet::PingReq).await.expect("ping");
+        let pong = tokio::time::timeout(Duration::from_secs(5), mqtt.next()).await.expect("in time");
+        assert!(matches!(pong, Some(Ok(Packet::PingResp))), "{pong:?}");
+    }
+    assert!(started.elapsed() > Duration::from_millis(1500));
+    // ...and silence ends it.
+    let quiet_from = std::time::Instant::now();
+    expect_closed(&mut mqtt).await;
+    let waited = quiet_from.elapsed();
+    assert!(waited >= Duration::from_millis(1400) && waited < Duration::from_secs(4), "closed after {waited:?}");
+    assert!(!hub.emulator.hub().is_connected("quiet"));
 }

@@ -89,8 +89,12 @@ where
             outbound: connected.outbound,
         };
         session.run(&connected.lease.closed, &shutdown).await;
+        // Presence ends before the socket closes, so a client that sees the close sees the device gone too.
+        hub.device_disconnected(&accepted.device_id, connection, accepted.clean_session);
+        drop(session);
+    } else {
+        hub.device_disconnected(&accepted.device_id, connection, accepted.clean_session);
     }
-    hub.device_disconnected(&accepted.device_id, connection, accepted.clean_session);
     tracing::debug!(%peer, device_id = %accepted.device_id, "device disconnected");
 }
 

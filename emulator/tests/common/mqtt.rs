@@ -37,13 +37,18 @@ pub fn device_token(hub: &TestHub, device_id: &str, key_of: &str, expiry: u64) -
     iothub_proto::generate_token(&format!("localhost/devices/{device_id}"), &key, None, expiry).expect("token")
 }
 
-/// Sends CONNECT and returns the transport and the CONNACK.
+/// Sends CONNECT (keep-alive 60 s) and returns the transport and the CONNACK.
 pub async fn connect_with(hub: &TestHub, client_id: &str, user: &str, password: &str, clean: bool) -> (Mqtt, ConnAck) {
-    let mut mqtt = Framed::new(tls(hub).await, Codec { max_incoming_size: 1 << 20, max_outgoing_size: 1 << 20 });
     let mut packet = Connect::new(client_id);
     packet.keep_alive = 60;
     packet.clean_session = clean;
     packet.set_login(user, password);
+    connect_packet(hub, packet).await
+}
+
+/// Sends `packet` as the CONNECT and returns the transport and the CONNACK.
+pub async fn connect_packet(hub: &TestHub, packet: Connect) -> (Mqtt, ConnAck) {
+    let mut mqtt = Framed::new(tls(hub).await, Codec { max_incoming_size: 1 << 20, max_outgoing_size: 1 << 20 });
     mqtt.send(Packet::Connect(packet)).await.expect("send CONNECT");
     match tokio::time::timeout(WAIT, mqtt.next()).await.expect("CONNACK in time") {
         Some(Ok(Packet::ConnAck(ack))) => (mqtt, ack),
