@@ -51,7 +51,12 @@ async fn main() {
             match events.poll().await {
                 Ok(Event::Incoming(Packet::Publish(request))) => {
                     let rid = request.topic.rsplit("$rid=").next().unwrap_or_default().to_owned();
-                    let _ = client.try_publish(format!("$iothub/methods/res/200/?$rid={rid}"), QoS::AtMostOnce, false, request.payload);
+                    let _ = client.try_publish(
+                        format!("$iothub/methods/res/200/?$rid={rid}"),
+                        QoS::AtMostOnce,
+                        false,
+                        request.payload,
+                    );
                 }
                 Ok(_) => {}
                 Err(error) => panic!("device connection failed: {error}"),
@@ -69,7 +74,8 @@ async fn main() {
     let url = format!("https://localhost:{}/twins/bench/methods?api-version=2021-04-12", emulator.https_addr().port());
     let body = r#"{"methodName":"echo","payload":{"n":1},"responseTimeoutInSeconds":10,"connectTimeoutInSeconds":5}"#;
     let call = || {
-        let request = http.post(&url).header("Authorization", &auth).header("Content-Type", "application/json").body(body);
+        let request =
+            http.post(&url).header("Authorization", &auth).header("Content-Type", "application/json").body(body);
         async move {
             let response = request.send().await.expect("send");
             assert!(response.status().is_success(), "status {}", response.status());

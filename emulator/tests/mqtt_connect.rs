@@ -210,3 +210,15 @@ async fn a_silent_client_is_dropped_after_one_and_a_half_keep_alives() {
     assert!(waited >= Duration::from_millis(1400) && waited < Duration::from_secs(4), "closed after {waited:?}");
     assert!(!hub.emulator.hub().is_connected("quiet"));
 }
+
+#[tokio::test]
+async fn the_connection_ends_when_its_token_expires() {
+    let hub = start().await;
+    hub.create_device("brief").await;
+    let expiry = unix_now() + 2;
+    let (mut mqtt, code) =
+        connect(&hub, "brief", &user_name("brief"), &device_token(&hub, "brief", "brief", expiry)).await;
+    assert_eq!(code, ConnectReturnCode::Success);
+    expect_closed(&mut mqtt).await;
+    assert!(unix_now() >= expiry, "not closed before the token expired");
+}

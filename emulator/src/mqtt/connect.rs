@@ -2,6 +2,7 @@
 //!
 //! Pure decisions over the decoded packet; the session does the I/O.
 
+use iothub_proto::SasToken;
 use rumqttc::mqttbytes::v4::{Connect, ConnectReturnCode};
 
 use crate::hub::Hub;
@@ -12,6 +13,9 @@ pub struct Accepted {
     pub device_id: String,
     pub keep_alive_secs: u16,
     pub clean_session: bool,
+    /// When the SAS token expires (seconds since the epoch): the hub closes the connection then (wire-spec A.5),
+    /// and clients reconnect with a fresh token.
+    pub token_expiry: u64,
 }
 
 /// The parts of an IoT Hub MQTT user name: `<host>/<client id>/?api-version=...&DeviceClientType=...`.
@@ -69,10 +73,13 @@ pub fn check(hub: &Hub, connect: &Connect) -> Result<Accepted, ConnectReturnCode
         return Err(refuse("empty password"));
     }
     hub.authorize_device(&connect.client_id, &login.password).map_err(|_| ConnectReturnCode::NotAuthorized)?;
+    let token_expiry =
+        SasToken::parse(&login.password).map(|t| t.expiry).map_err(|_| ConnectReturnCode::NotAuthorized)?;
     Ok(Accepted {
         device_id: connect.client_id.clone(),
         keep_alive_secs: connect.keep_alive,
         clean_session: connect.clean_session,
+        token_expiry,
     })
 }
 

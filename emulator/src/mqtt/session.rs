@@ -138,6 +138,12 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Session<'_, IO> {
 
     async fn run(&mut self, closed: &CancellationToken, shutdown: &CancellationToken) {
         let deadline = keep_alive_deadline(self.accepted.keep_alive_secs);
+        let token_expiry = i64::try_from(self.accepted.token_expiry)
+            .ok()
+            .and_then(|s| jiff::Timestamp::from_second(s).ok())
+            .unwrap_or(jiff::Timestamp::MAX);
+        let expired = self.hub.clock().sleep_until(token_expiry);
+        tokio::pin!(expired);
         loop {
             let event = {
                 let next = async {
@@ -157,6 +163,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Session<'_, IO> {
                     event = next => event,
                     Some(message) = self.outbound.recv() => Event::Outbound(message),
                     () = closed.cancelled() => Event::Ended("closed by the hub (replaced, disabled or deleted)"),
+                    () = &mut expired => Event::Ended("the SAS token expired"),
                     () = shutdown.cancelled() => Event::Ended("emulator shutting down"),
                 }
             };
