@@ -48,23 +48,22 @@ fn bad_flags_are_usage_errors() {
     assert!(String::from_utf8_lossy(&bad_bind).contains("not-an-ip"));
 }
 
+/// Runs the emulator with `args` on `data_dir`, expects it to fail to start (exit 1) and returns its stderr.
+fn failed_start(args: &[&str], data_dir: &std::path::Path) -> String {
+    let output = emulator().args(args).arg("--data-dir").arg(data_dir).assert().code(1).get_output().stderr.clone();
+    let stderr = String::from_utf8_lossy(&output).into_owned();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    stderr
+}
+
 #[test]
 fn a_taken_port_is_a_clear_error() {
     let dir = tempfile::tempdir().expect("tempdir");
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = taken.local_addr().expect("addr").port().to_string();
-    let output = emulator()
-        .args(["--https-port", &port, "--mqtt-port", "0", "--data-dir"])
-        .arg(dir.path())
-        .assert()
-        .code(1)
-        .get_output()
-        .stderr
-        .clone();
-    let stderr = String::from_utf8_lossy(&output);
+    let stderr = failed_start(&["--https-port", &port, "--mqtt-port", "0"], dir.path());
     assert!(stderr.contains(&format!("port {port} is already in use")), "{stderr}");
     assert!(stderr.contains("--https-port"), "says which flag to change: {stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
 #[test]
@@ -72,17 +71,8 @@ fn a_corrupt_data_file_is_a_clear_error_and_is_left_alone() {
     let dir = tempfile::tempdir().expect("tempdir");
     let garbage = b"definitely not a redb file, someone put a note here";
     std::fs::write(dir.path().join("hub.redb"), garbage).expect("write");
-    let output = emulator()
-        .args(["--https-port", "0", "--mqtt-port", "0", "--data-dir"])
-        .arg(dir.path())
-        .assert()
-        .code(1)
-        .get_output()
-        .stderr
-        .clone();
-    let stderr = String::from_utf8_lossy(&output);
+    let stderr = failed_start(&["--https-port", "0", "--mqtt-port", "0"], dir.path());
     assert!(stderr.contains("not an iothub-emulator data file"), "{stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(std::fs::read(dir.path().join("hub.redb")).expect("read"), garbage, "never a silent reset");
 }
 

@@ -23,7 +23,7 @@ async fn connect(hub: &TestHub, client_id: &str, user_name: &str, password: &str
 }
 
 async fn device_json(hub: &TestHub, id: &str) -> Value {
-    hub.request(Method::GET, &format!("/devices/{id}")).send().await.expect("send").json().await.expect("json")
+    hub.get_json(&format!("/devices/{id}")).await
 }
 
 #[tokio::test]
@@ -36,10 +36,9 @@ async fn a_device_connects_with_its_own_key_and_shows_as_connected() {
     let device = device_json(&hub, "d1").await;
     assert_eq!(device["connectionState"], "Connected");
     assert_ne!(device["connectionStateUpdatedTime"], "0001-01-01T00:00:00Z");
-    let twin: Value = hub.request(Method::GET, "/twins/d1").send().await.expect("send").json().await.expect("json");
+    let twin: Value = hub.get_json("/twins/d1").await;
     assert_eq!(twin["connectionState"], "Connected");
-    let stats: Value =
-        hub.request(Method::GET, "/statistics/service").send().await.expect("send").json().await.expect("json");
+    let stats: Value = hub.get_json("/statistics/service").await;
     assert_eq!(stats, json!({"connectedDeviceCount": 1}));
 
     mqtt.send(Packet::PingReq).await.expect("ping");

@@ -22,13 +22,11 @@ async fn devices_ca_and_keys_survive_a_restart() {
     let hub = start_with(Emulator::builder().data_dir(dir.path())).await;
     assert_eq!(hub.emulator.ca_pem(), ca, "the CA is made once per data dir");
     assert_eq!(hub.emulator.service_connection_string(), connection_string, "policy keys are stable");
-    let fetched: Value =
-        hub.request(Method::GET, "/devices/keeper").send().await.expect("send").json().await.expect("json");
+    let fetched: Value = hub.get_json("/devices/keeper").await;
     assert_eq!(fetched, created, "the device reads back exactly as it was acknowledged");
     let second = hub.create_device("newcomer").await;
     assert_ne!(second["etag"], created["etag"], "etags keep moving forward after a restart");
-    let stats: Value =
-        hub.request(Method::GET, "/statistics/devices").send().await.expect("send").json().await.expect("json");
+    let stats: Value = hub.get_json("/statistics/devices").await;
     assert_eq!(stats["totalDeviceCount"], 2);
 }
 

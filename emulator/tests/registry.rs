@@ -25,12 +25,11 @@ async fn create_read_list_update_delete() {
     assert_eq!(created["connectionState"], "Disconnected");
     assert_eq!(created["capabilities"]["iotEdge"], false);
 
-    let fetched: Value =
-        hub.request(Method::GET, "/devices/dev1").send().await.expect("send").json().await.expect("json");
+    let fetched: Value = hub.get_json("/devices/dev1").await;
     assert_eq!(fetched, created);
 
     for path in ["/devices", "/devices/"] {
-        let list: Vec<Value> = hub.request(Method::GET, path).send().await.expect("send").json().await.expect("json");
+        let list: Vec<Value> = hub.get_json(path).await;
         assert_eq!(list.iter().map(|d| d["deviceId"].as_str()).collect::<Vec<_>>(), vec![Some("dev1")], "{path}");
     }
 
@@ -143,7 +142,7 @@ async fn bad_bodies_and_ids_get_the_hubs_400s() {
         let message = expect_error(response, StatusCode::BAD_REQUEST, code).await;
         assert!(message.len() > code.len() + 12, "the message explains the problem: {message} ({body:.40})");
     }
-    let list: Vec<Value> = hub.request(Method::GET, "/devices").send().await.expect("send").json().await.expect("json");
+    let list: Vec<Value> = hub.get_json("/devices").await;
     assert!(list.is_empty(), "nothing was created by a refused request");
 
     let huge = vec![b' '; 300 * 1024];
@@ -215,28 +214,18 @@ async fn list_honours_top_and_statistics_count() {
         .send()
         .await
         .expect("send");
-    let two: Vec<Value> =
-        hub.request(Method::GET, "/devices?top=2").send().await.expect("send").json().await.expect("json");
+    let two: Vec<Value> = hub.get_json("/devices?top=2").await;
     assert_eq!(two.iter().map(|d| d["deviceId"].as_str().expect("id")).collect::<Vec<_>>(), ["d0", "d1"]);
     for top in ["0", "5000", "-1"] {
-        let all: Vec<Value> = hub
-            .request(Method::GET, &format!("/devices?top={top}"))
-            .send()
-            .await
-            .expect("send")
-            .json()
-            .await
-            .expect("json");
+        let all: Vec<Value> = hub.get_json(&format!("/devices?top={top}")).await;
         assert_eq!(all.len(), 5, "top={top} is treated as 1000");
     }
     let bad = hub.request(Method::GET, "/devices?top=many").send().await.expect("send");
     expect_error(bad, StatusCode::BAD_REQUEST, "ArgumentInvalid").await;
 
-    let stats: Value =
-        hub.request(Method::GET, "/statistics/devices").send().await.expect("send").json().await.expect("json");
+    let stats: Value = hub.get_json("/statistics/devices").await;
     assert_eq!(stats, json!({"totalDeviceCount":5,"enabledDeviceCount":4,"disabledDeviceCount":1}));
-    let service: Value =
-        hub.request(Method::GET, "/statistics/service").send().await.expect("send").json().await.expect("json");
+    let service: Value = hub.get_json("/statistics/service").await;
     assert_eq!(service, json!({"connectedDeviceCount":0}));
 }
 
@@ -250,7 +239,7 @@ async fn wire_shapes_of_a_device_and_its_twin() {
         ".authentication.symmetricKey.primaryKey" => "[key]",
         ".authentication.symmetricKey.secondaryKey" => "[key]",
     });
-    let twin: Value = hub.request(Method::GET, "/twins/snap").send().await.expect("send").json().await.expect("json");
+    let twin: Value = hub.get_json("/twins/snap").await;
     assert_eq!(twin["deviceEtag"], device["etag"]);
     insta::assert_json_snapshot!("twin", twin, {
         ".deviceEtag" => "[etag]",

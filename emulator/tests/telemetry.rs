@@ -33,20 +33,13 @@ async fn telemetry_with_properties_is_acknowledged_streamed_and_readable() {
     let second = tokio::time::timeout(Duration::from_secs(5), stream.recv()).await.expect("in time").expect("message");
     assert_eq!(second.body, vec![0xff, 0x00]);
 
-    let messages: Vec<Value> = hub
-        .request(Method::GET, "/emulator/devices/d1/messages/events")
-        .send()
-        .await
-        .expect("send")
-        .json()
-        .await
-        .expect("json");
+    let messages: Vec<Value> = hub.get_json("/emulator/devices/d1/messages/events").await;
     assert_eq!(messages.len(), 2);
     assert_eq!(messages[0]["body"], r#"{"temperature":21.5}"#);
     assert_eq!(messages[0]["systemProperties"]["contentEncoding"], "utf-8");
     assert_eq!(messages[1]["body"], Value::Null, "a body that is not UTF-8 is only in bodyBase64");
     assert_eq!(messages[1]["bodyBase64"], "/wA=");
-    let device: Value = hub.request(Method::GET, "/devices/d1").send().await.expect("send").json().await.expect("json");
+    let device: Value = hub.get_json("/devices/d1").await;
     assert_ne!(device["lastActivityTime"], "0001-01-01T00:00:00Z");
 }
 

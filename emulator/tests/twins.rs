@@ -16,7 +16,7 @@ const TWIN_RES: &str = "$iothub/twin/res/#";
 const DESIRED: &str = "$iothub/twin/PATCH/properties/desired/#";
 
 async fn twin(hub: &TestHub, id: &str) -> Value {
-    hub.request(Method::GET, &format!("/twins/{id}")).send().await.expect("send").json().await.expect("json")
+    hub.get_json(&format!("/twins/{id}")).await
 }
 
 async fn patch_twin(hub: &TestHub, id: &str, body: Value) -> reqwest::Response {

@@ -85,6 +85,11 @@ impl TestHub {
         self.http.request(method, self.url(&format!("{path}{sep}{API}"))).header("Authorization", token)
     }
 
+    /// `GET path` with the owner's token, parsed as JSON.
+    pub async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
+        self.request(Method::GET, path).send().await.expect("send").json().await.expect("json")
+    }
+
     /// Creates a device with generated keys and returns its JSON.
     pub async fn create_device(&self, id: &str) -> Value {
         let response = self
