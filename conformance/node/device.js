@@ -108,15 +108,23 @@ async function main() {
   });
 
   await scenario('desired-change-reaches-device', async () => {
+    let delivered = false;
     const received = new Promise((resolve) => {
       twin.on('properties.desired', (delta) => {
-        if (delta.building === '43') resolve(delta);
+        if (delta.building === '43') {
+          delivered = true;
+          resolve(delta);
+        }
       });
     });
-    await new Promise((resolve) => setTimeout(resolve, 200)); // the SDK subscribes lazily
-    const { responseBody } = await registry.updateTwin(mqttDevice.deviceId,
-      { properties: { desired: { building: '43', floor: 3 } } }, '*');
-    check(responseBody.properties.desired.building === '43', 'service sees its own write');
+    // The SDK subscribes lazily when the listener is added, and the hub keeps no notification for a device that
+    // has not subscribed yet: write until one arrives, as a back end reconciling a device would.
+    for (let attempt = 0; attempt < 20 && !delivered; attempt++) {
+      const { responseBody } = await registry.updateTwin(mqttDevice.deviceId,
+        { properties: { desired: { building: '43', floor: 3, attempt } } }, '*');
+      check(responseBody.properties.desired.building === '43', 'service sees its own write');
+      await Promise.race([received, new Promise((resolve) => setTimeout(resolve, 500))]);
+    }
     const delta = await received;
     check(delta.floor === 3, `delta ${JSON.stringify(delta)}`);
     check(typeof delta.$version === 'number', 'the notification carries $version');
