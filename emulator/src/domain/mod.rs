@@ -2,6 +2,7 @@
 
 pub mod methods;
 pub mod properties;
+pub mod query;
 pub mod registry;
 pub mod telemetry;
 pub mod twin;
