@@ -59,7 +59,10 @@ async fn main() {
                     );
                 }
                 Ok(_) => {}
-                Err(error) => panic!("device connection failed: {error}"),
+                Err(error) => {
+                    eprintln!("device connection ended: {error}");
+                    return;
+                }
             }
         }
     });

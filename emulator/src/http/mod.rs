@@ -1,6 +1,7 @@
 //! The HTTPS service API: the axum router over the hub, and the connection handling behind the TLS listener.
 
 mod emulator;
+mod query;
 mod registry;
 mod request;
 mod response;
@@ -50,7 +51,13 @@ pub fn router(hub: Arc<Hub>, shutdown: CancellationToken) -> Router {
     Router::new()
         .route("/devices", get(registry::list_devices))
         .route("/devices/", get(registry::list_devices))
-        .route("/devices/{id}", get(registry::get_device).put(registry::put_device).delete(registry::delete_device))
+        .route(
+            "/devices/{id}",
+            get(registry::get_device)
+                .put(registry::put_device)
+                .delete(registry::delete_device)
+                .post(registry::post_device_path),
+        )
         .route("/twins/{id}", get(twins::get_twin).patch(twins::patch_twin).put(twins::replace_twin))
         .route("/twins/{id}/methods", post(twins::invoke_method))
         .route("/emulator/devices/{id}/messages/events", get(emulator::device_telemetry))

@@ -126,6 +126,21 @@ pub async fn list_devices(State(hub): State<Arc<Hub>>, RawQuery(query): RawQuery
     Ok(ok_json(&devices))
 }
 
+/// `POST /devices/{id}`: only `POST /devices/query` exists (routed here so a device named `query` stays
+/// readable with `GET /devices/query`).
+pub async fn post_device_path(
+    State(hub): State<Arc<Hub>>,
+    PathId(id): PathId,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<serde_json::Value>,
+) -> ApiResult {
+    if id == "query" {
+        super::query::run(&hub, &headers, &body).await
+    } else {
+        Err(HubError::MethodNotAllowed(format!("POST is not supported on /devices/{id}")).into())
+    }
+}
+
 /// `GET /statistics/devices`.
 pub async fn registry_statistics(State(hub): State<Arc<Hub>>, headers: HeaderMap) -> ApiResult {
     hub.authorize_service(authorization(&headers), "statistics/devices", Rights::REGISTRY_READ)?;

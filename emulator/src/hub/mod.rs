@@ -6,6 +6,7 @@
 
 mod methods;
 mod presence;
+mod query;
 mod telemetry;
 mod twins;
 
@@ -17,6 +18,7 @@ use jiff::Timestamp;
 use tokio::sync::{Notify, broadcast};
 
 pub use presence::{Connected, ConnectionLease, Subscriptions, ToDevice};
+pub use query::{MAX_PAGE_SIZE, QueryPage};
 
 use crate::auth::{self, AuthFailure, Policies, Principal, Rights};
 use crate::clock::SharedClock;

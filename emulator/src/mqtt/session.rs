@@ -91,7 +91,7 @@ where
         session.run(&connected.lease.closed, &shutdown).await;
         // Presence ends before the socket closes, so a client that sees the close sees the device gone too.
         hub.device_disconnected(&accepted.device_id, connection, accepted.clean_session);
-        drop(session);
+        close(&mut session.transport).await;
     } else {
         hub.device_disconnected(&accepted.device_id, connection, accepted.clean_session);
     }
@@ -100,6 +100,13 @@ where
 
 async fn refuse<IO: AsyncRead + AsyncWrite + Unpin>(transport: &mut Transport<IO>, code: ConnectReturnCode) {
     let _ = transport.send(Packet::ConnAck(ConnAck { session_present: false, code })).await;
+    close(transport).await;
+}
+
+/// Flushes and shuts the stream down (a TLS close_notify), briefly: a peer that stopped reading cannot hold
+/// the task.
+async fn close<IO: AsyncRead + AsyncWrite + Unpin>(transport: &mut Transport<IO>) {
+    let _ = tokio::time::timeout(Duration::from_secs(1), transport.close()).await;
 }
 
 /// How long the hub waits for any packet: 1.5 x the client's keep-alive, capped; `None` when disabled (0).

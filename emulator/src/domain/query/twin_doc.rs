@@ -1,0 +1,112 @@
+//! Twins as query documents: paths resolve straight against the stored record, without building the JSON
+//! document, so a scan over a million twins allocates nothing for the fields it only compares.
+//!
+//! Top-level system members match case-insensitively and are reported in their canonical spelling (the docs
+//! write `SELECT DeviceId, LastActivityTime` and get `deviceId`, `lastActivityTime`); keys below `tags` and
+//! `properties` are case-sensitive, like the twin itself (wire-spec H.55).
+
+use std::borrow::Cow;
+
+use super::eval::{Document, Val};
+use crate::clock::format_optional_time;
+use crate::domain::registry::{Device, Liveness};
+use crate::domain::twin::Section;
+
+/// The root members of a twin document, in canonical spelling.
+const ROOT_MEMBERS: [&str; 17] = [
+    "deviceId",
+    "etag",
+    "deviceEtag",
+    "version",
+    "status",
+    "statusReason",
+    "statusUpdateTime",
+    "connectionState",
+    "lastActivityTime",
+    "cloudToDeviceMessageCount",
+    "authenticationType",
+    "x509Thumbprint",
+    "modelId",
+    "capabilities",
+    "tags",
+    "properties",
+    "deviceScope",
+];
+
+/// The canonical spelling of a root member, matched case-insensitively.
+pub fn canonical_root(name: &str) -> Option<&'static str> {
+    ROOT_MEMBERS.iter().find(|m| m.eq_ignore_ascii_case(name)).copied()
+}
+
+/// A device's twin seen by the query engine.
+pub struct TwinView<'a> {
+    pub device: &'a Device,
+    pub liveness: Liveness,
+}
+
+fn section<'a>(section: &'a Section, path: &[String]) -> Val<'a> {
+    match path.split_first() {
+        None => Val::Obj(&section.properties),
+        Some((first, rest)) if first == "$version" && rest.is_empty() => Val::Num(section.version as f64),
+        Some((first, rest)) if first == "$metadata" => Val::walk_map(&section.metadata, rest),
+        Some(_) => Val::walk_map(&section.properties, path),
+    }
+}
+
+fn leaf<'a>(value: Val<'a>, rest: &[String]) -> Val<'a> {
+    if rest.is_empty() { value } else { Val::Undefined }
+}
+
+fn text(value: Option<&str>) -> Val<'_> {
+    value.map_or(Val::Null, |s| Val::Str(Cow::Borrowed(s)))
+}
+
+impl Document for TwinView<'_> {
+    fn resolve(&self, path: &[String]) -> Val<'_> {
+        let Some((first, rest)) = path.split_first() else { return Val::Undefined };
+        let Some(member) = canonical_root(first) else { return Val::Undefined };
+        let device = self.device;
+        let auth = &device.authentication;
+        match member {
+            "deviceId" => leaf(Val::Str(Cow::Borrowed(&device.device_id)), rest),
+            "etag" => leaf(Val::Str(Cow::Owned(device.twin.etag())), rest),
+            "deviceEtag" => leaf(Val::Str(Cow::Owned(device.etag())), rest),
+            "version" => leaf(Val::Num(device.twin.version as f64), rest),
+            "status" => leaf(Val::Str(Cow::Borrowed(device.status.as_str())), rest),
+            "statusReason" => leaf(text(device.status_reason.as_deref()), rest),
+            "statusUpdateTime" => leaf(Val::Str(Cow::Owned(format_optional_time(device.status_updated))), rest),
+            "connectionState" => {
+                let state = if self.liveness.connected_since.is_some() { "Connected" } else { "Disconnected" };
+                leaf(Val::Str(Cow::Borrowed(state)), rest)
+            }
+            "lastActivityTime" => {
+                let time = format_optional_time(self.liveness.last_activity.or(device.last_activity));
+                leaf(Val::Str(Cow::Owned(time)), rest)
+            }
+            "cloudToDeviceMessageCount" => leaf(Val::Num(f64::from(device.cloud_to_device_message_count)), rest),
+            "authenticationType" => leaf(Val::Str(Cow::Borrowed(auth.kind.as_str())), rest),
+            "modelId" => leaf(Val::Str(Cow::Borrowed("")), rest),
+            "deviceScope" => {
+                leaf(device.device_scope.as_deref().map_or(Val::Undefined, |s| Val::Str(Cow::Borrowed(s))), rest)
+            }
+            "x509Thumbprint" => match rest {
+                [name] if name.eq_ignore_ascii_case("primaryThumbprint") => text(auth.primary_thumbprint.as_deref()),
+                [name] if name.eq_ignore_ascii_case("secondaryThumbprint") => {
+                    text(auth.secondary_thumbprint.as_deref())
+                }
+                _ => Val::Undefined,
+            },
+            "capabilities" => match rest {
+                [name] if name.eq_ignore_ascii_case("iotEdge") => Val::Bool(device.iot_edge),
+                _ => Val::Undefined,
+            },
+            "tags" => Val::walk_map(&device.twin.tags, rest),
+            "properties" => match rest.split_first() {
+                Some((name, rest)) if name.eq_ignore_ascii_case("desired") => section(&device.twin.desired, rest),
+                Some((name, rest)) if name.eq_ignore_ascii_case("reported") => section(&device.twin.reported, rest),
+                _ => Val::Undefined,
+            },
+            _ => Val::Undefined,
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! `POST /devices/query`: runs a query over the registry, one page at a time.
+//!
+//! Results come in device-id order, so a continuation is a cursor (the last id returned, plus how many items
+//! went out for `TOP`), never a rescan of earlier pages, and it stays valid while devices come and go.
+//! `deviceId = '..'` and `deviceId IN [..]` conditions are served from the registry index instead of a scan.
+
+use std::collections::BTreeSet;
+use std::hash::{Hash as _, Hasher as _};
+use std::ops::Bound;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::sync::Arc;
+
+use super::{Hub, State};
+use crate::domain::query::ast::{CmpOp, Collection, Expr, Literal, Select};
+use crate::domain::query::eval::matches;
+use crate::domain::query::run::{self, Groups, ItemType};
+use crate::domain::query::twin_doc::TwinView;
+use crate::domain::query::{Query, parse_query};
+use crate::domain::registry::Device;
+use crate::domain::twin;
+use crate::error::HubError;
+
+/// Items per page: the default and the most the hub returns (wire-spec F.6, H.27).
+pub const MAX_PAGE_SIZE: usize = 100;
+
+/// One page of results.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueryPage {
+    pub items: Vec<Value>,
+    pub item_type: ItemType,
+    /// Present only when more results exist.
+    pub continuation: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Cursor {
+    /// Hash of the query text: a token only continues the query it came from.
+    q: u64,
+    /// Last device id returned (document queries).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    after: Option<String>,
+    /// Items returned so far (for TOP, and the row offset of aggregate results).
+    n: u64,
+}
+
+fn query_hash(text: &str) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut hasher);
+    hasher.finish()
+}
+
+fn encode(cursor: &Cursor) -> String {
+    URL_SAFE_NO_PAD.encode(serde_json::to_vec(cursor).unwrap_or_default())
+}
+
+fn decode(token: &str, text: &str) -> Result<Cursor, HubError> {
+    let invalid = || HubError::ArgumentInvalid("The continuation token is not valid for this query".into());
+    let bytes = URL_SAFE_NO_PAD.decode(token.trim().as_bytes()).map_err(|_| invalid())?;
+    let cursor: Cursor = serde_json::from_slice(&bytes).map_err(|_| invalid())?;
+    if cursor.q != query_hash(text) {
+        return Err(invalid());
+    }
+    Ok(cursor)
+}
+
+/// The device ids a condition can only match, when it says so with `deviceId = 'x'` or `deviceId IN [..]`
+/// (possibly inside `AND`s and `OR`s); `None` when any device may match.
+fn id_candidates(expr: &Expr) -> Option<BTreeSet<String>> {
+    let is_device_id = |e: &Expr| matches!(e, Expr::Path(p) if p.segments().len() == 1 && p.segments()[0].eq_ignore_ascii_case("deviceId"));
+    let strings = |list: &[Literal]| {
+        list.iter()
+            .filter_map(|l| if let Literal::String(s) = l { Some(s.clone()) } else { None })
+            .collect::<BTreeSet<_>>()
+    };
+    match expr {
+        Expr::Compare(CmpOp::Eq, a, b) => match (a.as_ref(), b.as_ref()) {
+            (path, Expr::Literal(literal)) | (Expr::Literal(literal), path) if is_device_id(path) => {
+                Some(strings(std::slice::from_ref(literal)))
+            }
+            _ => None,
+        },
+        Expr::In { value, list, negated: false } if is_device_id(value) => Some(strings(list)),
+        Expr::And(a, b) => match (id_candidates(a), id_candidates(b)) {
+            (Some(x), Some(y)) => Some(x.intersection(&y).cloned().collect()),
+            (Some(x), None) | (None, Some(x)) => Some(x),
+            (None, None) => None,
+        },
+        Expr::Or(a, b) => match (id_candidates(a), id_candidates(b)) {
+            (Some(x), Some(y)) => Some(x.union(&y).cloned().collect()),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+impl Hub {
+    /// Runs `text`, returning up to `page_size` (at most 100) items after `continuation`.
+    pub fn query(&self, text: &str, page_size: usize, continuation: Option<&str>) -> Result<QueryPage, HubError> {
+        let query = parse_query(text).map_err(|e| HubError::ArgumentInvalid(e.to_string()))?;
+        run::validate(&query).map_err(HubError::ArgumentInvalid)?;
+        let cursor = match continuation.filter(|c| !c.trim().is_empty()) {
+            Some(token) => decode(token, text)?,
+            None => Cursor { q: query_hash(text), after: None, n: 0 },
+        };
+        let page_size = page_size.clamp(1, MAX_PAGE_SIZE);
+        let item_type = run::item_type(&query);
+        match query.from {
+            Collection::Devices => Ok(self.query_devices(&query, cursor, page_size, item_type)),
+            Collection::DevicesModules => Err(HubError::ArgumentInvalid(
+                "Queries over devices.modules are not supported yet: the emulator has no module identities".into(),
+            )),
+            // Per-device job records arrive with jobs; until then there are none to return.
+            Collection::DevicesJobs => Ok(QueryPage { items: Vec::new(), item_type, continuation: None }),
+        }
+    }
+
+    fn query_devices(&self, query: &Query, cursor: Cursor, page_size: usize, item_type: ItemType) -> QueryPage {
+        let state = self.read();
+        let condition = query.condition.as_ref();
+        let selected = |device: &Device| -> bool { condition.is_none_or(|c| matches(c, &view(&state, device))) };
+
+        if run::is_aggregate(query) {
+            let mut groups = Groups::new(query);
+            for device in state.devices.values().filter(|d| selected(d)) {
+                groups.add(&view(&state, device));
+            }
+            let rows = groups.rows();
+            let total = query.top.map_or(rows.len(), |top| rows.len().min(top as usize));
+            let start = (cursor.n as usize).min(total);
+            let end = (start + page_size).min(total);
+            let continuation = (end < total).then(|| encode(&Cursor { q: cursor.q, after: None, n: end as u64 }));
+            return QueryPage { items: rows[start..end].to_vec(), item_type, continuation };
+        }
+
+        let remaining = query.top.map_or(usize::MAX, |top| (top.saturating_sub(cursor.n)) as usize);
+        let limit = page_size.min(remaining);
+        let lower = cursor.after.clone().map_or(Bound::Unbounded, Bound::Excluded);
+        let candidates = condition.and_then(id_candidates);
+        let mut matched = Vec::with_capacity(limit + 1);
+        let mut consider = |device: &Arc<Device>| {
+            if selected(device) {
+                matched.push(device.clone());
+            }
+            matched.len() > limit
+        };
+        match candidates {
+            Some(ids) => {
+                for id in ids.range::<String, _>((lower, Bound::Unbounded)) {
+                    if let Some(device) = state.devices.get(id)
+                        && consider(device)
+                    {
+                        break;
+                    }
+                }
+            }
+            None => {
+                for (_, device) in state.devices.range::<String, _>((lower, Bound::Unbounded)) {
+                    if consider(device) {
+                        break;
+                    }
+                }
+            }
+        }
+        let more = matched.len() > limit;
+        matched.truncate(limit);
+        let items: Vec<Value> = matched
+            .iter()
+            .map(|device| match &query.select {
+                Select::All => twin::twin_document(device, &Self::liveness_in(&state, &device.device_id)),
+                Select::Items(items) => run::project(items, &view(&state, device)),
+            })
+            .collect();
+        let continuation = (more && limit > 0).then(|| {
+            encode(&Cursor {
+                q: cursor.q,
+                after: matched.last().map(|d| d.device_id.clone()),
+                n: cursor.n + items.len() as u64,
+            })
+        });
+        QueryPage { items, item_type, continuation }
+    }
+}
+
+/// A device's twin as the query engine sees it.
+fn view<'a>(state: &'a State, device: &'a Device) -> TwinView<'a> {
+    TwinView { device, liveness: Hub::liveness_in(state, &device.device_id) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::query::parse_condition;
+
+    fn ids(condition: &str) -> Option<Vec<String>> {
+        let expr = parse_condition(condition).expect("parse").expect("condition");
+        id_candidates(&expr).map(|set| set.into_iter().collect())
+    }
+
+    #[test]
+    fn id_conditions_use_the_index() {
+        assert_eq!(ids("deviceId = 'a'"), Some(vec!["a".into()]));
+        assert_eq!(ids("DeviceId IN ['b', 'a', 3]"), Some(vec!["a".into(), "b".into()]));
+        assert_eq!(ids("deviceId IN ['a','b'] AND tags.x = 1"), Some(vec!["a".into(), "b".into()]));
+        assert_eq!(ids("deviceId IN ['a','b'] AND deviceId = 'b'"), Some(vec!["b".into()]));
+        assert_eq!(ids("deviceId = 'a' OR deviceId = 'c'"), Some(vec!["a".into(), "c".into()]));
+        assert_eq!(ids("deviceId = 'a' OR tags.x = 1"), None);
+        assert_eq!(ids("deviceId NIN ['a']"), None);
+        assert_eq!(ids("NOT deviceId = 'a'"), None);
+    }
+}
