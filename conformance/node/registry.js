@@ -16,6 +16,7 @@ if (!connectionString) {
 }
 
 const results = [];
+const extraDevices = [];
 const deviceId = `conf-node-${crypto.randomBytes(6).toString('hex')}`;
 const registry = Registry.fromConnectionString(connectionString);
 
@@ -98,6 +99,26 @@ async function main() {
     check(responseBody.disabledDeviceCount >= 1, `disabledDeviceCount ${responseBody.disabledDeviceCount}`);
   });
 
+  await scenario('query-paged-nextAsTwin', async () => {
+    const tag = `conf${crypto.randomBytes(4).toString('hex')}`;
+    const ids = [1, 2, 3].map((n) => `${deviceId}-q${n}`);
+    for (const id of ids) {
+      await registry.create({ deviceId: id });
+      extraDevices.push(id);
+      await registry.updateTwin(id, { tags: { conformance: tag } }, '*');
+    }
+    const query = registry.createQuery(`SELECT * FROM devices WHERE tags.conformance = '${tag}'`, 2);
+    const found = [];
+    let pages = 0;
+    while (query.hasMoreResults && pages < 10) {
+      const { result } = await query.nextAsTwin();
+      pages += 1;
+      result.forEach((twin) => found.push(twin.deviceId));
+    }
+    check(JSON.stringify(found.sort()) === JSON.stringify(ids.sort()), `found ${JSON.stringify(found)}`);
+    check(pages === 2, `pages ${pages}, expected 2 of at most 2 twins`);
+  });
+
   await scenario('bad-key', async () => {
     const wrongKey = crypto.randomBytes(32).toString('base64');
     const forged = Registry.fromConnectionString(
@@ -130,10 +151,12 @@ main()
     console.log(`FAIL unexpected: ${err && err.stack ? err.stack : err}`);
   })
   .finally(async () => {
-    try {
-      await registry.delete(deviceId);
-    } catch (_) {
-      // already deleted, or never created
+    for (const id of [deviceId, ...extraDevices]) {
+      try {
+        await registry.delete(id);
+      } catch (_) {
+        // already deleted, or never created
+      }
     }
     clearTimeout(timer);
     const passed = results.filter(Boolean).length;

@@ -19,7 +19,7 @@ import traceback
 
 from azure.iot.device import IoTHubDeviceClient, Message, MethodResponse
 from azure.iot.hub import IoTHubRegistryManager
-from azure.iot.hub.models import CloudToDeviceMethod, Twin, TwinProperties
+from azure.iot.hub.models import CloudToDeviceMethod, QuerySpecification, Twin, TwinProperties
 from msrest.exceptions import HttpOperationError
 
 CONNECTION_STRING = os.environ.get("IOTHUB_CONNECTION_STRING")
@@ -167,6 +167,23 @@ def main():
         check(result.status == 299 and result.payload["from"] == ws_id, f"result {result.payload}")
         # azure-iot-hub replaces a None payload with "" before sending (iothub_registry_manager.invoke_device_method).
         check(result.payload["echo"] == "", f"the empty payload arrives as the SDK sent it: {result.payload}")
+
+    @scenario("query-paged")
+    def _():
+        tag = f"conf{secrets.token_hex(4)}"
+        for device in (device_id, ws_id, offline_id):
+            registry.update_twin(device, Twin(tags={"conformance": tag}), "*")
+        query = QuerySpecification(query=f"SELECT * FROM devices WHERE tags.conformance = '{tag}'")
+        found, token, pages = [], None, 0
+        while pages < 10:
+            result = registry.query_iot_hub(query, token, 2)
+            pages += 1
+            found.extend(twin.device_id for twin in result.items)
+            token = result.continuation_token
+            if not token:
+                break
+        check(sorted(found) == sorted([device_id, ws_id, offline_id]), f"found {found}")
+        check(pages == 2, f"pages {pages}")
 
     @scenario("registry-delete")
     def _():
