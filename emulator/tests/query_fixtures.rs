@@ -1,0 +1,60 @@
+//! Table-driven query tests: `fixtures/query/cases.json` (query text -> expected ids, rows or error) over the
+//! twins of `fixtures/query/twins.json`, through the hub's query API.
+
+use std::path::PathBuf;
+
+use iothub_emulator::Emulator;
+use iothub_emulator::domain::registry::{DeviceSpec, DeviceStatus};
+use iothub_emulator::domain::twin::{TwinWrite, WriteMode};
+use serde_json::{Map, Value};
+
+fn fixture(name: &str) -> Value {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/query").join(name);
+    serde_json::from_str(&std::fs::read_to_string(&path).expect("fixture")).expect("fixture JSON")
+}
+
+fn object(value: &Value) -> Option<Map<String, Value>> {
+    value.as_object().cloned()
+}
+
+#[tokio::test]
+async fn every_fixture_case_gives_its_expected_result() {
+    let emulator = Emulator::builder().start().await.expect("start");
+    let hub = emulator.hub();
+    for twin in fixture("twins.json")["twins"].as_array().expect("twins") {
+        let id = twin["deviceId"].as_str().expect("deviceId");
+        let status = (twin["status"] == "disabled").then_some(DeviceStatus::Disabled);
+        hub.put_device(id, &DeviceSpec { status, ..Default::default() }, None).await.expect("device");
+        let write = TwinWrite { tags: object(&twin["tags"]).map(Some), desired: object(&twin["desired"]).map(Some) };
+        hub.write_twin(id, &write, WriteMode::Merge, None).await.expect("tags and desired");
+        if let Some(reported) = object(&twin["reported"]).filter(|r| !r.is_empty()) {
+            hub.patch_reported(id, &reported).await.expect("reported");
+        }
+    }
+    let cases = fixture("cases.json");
+    let mut failures = Vec::new();
+    for case in cases["cases"].as_array().expect("cases") {
+        let text = case["query"].as_str().expect("query");
+        let outcome = hub.query(text, 100, None);
+        let problem = match (outcome, case.get("ids"), case.get("rows"), case.get("error")) {
+            (Ok(page), Some(ids), _, _) => {
+                let got: Vec<Value> = page.items.iter().map(|i| i["deviceId"].clone()).collect();
+                (&got != ids.as_array().expect("ids")).then(|| format!("ids {got:?}, expected {ids}"))
+            }
+            (Ok(page), None, Some(rows), _) => {
+                (&page.items != rows.as_array().expect("rows")).then(|| format!("rows {:?}, expected {rows}", page.items))
+            }
+            (Err(error), _, _, Some(expected)) => {
+                let text = error.to_string();
+                (!text.contains(expected.as_str().expect("error text"))).then(|| format!("error '{text}', expected '{expected}'"))
+            }
+            (Ok(page), _, _, Some(expected)) => Some(format!("succeeded with {:?}, expected error '{expected}'", page.items)),
+            (Err(error), _, _, None) => Some(format!("failed: {error}")),
+            (Ok(_), None, None, None) => Some("the case expects nothing".into()),
+        };
+        if let Some(problem) = problem {
+            failures.push(format!("{text}\n    {problem}"));
+        }
+    }
+    assert!(failures.is_empty(), "{} fixture cases failed:\n{}", failures.len(), failures.join("\n"));
+}
