@@ -41,14 +41,16 @@ async fn every_fixture_case_gives_its_expected_result() {
                 let got: Vec<Value> = page.items.iter().map(|i| i["deviceId"].clone()).collect();
                 (&got != ids.as_array().expect("ids")).then(|| format!("ids {got:?}, expected {ids}"))
             }
-            (Ok(page), None, Some(rows), _) => {
-                (&page.items != rows.as_array().expect("rows")).then(|| format!("rows {:?}, expected {rows}", page.items))
-            }
+            (Ok(page), None, Some(rows), _) => (&page.items != rows.as_array().expect("rows"))
+                .then(|| format!("rows {:?}, expected {rows}", page.items)),
             (Err(error), _, _, Some(expected)) => {
                 let text = error.to_string();
-                (!text.contains(expected.as_str().expect("error text"))).then(|| format!("error '{text}', expected '{expected}'"))
+                (!text.contains(expected.as_str().expect("error text")))
+                    .then(|| format!("error '{text}', expected '{expected}'"))
             }
-            (Ok(page), _, _, Some(expected)) => Some(format!("succeeded with {:?}, expected error '{expected}'", page.items)),
+            (Ok(page), _, _, Some(expected)) => {
+                Some(format!("succeeded with {:?}, expected error '{expected}'", page.items))
+            }
             (Err(error), _, _, None) => Some(format!("failed: {error}")),
             (Ok(_), None, None, None) => Some("the case expects nothing".into()),
         };

@@ -9,3 +9,6 @@ pub mod twin_doc;
 
 pub use ast::{Collection, Expr, Query};
 pub use parse::{ParseError, parse_condition, parse_query};
+
+#[cfg(test)]
+mod proptests;
