@@ -14,13 +14,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::sync::Arc;
 
-use super::{Hub, State};
+use super::Hub;
 use crate::domain::query::ast::{CmpOp, Collection, Expr, Literal, Select};
 use crate::domain::query::eval::matches;
 use crate::domain::query::run::{self, Groups, ItemType};
-use crate::domain::query::twin_doc::TwinView;
+use crate::domain::query::twin_doc::{LivenessSource, TwinView};
 use crate::domain::query::{Query, parse_query};
-use crate::domain::registry::Device;
+use crate::domain::registry::{Device, Liveness};
 use crate::domain::twin;
 use crate::error::HubError;
 
@@ -120,13 +120,15 @@ impl Hub {
 
     fn query_devices(&self, query: &Query, cursor: Cursor, page_size: usize, item_type: ItemType) -> QueryPage {
         let state = self.read();
+        let liveness = |id: &str| Self::liveness_in(&state, id);
+        let state = &*state;
         let condition = query.condition.as_ref();
-        let selected = |device: &Device| -> bool { condition.is_none_or(|c| matches(c, &view(&state, device))) };
+        let selected = |device: &Device| -> bool { condition.is_none_or(|c| matches(c, &view(device, &liveness))) };
 
         if run::is_aggregate(query) {
             let mut groups = Groups::new(query);
             for device in state.devices.values().filter(|d| selected(d)) {
-                groups.add(&view(&state, device));
+                groups.add(&view(device, &liveness));
             }
             let rows = groups.rows();
             let total = query.top.map_or(rows.len(), |top| rows.len().min(top as usize));
@@ -170,8 +172,8 @@ impl Hub {
         let items: Vec<Value> = matched
             .iter()
             .map(|device| match &query.select {
-                Select::All => twin::twin_document(device, &Self::liveness_in(&state, &device.device_id)),
-                Select::Items(items) => run::project(items, &view(&state, device)),
+                Select::All => twin::twin_document(device, &liveness(&device.device_id)),
+                Select::Items(items) => run::project(items, &view(device, &liveness)),
             })
             .collect();
         let continuation = (more && limit > 0).then(|| {
@@ -186,8 +188,8 @@ impl Hub {
 }
 
 /// A device's twin as the query engine sees it.
-fn view<'a>(state: &'a State, device: &'a Device) -> TwinView<'a> {
-    TwinView { device, liveness: Hub::liveness_in(state, &device.device_id) }
+fn view<'a>(device: &'a Device, liveness: &'a dyn Fn(&str) -> Liveness) -> TwinView<'a> {
+    TwinView { device, liveness: LivenessSource::Lookup(liveness) }
 }
 
 #[cfg(test)]

@@ -33,15 +33,36 @@ const ROOT_MEMBERS: [&str; 17] = [
     "deviceScope",
 ];
 
-/// The canonical spelling of a root member, matched case-insensitively.
+/// The canonical spelling of a root member, matched case-insensitively (exact spellings first: they are the
+/// common case and cost one comparison each).
 pub fn canonical_root(name: &str) -> Option<&'static str> {
-    ROOT_MEMBERS.iter().find(|m| m.eq_ignore_ascii_case(name)).copied()
+    ROOT_MEMBERS
+        .iter()
+        .find(|m| **m == name)
+        .or_else(|| ROOT_MEMBERS.iter().find(|m| m.eq_ignore_ascii_case(name)))
+        .copied()
+}
+
+/// How a view learns a device's connection facts: asked only when a query reads `connectionState` or
+/// `lastActivityTime`, so scans that do not pay nothing for it.
+pub enum LivenessSource<'a> {
+    Known(Liveness),
+    Lookup(&'a dyn Fn(&str) -> Liveness),
+}
+
+impl LivenessSource<'_> {
+    fn get(&self, device_id: &str) -> Liveness {
+        match self {
+            Self::Known(liveness) => *liveness,
+            Self::Lookup(lookup) => lookup(device_id),
+        }
+    }
 }
 
 /// A device's twin seen by the query engine.
 pub struct TwinView<'a> {
     pub device: &'a Device,
-    pub liveness: Liveness,
+    pub liveness: LivenessSource<'a>,
 }
 
 fn section<'a>(section: &'a Section, path: &[String]) -> Val<'a> {
@@ -76,11 +97,12 @@ impl Document for TwinView<'_> {
             "statusReason" => leaf(text(device.status_reason.as_deref()), rest),
             "statusUpdateTime" => leaf(Val::Str(Cow::Owned(format_optional_time(device.status_updated))), rest),
             "connectionState" => {
-                let state = if self.liveness.connected_since.is_some() { "Connected" } else { "Disconnected" };
-                leaf(Val::Str(Cow::Borrowed(state)), rest)
+                let connected = self.liveness.get(&device.device_id).connected_since.is_some();
+                leaf(Val::Str(Cow::Borrowed(if connected { "Connected" } else { "Disconnected" })), rest)
             }
             "lastActivityTime" => {
-                let time = format_optional_time(self.liveness.last_activity.or(device.last_activity));
+                let time =
+                    format_optional_time(self.liveness.get(&device.device_id).last_activity.or(device.last_activity));
                 leaf(Val::Str(Cow::Owned(time)), rest)
             }
             "cloudToDeviceMessageCount" => leaf(Val::Num(f64::from(device.cloud_to_device_message_count)), rest),
