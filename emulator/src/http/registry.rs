@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{RawQuery, State};
+use axum::extract::{FromRequest as _, RawQuery, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use iothub_proto::registry as wire;
@@ -127,18 +127,14 @@ pub async fn list_devices(State(hub): State<Arc<Hub>>, RawQuery(query): RawQuery
 }
 
 /// `POST /devices/{id}`: only `POST /devices/query` exists (routed here so a device named `query` stays
-/// readable with `GET /devices/query`).
-pub async fn post_device_path(
-    State(hub): State<Arc<Hub>>,
-    PathId(id): PathId,
-    headers: HeaderMap,
-    JsonBody(body): JsonBody<serde_json::Value>,
-) -> ApiResult {
-    if id == "query" {
-        super::query::run(&hub, &headers, &body).await
-    } else {
-        Err(HubError::MethodNotAllowed(format!("POST is not supported on /devices/{id}")).into())
+/// readable with `GET /devices/query`); any other id is 405 before its body is read.
+pub async fn post_device_path(State(hub): State<Arc<Hub>>, PathId(id): PathId, request: Request) -> ApiResult {
+    if id != "query" {
+        return Err(HubError::MethodNotAllowed(format!("POST is not supported on /devices/{id}")).into());
     }
+    let headers = request.headers().clone();
+    let JsonBody(body) = JsonBody::<serde_json::Value>::from_request(request, &()).await?;
+    super::query::run(&hub, &headers, &body).await
 }
 
 /// `GET /statistics/devices`.
