@@ -115,15 +115,23 @@ pub fn eval<'a, D: Document>(expr: &'a Expr, document: &'a D) -> Val<'a> {
             Val::Bool(b) => Val::Bool(!b),
             _ => Val::Undefined,
         },
-        Expr::And(a, b) => match (eval(a, document), eval(b, document)) {
-            (Val::Bool(false), _) | (_, Val::Bool(false)) => Val::Bool(false),
-            (Val::Bool(true), Val::Bool(true)) => Val::Bool(true),
-            _ => Val::Undefined,
+        // Three-valued, short-circuiting where the left side already decides: `false AND x` is false and
+        // `true OR x` is true whatever x is.
+        Expr::And(a, b) => match eval(a, document) {
+            Val::Bool(false) => Val::Bool(false),
+            left => match (left, eval(b, document)) {
+                (_, Val::Bool(false)) => Val::Bool(false),
+                (Val::Bool(true), Val::Bool(true)) => Val::Bool(true),
+                _ => Val::Undefined,
+            },
         },
-        Expr::Or(a, b) => match (eval(a, document), eval(b, document)) {
-            (Val::Bool(true), _) | (_, Val::Bool(true)) => Val::Bool(true),
-            (Val::Bool(false), Val::Bool(false)) => Val::Bool(false),
-            _ => Val::Undefined,
+        Expr::Or(a, b) => match eval(a, document) {
+            Val::Bool(true) => Val::Bool(true),
+            left => match (left, eval(b, document)) {
+                (_, Val::Bool(true)) => Val::Bool(true),
+                (Val::Bool(false), Val::Bool(false)) => Val::Bool(false),
+                _ => Val::Undefined,
+            },
         },
         Expr::Compare(op, a, b) => compare(*op, &eval(a, document), &eval(b, document)),
         Expr::In { value, list, negated } => {
