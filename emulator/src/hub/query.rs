@@ -120,17 +120,14 @@ impl Hub {
 
     fn query_devices(&self, query: &Query, cursor: Cursor, page_size: usize, item_type: ItemType) -> QueryPage {
         let state = self.read();
-        let liveness = |id: &str| Self::liveness_in(&state, id);
         let state = &*state;
+        let liveness = |id: &str| Self::liveness_in(state, id);
         let condition = query.condition.as_ref();
         let selected = |device: &Device| -> bool { condition.is_none_or(|c| matches(c, &view(device, &liveness))) };
 
         if run::is_aggregate(query) {
-            let mut groups = Groups::new(query);
-            for device in state.devices.values().filter(|d| selected(d)) {
-                groups.add(&view(device, &liveness));
-            }
-            let rows = groups.rows();
+            let devices: Vec<&Arc<Device>> = state.devices.values().collect();
+            let rows = aggregate(query, &devices, &selected, &liveness);
             let total = query.top.map_or(rows.len(), |top| rows.len().min(top as usize));
             let start = (cursor.n as usize).min(total);
             let end = (start + page_size).min(total);
@@ -142,30 +139,29 @@ impl Hub {
         let limit = page_size.min(remaining);
         let lower = cursor.after.clone().map_or(Bound::Unbounded, Bound::Excluded);
         let candidates = condition.and_then(id_candidates);
-        let mut matched = Vec::with_capacity(limit + 1);
-        let mut consider = |device: &Arc<Device>| {
-            if selected(device) {
-                matched.push(device.clone());
-            }
-            matched.len() > limit
-        };
-        match candidates {
+        let mut devices: Box<dyn Iterator<Item = &Arc<Device>>> = match &candidates {
             Some(ids) => {
-                for id in ids.range::<String, _>((lower, Bound::Unbounded)) {
-                    if let Some(device) = state.devices.get(id)
-                        && consider(device)
-                    {
-                        break;
+                Box::new(ids.range::<String, _>((lower, Bound::Unbounded)).filter_map(|id| state.devices.get(id)))
+            }
+            None => Box::new(state.devices.range::<String, _>((lower, Bound::Unbounded)).map(|(_, d)| d)),
+        };
+        // Batches grow so a first page found early costs little, and large scans run on every core.
+        let mut matched = Vec::with_capacity(limit + 1);
+        let mut batch_size = FIRST_BATCH;
+        'scan: loop {
+            let batch: Vec<&Arc<Device>> = devices.by_ref().take(batch_size).collect();
+            if batch.is_empty() {
+                break;
+            }
+            for (device, hit) in batch.iter().zip(select_batch(&batch, &selected)) {
+                if hit {
+                    matched.push(Arc::clone(device));
+                    if matched.len() > limit {
+                        break 'scan;
                     }
                 }
             }
-            None => {
-                for (_, device) in state.devices.range::<String, _>((lower, Bound::Unbounded)) {
-                    if consider(device) {
-                        break;
-                    }
-                }
-            }
+            batch_size = (batch_size * 2).min(MAX_BATCH);
         }
         let more = matched.len() > limit;
         matched.truncate(limit);
@@ -187,6 +183,65 @@ impl Hub {
     }
 }
 
+/// Devices examined in the first scan batch, and the most in one batch.
+const FIRST_BATCH: usize = 1024;
+const MAX_BATCH: usize = 32 * 1024;
+/// Below this many devices a batch is evaluated on the calling thread.
+const PARALLEL_FROM: usize = 4096;
+
+fn workers(len: usize) -> usize {
+    if len < PARALLEL_FROM { 1 } else { std::thread::available_parallelism().map_or(1, |n| n.get()).min(8) }
+}
+
+/// Which of `devices` match, in order, evaluated across the cores.
+fn select_batch(devices: &[&Arc<Device>], selected: &(dyn Fn(&Device) -> bool + Sync)) -> Vec<bool> {
+    let workers = workers(devices.len());
+    if workers < 2 {
+        return devices.iter().map(|d| selected(d)).collect();
+    }
+    let chunk = devices.len().div_ceil(workers);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = devices
+            .chunks(chunk)
+            .map(|part| scope.spawn(move || part.iter().map(|d| selected(d)).collect::<Vec<bool>>()))
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect()
+    })
+}
+
+/// The aggregate rows of `query` over `devices`, each core taking a contiguous share (so first-appearance order
+/// of the groups is kept when the shares are merged in order).
+fn aggregate(
+    query: &Query,
+    devices: &[&Arc<Device>],
+    selected: &(dyn Fn(&Device) -> bool + Sync),
+    liveness: &(dyn Fn(&str) -> Liveness + Sync),
+) -> Vec<Value> {
+    let share = |part: &[&Arc<Device>]| {
+        let mut groups = Groups::new(query);
+        for device in part.iter().filter(|d| selected(d)) {
+            groups.add(&view(device, liveness));
+        }
+        groups
+    };
+    let workers = workers(devices.len());
+    let mut parts = if workers < 2 {
+        vec![share(devices)]
+    } else {
+        let chunk = devices.len().div_ceil(workers);
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = devices.chunks(chunk).map(|part| scope.spawn(move || share(part))).collect();
+            handles.into_iter().map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect()
+        })
+    }
+    .into_iter();
+    let mut total = parts.next().unwrap_or_else(|| Groups::new(query));
+    for part in parts {
+        total.merge(part);
+    }
+    total.rows()
+}
+
 /// A device's twin as the query engine sees it.
 fn view<'a>(device: &'a Device, liveness: &'a dyn Fn(&str) -> Liveness) -> TwinView<'a> {
     TwinView { device, liveness: LivenessSource::Lookup(liveness) }
@@ -200,6 +255,64 @@ mod tests {
     fn ids(condition: &str) -> Option<Vec<String>> {
         let expr = parse_condition(condition).expect("parse").expect("condition");
         id_candidates(&expr).map(|set| set.into_iter().collect())
+    }
+
+    /// A hub over `count` devices whose `tags.n` is their index, large enough for the parallel paths.
+    fn big_hub(count: usize) -> Hub {
+        use crate::domain::registry::{DeviceSpec, create_device};
+        use crate::domain::twin::{TwinWrite, WriteMode};
+        let now = jiff::Timestamp::from_second(1_800_000_000).expect("time");
+        let devices = (0..count)
+            .map(|i| {
+                let mut device =
+                    create_device(&format!("d{i:06}"), &DeviceSpec::default(), now, i as u64 + 1).expect("device");
+                let tags = serde_json::json!({"n": i, "parity": i % 2}).as_object().cloned().expect("object");
+                let write = TwinWrite { tags: Some(Some(tags)), desired: None };
+                device.twin = device.twin.apply_service_write(&write, WriteMode::Merge, now).expect("tags").twin;
+                device
+            })
+            .collect();
+        let clock: crate::clock::SharedClock = std::sync::Arc::new(crate::clock::SystemClock);
+        Hub::new(
+            "h".into(),
+            crate::auth::Policies::generate(),
+            clock,
+            crate::store::Store::memory(),
+            crate::store::Loaded { devices },
+        )
+    }
+
+    #[test]
+    fn parallel_scans_and_aggregates_agree_with_the_sequential_answer() {
+        let hub = big_hub(20_000);
+        // Every third device, paged across several batches and cores.
+        let text = "SELECT deviceId FROM devices WHERE tags.n % 3 = 0";
+        let mut seen = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = hub.query(text, 100, token.as_deref()).expect("query");
+            seen.extend(page.items.iter().map(|i| i["deviceId"].as_str().expect("id").to_owned()));
+            match page.continuation {
+                Some(next) => token = Some(next),
+                None => break,
+            }
+        }
+        let expected: Vec<String> = (0..20_000).filter(|i| i % 3 == 0).map(|i| format!("d{i:06}")).collect();
+        assert_eq!(seen, expected);
+        // A match only near the end is found past many batches.
+        let page = hub.query("SELECT * FROM devices WHERE tags.n = 19999", 100, None).expect("query");
+        assert_eq!(page.items.len(), 1);
+        let rows = hub
+            .query("SELECT tags.parity AS p, COUNT() AS n, SUM(tags.n) AS s, MIN(tags.n) AS lo, MAX(tags.n) AS hi FROM devices GROUP BY tags.parity", 100, None)
+            .expect("query")
+            .items;
+        assert_eq!(
+            rows,
+            vec![
+                serde_json::json!({"p": 0, "n": 10_000, "s": 99_990_000, "lo": 0, "hi": 19_998}),
+                serde_json::json!({"p": 1, "n": 10_000, "s": 100_000_000, "lo": 1, "hi": 19_999}),
+            ]
+        );
     }
 
     #[test]

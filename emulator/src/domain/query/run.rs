@@ -103,6 +103,20 @@ struct Accumulator {
 }
 
 impl Accumulator {
+    fn merge(&mut self, other: Accumulator) {
+        self.count += other.count;
+        self.sum += other.sum;
+        self.numbers += other.numbers;
+        self.min = match (self.min, other.min) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.max = match (self.max, other.max) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+    }
+
     fn add(&mut self, value: &Val<'_>) {
         if let Val::Num(n) = value {
             self.sum += n;
@@ -153,6 +167,25 @@ impl<'q> Groups<'q> {
                     accumulator.add(&document.resolve(p.segments()));
                 }
                 Projected::Aggregate(Aggregate::Count) | Projected::Path(_) => {}
+            }
+        }
+    }
+
+    /// Folds in the groups another share of the documents built (those documents come after this share's).
+    pub fn merge(&mut self, other: Groups<'q>) {
+        let Groups { order, mut groups, .. } = other;
+        for id in order {
+            let Some(group) = groups.remove(&id) else { continue };
+            match self.groups.get_mut(&id) {
+                Some(mine) => {
+                    for (a, b) in mine.accumulators.iter_mut().zip(group.accumulators) {
+                        a.merge(b);
+                    }
+                }
+                None => {
+                    self.order.push(id.clone());
+                    self.groups.insert(id, group);
+                }
             }
         }
     }
