@@ -128,16 +128,50 @@ impl Accumulator {
 }
 
 struct Group {
+    /// Hash of the key values, as `key_hash` computes it.
+    hash: u64,
     keys: Vec<Option<Value>>,
     accumulators: Vec<Accumulator>,
+}
+
+/// A hash of GROUP BY key values that needs no allocation for primitives; equal values (1 and 1.0 included)
+/// hash alike.
+fn key_hash<'a>(keys: impl Iterator<Item = Val<'a>>) -> u64 {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    for key in keys {
+        match key {
+            Val::Undefined => 0u8.hash(&mut hasher),
+            Val::Null => 1u8.hash(&mut hasher),
+            Val::Bool(b) => (2u8, b).hash(&mut hasher),
+            Val::Num(n) => (3u8, if n == 0.0 { 0 } else { n.to_bits() }).hash(&mut hasher),
+            Val::Str(s) => (4u8, s.as_ref()).hash(&mut hasher),
+            other => (5u8, other.to_json().map(|v| v.to_string())).hash(&mut hasher),
+        }
+    }
+    hasher.finish()
+}
+
+/// True when a key value seen in a document equals a stored key.
+fn same_key(seen: &Val<'_>, stored: &Option<Value>) -> bool {
+    match (seen, stored) {
+        (Val::Undefined, None) => true,
+        (Val::Null, Some(Value::Null)) => true,
+        (Val::Bool(a), Some(Value::Bool(b))) => a == b,
+        (Val::Num(a), Some(Value::Number(b))) => b.as_f64() == Some(*a),
+        (Val::Str(a), Some(Value::String(b))) => a.as_ref() == b,
+        (seen @ (Val::Obj(_) | Val::Arr(_)), Some(stored)) => seen.to_json().as_ref() == Some(stored),
+        _ => false,
+    }
 }
 
 /// Aggregation state: one group per distinct GROUP BY key, in order of first appearance.
 pub struct Groups<'q> {
     query: &'q Query,
     items: &'q [Projection],
-    order: Vec<String>,
-    groups: HashMap<String, Group>,
+    groups: Vec<Group>,
+    /// Key hash -> positions in `groups`.
+    index: HashMap<u64, Vec<usize>>,
 }
 
 impl<'q> Groups<'q> {
@@ -147,20 +181,31 @@ impl<'q> Groups<'q> {
             Select::Items(items) => items,
             Select::All => &[],
         };
-        Self { query, items, order: Vec::new(), groups: HashMap::new() }
+        Self { query, items, groups: Vec::new(), index: HashMap::new() }
+    }
+
+    fn find(&self, hash: u64, matches: impl Fn(&Group) -> bool) -> Option<usize> {
+        self.index.get(&hash)?.iter().copied().find(|&i| matches(&self.groups[i]))
+    }
+
+    fn insert(&mut self, group: Group) -> usize {
+        let position = self.groups.len();
+        self.index.entry(group.hash).or_default().push(position);
+        self.groups.push(group);
+        position
     }
 
     /// Adds a matching document.
     pub fn add(&mut self, document: &impl Document) {
-        let keys: Vec<Option<Value>> =
-            self.query.group_by.iter().map(|p| document.resolve(p.segments()).to_json()).collect();
-        let id = serde_json::to_string(&keys).unwrap_or_default();
-        let items = self.items;
-        let group = self.groups.entry(id.clone()).or_insert_with(|| {
-            self.order.push(id);
-            Group { keys, accumulators: vec![Accumulator::default(); items.len()] }
+        let keys: Vec<Val<'_>> = self.query.group_by.iter().map(|p| document.resolve(p.segments())).collect();
+        let hash = key_hash(keys.iter().cloned());
+        let found = self.find(hash, |g| keys.iter().zip(&g.keys).all(|(seen, stored)| same_key(seen, stored)));
+        let position = found.unwrap_or_else(|| {
+            let accumulators = vec![Accumulator::default(); self.items.len()];
+            self.insert(Group { hash, keys: keys.iter().map(Val::to_json).collect(), accumulators })
         });
-        for (item, accumulator) in items.iter().zip(group.accumulators.iter_mut()) {
+        let group = &mut self.groups[position];
+        for (item, accumulator) in self.items.iter().zip(group.accumulators.iter_mut()) {
             accumulator.count += 1;
             match &item.value {
                 Projected::Aggregate(Aggregate::Sum(p) | Aggregate::Avg(p) | Aggregate::Min(p) | Aggregate::Max(p)) => {
@@ -173,18 +218,15 @@ impl<'q> Groups<'q> {
 
     /// Folds in the groups another share of the documents built (those documents come after this share's).
     pub fn merge(&mut self, other: Groups<'q>) {
-        let Groups { order, mut groups, .. } = other;
-        for id in order {
-            let Some(group) = groups.remove(&id) else { continue };
-            match self.groups.get_mut(&id) {
-                Some(mine) => {
-                    for (a, b) in mine.accumulators.iter_mut().zip(group.accumulators) {
+        for group in other.groups {
+            match self.find(group.hash, |g| g.keys == group.keys) {
+                Some(position) => {
+                    for (a, b) in self.groups[position].accumulators.iter_mut().zip(group.accumulators) {
                         a.merge(b);
                     }
                 }
                 None => {
-                    self.order.push(id.clone());
-                    self.groups.insert(id, group);
+                    self.insert(group);
                 }
             }
         }
@@ -192,15 +234,12 @@ impl<'q> Groups<'q> {
 
     /// The result rows. Without GROUP BY there is exactly one row, even over no documents (`COUNT()` = 0).
     pub fn rows(self) -> Vec<Value> {
-        let Self { query, items, order, mut groups } = self;
+        let Self { query, items, groups, .. } = self;
         if query.group_by.is_empty() && groups.is_empty() {
-            return vec![row(
-                query,
-                items,
-                &Group { keys: Vec::new(), accumulators: vec![Accumulator::default(); items.len()] },
-            )];
+            let empty = Group { hash: 0, keys: Vec::new(), accumulators: vec![Accumulator::default(); items.len()] };
+            return vec![row(query, items, &empty)];
         }
-        order.iter().filter_map(|id| groups.remove(id)).map(|group| row(query, items, &group)).collect()
+        groups.iter().map(|group| row(query, items, group)).collect()
     }
 }
 
@@ -226,6 +265,8 @@ fn row(query: &Query, items: &[Projection], group: &Group) -> Value {
                     Aggregate::Min(_) => accumulator.min.map(number_json),
                     Aggregate::Max(_) => accumulator.max.map(number_json),
                 };
+                // Decision on wire-spec H.57: an aggregate without AS is named `$1`, `$2`, ... (as Cosmos DB does);
+                // a group whose key is undefined keeps the row but leaves the key member out.
                 let name = item.alias.clone().unwrap_or_else(|| {
                     unnamed += 1;
                     format!("${unnamed}")
