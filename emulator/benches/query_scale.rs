@@ -57,7 +57,7 @@ fn devices(count: usize) -> Vec<Device> {
 
 fn hub_with(count: usize) -> (Hub, f64) {
     let before = rss_mib();
-    let loaded = Loaded { devices: devices(count) };
+    let loaded = Loaded { devices: devices(count), ..Loaded::default() };
     let hub = Hub::new("localhost".into(), Policies::generate(), Arc::new(SystemClock), Store::memory(), loaded);
     (hub, rss_mib() - before)
 }

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::clock::{SharedClock, SystemClock};
+use crate::hub::JobSettings;
 
 /// Default HTTPS port: the Node service SDK can dial no other.
 pub const DEFAULT_HTTPS_PORT: u16 = 443;
@@ -35,6 +36,8 @@ pub struct Config {
     pub seed: Option<PathBuf>,
     /// The hub's clock.
     pub clock: SharedClock,
+    /// How jobs run: the active-job limit, retention, fan-out window.
+    pub jobs: JobSettings,
 }
 
 impl Default for Config {
@@ -49,6 +52,7 @@ impl Default for Config {
             in_memory: true,
             seed: None,
             clock: Arc::new(SystemClock),
+            jobs: JobSettings::default(),
         }
     }
 }
@@ -63,6 +67,7 @@ impl std::fmt::Debug for Config {
             .field("data_dir", &self.data_dir)
             .field("in_memory", &self.in_memory)
             .field("seed", &self.seed)
+            .field("jobs", &self.jobs)
             .finish_non_exhaustive()
     }
 }

@@ -22,6 +22,13 @@ pub enum HubError {
     DeviceAlreadyExists(String),
     #[error("{0}")]
     PreconditionFailed(String),
+    #[error("Job {0} not found")]
+    JobNotFound(String),
+    #[error("A job with ID '{0}' already exists.")]
+    JobAlreadyExists(String),
+    /// Creating a job while the hub already has its limit of active (queued, scheduled or running) jobs.
+    #[error("{0}")]
+    TooManyActiveJobs(String),
     #[error("{0}")]
     MessageTooLarge(String),
     #[error("{0}")]
@@ -85,6 +92,11 @@ impl HubError {
             Self::DeviceDisabled(_) => w(401, "IotHubUnauthorizedAccess", 401002, 5),
             Self::DeviceAlreadyExists(_) => w(409, "DeviceAlreadyExists", 409001, 3),
             Self::PreconditionFailed(_) => w(412, "PreconditionFailed", 412001, 3),
+            Self::JobNotFound(_) => w(404, "JobNotFound", 404002, 3),
+            // Decisions on wire-spec C.6.1: a duplicate id is JobAlreadyExists, too many active jobs the
+            // throttling code the docs list for it.
+            Self::JobAlreadyExists(_) => w(409, "JobAlreadyExists", 409104, 3),
+            Self::TooManyActiveJobs(_) => w(429, "ThrottlingMaxActiveJobCountExceeded", 429004, 3),
             Self::MessageTooLarge(_) => w(413, "MessageTooLarge", 413001, 3),
             // What the hub answers for a path or method it does not serve is not documented; these two codes are
             // the emulator's own, in the hub's envelope so every client still parses them.
@@ -135,6 +147,9 @@ mod tests {
             HubError::DeviceDisabled(String::new()),
             HubError::DeviceAlreadyExists(String::new()),
             HubError::PreconditionFailed(String::new()),
+            HubError::JobNotFound(String::new()),
+            HubError::JobAlreadyExists(String::new()),
+            HubError::TooManyActiveJobs(String::new()),
             HubError::MessageTooLarge(String::new()),
             HubError::NotFound(String::new()),
             HubError::MethodNotAllowed(String::new()),

@@ -128,6 +128,12 @@ impl EmulatorBuilder {
         self
     }
 
+    /// How jobs run (active-job limit, retention, fan-out window).
+    pub fn job_settings(mut self, settings: hub::JobSettings) -> Self {
+        self.config.jobs = settings;
+        self
+    }
+
     /// The clock the hub uses (tests pass a `TokioClock`).
     pub fn clock(mut self, clock: SharedClock) -> Self {
         self.config.clock = clock;
@@ -169,7 +175,11 @@ async fn start(config: Config) -> Result<RunningEmulator, StartError> {
         None => (LocalCa::generate()?, Policies::generate(), Store::memory(), Loaded::default()),
     };
     let durable = store.is_durable();
-    let hub = Arc::new(Hub::new(config.host_name.clone(), policies, config.clock.clone(), store, loaded));
+    let hub = Arc::new(
+        Hub::new(config.host_name.clone(), policies, config.clock.clone(), store, loaded)
+            .with_job_settings(config.jobs),
+    );
+    hub.start_jobs();
     if let Some(path) = &config.seed {
         seed::apply(&hub, path).await.map_err(|detail| StartError::Seed { path: path.clone(), detail })?;
     }

@@ -5,11 +5,12 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use clap::Parser;
 use iothub_emulator::clock::SystemClock;
 use iothub_emulator::config::{self, Config};
+use iothub_emulator::hub::JobSettings;
 use iothub_emulator::{Emulator, RunningEmulator};
 use tracing_subscriber::EnvFilter;
 
@@ -50,6 +51,17 @@ struct Cli {
     /// JSON file of devices to create at start when missing: {"devices":[{"deviceId":"d1", ...}]}.
     #[arg(long, env = "IOTHUB_EMULATOR_SEED")]
     seed: Option<PathBuf>,
+
+    /// Most jobs queued, scheduled or running at once; one more is refused with 429
+    /// ThrottlingMaxActiveJobCountExceeded. Real hubs allow 1 (S1) to 10 (S3): set 1 to test against S1's rule.
+    #[arg(long, env = "IOTHUB_EMULATOR_MAX_ACTIVE_JOBS", default_value_t = JobSettings::default().max_active_jobs as u64,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    max_active_jobs: u64,
+
+    /// Days a finished job and its device records are kept (the hub keeps them 30 days).
+    #[arg(long, env = "IOTHUB_EMULATOR_JOB_RETENTION_DAYS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..=3650))]
+    job_retention_days: u64,
 }
 
 #[tokio::main]
@@ -71,6 +83,11 @@ async fn main() -> ExitCode {
         in_memory: cli.in_memory,
         seed: cli.seed.clone(),
         clock: Arc::new(SystemClock),
+        jobs: JobSettings {
+            max_active_jobs: usize::try_from(cli.max_active_jobs).unwrap_or(usize::MAX),
+            retention: Duration::from_secs(cli.job_retention_days * 24 * 3600),
+            ..JobSettings::default()
+        },
     };
     let emulator = match Emulator::builder().config(config).start().await {
         Ok(emulator) => emulator,

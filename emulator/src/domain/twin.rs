@@ -206,6 +206,43 @@ pub struct DesiredNotification {
     pub body: Map<String, Value>,
 }
 
+/// A section of a write body: absent, `null` (clear), or an object.
+fn section(value: Option<&Value>, name: &str) -> Result<Option<Option<Map<String, Value>>>, HubError> {
+    match value {
+        None => Ok(None),
+        Some(Value::Null) => Ok(Some(None)),
+        Some(Value::Object(map)) => Ok(Some(Some(map.clone()))),
+        Some(other) => Err(HubError::ArgumentInvalid(format!("{name} must be a JSON object, not {other}"))),
+    }
+}
+
+/// Reads a twin write body: `tags` and `properties.desired`. Identity members (`deviceId`, `etag`, ...) are
+/// ignored, as the hub does; reported properties belong to the device, so a non-empty `properties.reported`
+/// is refused (wire-spec H.22), while `{}` (which the Node twin-job sample sends) is accepted.
+pub fn parse_twin_write(body: &Value) -> Result<TwinWrite, HubError> {
+    let Value::Object(body) = body else {
+        return Err(HubError::ArgumentInvalid("The twin must be a JSON object".into()));
+    };
+    let mut write = TwinWrite { tags: section(body.get("tags"), "tags")?, desired: None };
+    match body.get("properties") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(properties)) => {
+            write.desired = section(properties.get("desired"), "properties.desired")?;
+            match properties.get("reported") {
+                None | Some(Value::Null) => {}
+                Some(Value::Object(reported)) if reported.keys().all(|k| k.starts_with('$')) => {}
+                Some(_) => {
+                    return Err(HubError::ArgumentInvalid(
+                        "Reported properties can only be written by the device; remove properties.reported".into(),
+                    ));
+                }
+            }
+        }
+        Some(other) => return Err(HubError::ArgumentInvalid(format!("properties must be a JSON object, not {other}"))),
+    }
+    Ok(write)
+}
+
 /// The full twin document of a device (wire-spec D.1): identity fields, tags and both property sections.
 pub fn twin_document(device: &Device, liveness: &Liveness) -> Value {
     let auth = &device.authentication;

@@ -1,6 +1,7 @@
 //! The HTTPS service API: the axum router over the hub, and the connection handling behind the TLS listener.
 
 mod emulator;
+mod jobs;
 mod query;
 mod registry;
 mod request;
@@ -60,6 +61,9 @@ pub fn router(hub: Arc<Hub>, shutdown: CancellationToken) -> Router {
         )
         .route("/twins/{id}", get(twins::get_twin).patch(twins::patch_twin).put(twins::replace_twin))
         .route("/twins/{id}/methods", post(twins::invoke_method))
+        .route("/jobs/v2/query", get(jobs::query_jobs))
+        .route("/jobs/v2/{id}", get(jobs::get_job).put(jobs::create_job))
+        .route("/jobs/v2/{id}/cancel", post(jobs::cancel_job))
         .route("/emulator/devices/{id}/messages/events", get(emulator::device_telemetry))
         .route("/statistics/devices", get(registry::registry_statistics))
         .route("/statistics/service", get(registry::service_statistics))

@@ -11,8 +11,7 @@ use crate::auth::Rights;
 use crate::error::HubError;
 use crate::hub::{Hub, MAX_PAGE_SIZE};
 
-/// Runs the query in `body` (`{"query": "SELECT ..."}`) and answers one page: a JSON array, `x-ms-item-type`,
-/// and `x-ms-continuation` only when more results exist (an empty one would make the Node SDK loop forever).
+/// Runs the query in `body` (`{"query": "SELECT ..."}`) and answers one page (see `page_response`).
 pub async fn run(hub: &Hub, headers: &HeaderMap, body: &Value) -> Result<Response, ApiError> {
     hub.authorize_service(
         authorization(headers),
@@ -28,22 +27,38 @@ pub async fn run(hub: &Hub, headers: &HeaderMap, body: &Value) -> Result<Respons
         }
         Some(other) => return Err(HubError::ArgumentInvalid(format!("query must be a string, not {other}")).into()),
     };
-    let page_size = match headers.get("x-ms-max-item-count").map(|v| v.to_str().unwrap_or("").trim()) {
-        None | Some("") => MAX_PAGE_SIZE,
-        Some(text) => text
-            .parse::<i64>()
-            .map_err(|_| HubError::ArgumentInvalid(format!("x-ms-max-item-count '{text}' is not a number")))?
-            .clamp(1, MAX_PAGE_SIZE as i64) as usize,
-    };
-    let continuation = headers.get("x-ms-continuation").and_then(|v| v.to_str().ok());
+    let page_size = page_size(headers.get(MAX_ITEM_COUNT).map(|v| v.to_str().unwrap_or("")), MAX_PAGE_SIZE)?;
+    let continuation = headers.get(CONTINUATION).and_then(|v| v.to_str().ok());
     let page = hub.query(text, page_size, continuation)?;
-    let mut response = ok_json(&page.items);
-    let response_headers = response.headers_mut();
-    response_headers.insert("x-ms-item-type", HeaderValue::from_static(page.item_type.as_str()));
-    if let Some(token) = page.continuation
+    Ok(page_response(&page.items, page.item_type.as_str(), page.continuation))
+}
+
+/// Paging headers of query answers (wire-spec F.6).
+pub const MAX_ITEM_COUNT: &str = "x-ms-max-item-count";
+pub const CONTINUATION: &str = "x-ms-continuation";
+
+/// A requested page size (`x-ms-max-item-count`, or the job query's `pageSize`): `max` when not given, and
+/// clamped to `1..=max` as the hub does.
+pub fn page_size(given: Option<&str>, max: usize) -> Result<usize, HubError> {
+    match given.map(str::trim) {
+        None | Some("") => Ok(max),
+        Some(text) => Ok(text
+            .parse::<i64>()
+            .map_err(|_| HubError::ArgumentInvalid(format!("The page size '{text}' is not a number")))?
+            .clamp(1, max as i64) as usize),
+    }
+}
+
+/// One page as the hub answers it: a JSON array, `x-ms-item-type`, and `x-ms-continuation` only when more
+/// results exist (an empty one would make the Node SDK loop forever).
+pub fn page_response(items: &[Value], item_type: &'static str, continuation: Option<String>) -> Response {
+    let mut response = ok_json(items);
+    let headers = response.headers_mut();
+    headers.insert("x-ms-item-type", HeaderValue::from_static(item_type));
+    if let Some(token) = continuation
         && let Ok(value) = HeaderValue::from_str(&token)
     {
-        response_headers.insert("x-ms-continuation", value);
+        headers.insert(CONTINUATION, value);
     }
-    Ok(response)
+    response
 }

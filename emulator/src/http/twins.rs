@@ -5,14 +5,13 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use super::request::{JsonBody, PathId, authorization, if_match};
 use super::response::{ApiError, ok_json};
 use crate::auth::Rights;
 use crate::domain::methods;
-use crate::domain::twin::{TwinWrite, WriteMode};
-use crate::error::HubError;
+use crate::domain::twin::{WriteMode, parse_twin_write};
 use crate::hub::Hub;
 
 type ApiResult = Result<Response, ApiError>;
@@ -53,43 +52,6 @@ async fn write(hub: &Hub, id: &str, headers: &HeaderMap, body: &Value, mode: Wri
     let twin_write = parse_twin_write(body)?;
     let document = hub.write_twin(id, &twin_write, mode, if_match(headers)?.as_ref()).await?;
     Ok(ok_json(&document))
-}
-
-/// A section of a write body: absent, `null` (clear), or an object.
-fn section(value: Option<&Value>, name: &str) -> Result<Option<Option<Map<String, Value>>>, HubError> {
-    match value {
-        None => Ok(None),
-        Some(Value::Null) => Ok(Some(None)),
-        Some(Value::Object(map)) => Ok(Some(Some(map.clone()))),
-        Some(other) => Err(HubError::ArgumentInvalid(format!("{name} must be a JSON object, not {other}"))),
-    }
-}
-
-/// Reads a twin write body: `tags` and `properties.desired`. Identity members (`deviceId`, `etag`, ...) are
-/// ignored, as the hub does; reported properties belong to the device, so a non-empty `properties.reported`
-/// is refused (wire-spec H.22), while `{}` (which the Node twin-job sample sends) is accepted.
-pub fn parse_twin_write(body: &Value) -> Result<TwinWrite, HubError> {
-    let Value::Object(body) = body else {
-        return Err(HubError::ArgumentInvalid("The twin must be a JSON object".into()));
-    };
-    let mut write = TwinWrite { tags: section(body.get("tags"), "tags")?, desired: None };
-    match body.get("properties") {
-        None | Some(Value::Null) => {}
-        Some(Value::Object(properties)) => {
-            write.desired = section(properties.get("desired"), "properties.desired")?;
-            match properties.get("reported") {
-                None | Some(Value::Null) => {}
-                Some(Value::Object(reported)) if reported.keys().all(|k| k.starts_with('$')) => {}
-                Some(_) => {
-                    return Err(HubError::ArgumentInvalid(
-                        "Reported properties can only be written by the device; remove properties.reported".into(),
-                    ));
-                }
-            }
-        }
-        Some(other) => return Err(HubError::ArgumentInvalid(format!("properties must be a JSON object, not {other}"))),
-    }
-    Ok(write)
 }
 
 /// `POST /twins/{id}/methods`: invoke a direct method and answer `{status, payload}` with HTTP 200 whatever

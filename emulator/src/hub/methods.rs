@@ -5,7 +5,7 @@ use tokio::time::Instant;
 
 use super::Hub;
 use super::presence::ToDevice;
-use crate::domain::methods::{MethodCall, MethodResponse};
+use crate::domain::methods::{MethodCall, MethodResponse, PendingCalls};
 use crate::error::HubError;
 
 impl Hub {
@@ -40,9 +40,10 @@ impl Hub {
         };
 
         let (rid, answer) = self.pending_calls.register(device_id);
+        // Forgets the call however this ends, including when the caller stops waiting (a job past its deadline).
+        let _forget = ForgetOnDrop { calls: &self.pending_calls, rid };
         let request = ToDevice::MethodRequest { rid, name: call.name.clone(), payload: call.payload.clone() };
         if sender.try_send(request).is_err() {
-            self.pending_calls.forget(rid);
             return Err(HubError::DeviceNotOnline {
                 message: "Timed out waiting for device to connect.".into(),
                 connect_timeout_secs: Some(call.connect_timeout.as_secs()),
@@ -51,10 +52,7 @@ impl Hub {
         tracing::debug!(device_id, method = %call.name, rid, "method request handed to the device");
         match tokio::time::timeout(call.response_timeout, answer).await {
             Ok(Ok(response)) => Ok(response),
-            _ => {
-                self.pending_calls.forget(rid);
-                Err(HubError::GatewayTimeout)
-            }
+            _ => Err(HubError::GatewayTimeout),
         }
     }
 
@@ -64,5 +62,17 @@ impl Hub {
         if !self.pending_calls.complete(device_id, rid, response) {
             tracing::debug!(device_id, rid, "method response for no waiting request dropped");
         }
+    }
+}
+
+/// Removes a waiting call from the table when dropped.
+struct ForgetOnDrop<'a> {
+    calls: &'a PendingCalls,
+    rid: u64,
+}
+
+impl Drop for ForgetOnDrop<'_> {
+    fn drop(&mut self) {
+        self.calls.forget(self.rid);
     }
 }

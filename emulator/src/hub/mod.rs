@@ -4,6 +4,7 @@
 //! Split by concern: this file holds the state and the registry; `presence` the live connections,
 //! `twins`, `methods` and `telemetry` the device features.
 
+mod jobs;
 mod methods;
 mod presence;
 mod query;
@@ -17,6 +18,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use jiff::Timestamp;
 use tokio::sync::{Notify, broadcast};
 
+pub use jobs::{JobSettings, MAX_JOBS_PAGE};
 pub use presence::{Connected, ConnectionLease, Subscriptions, ToDevice};
 pub use query::{MAX_PAGE_SIZE, QueryPage};
 
@@ -77,12 +79,14 @@ pub struct Hub {
     presence_changed: Notify,
     pending_calls: PendingCalls,
     telemetry_feed: broadcast::Sender<Arc<TelemetryMessage>>,
+    jobs: jobs::Jobs,
 }
 
 impl Hub {
     /// A hub named `host_name` over `store`, starting from what the store loaded.
     pub fn new(host_name: String, policies: Policies, clock: SharedClock, store: Store, loaded: Loaded) -> Self {
         let next_version = loaded.devices.iter().map(|d| d.identity_version).max().unwrap_or(0) + 1;
+        let jobs = jobs::Jobs::new(loaded.jobs, loaded.device_jobs);
         let devices = loaded.devices.into_iter().map(|d| (d.device_id.clone(), Arc::new(d))).collect();
         Self {
             host_name,
@@ -101,7 +105,14 @@ impl Hub {
             presence_changed: Notify::new(),
             pending_calls: PendingCalls::default(),
             telemetry_feed: broadcast::channel(telemetry::FEED_CAPACITY).0,
+            jobs,
         }
+    }
+
+    /// The same hub with other job settings (limits, retention, fan-out window).
+    pub fn with_job_settings(mut self, settings: JobSettings) -> Self {
+        self.jobs.set_settings(settings);
+        self
     }
 
     /// The hub's host name, as in connection strings and token resources.
@@ -204,8 +215,16 @@ impl Hub {
     /// Replaces the device record in memory and queues it for the store (call with the state lock held, so
     /// the store sees changes in the order memory does).
     fn store_device(&self, state: &mut State, device: Device) -> (Arc<Device>, Pending) {
+        self.store_device_with(state, device, Vec::new())
+    }
+
+    /// `store_device`, with `also` committed in the same transaction.
+    fn store_device_with(&self, state: &mut State, device: Device, also: Vec<Write>) -> (Arc<Device>, Pending) {
         let device = Arc::new(device);
-        let pending = self.store.submit(vec![Write::put_device(&device)]);
+        let mut writes = Vec::with_capacity(1 + also.len());
+        writes.push(Write::put_device(&device));
+        writes.extend(also);
+        let pending = self.store.submit(writes);
         state.devices.insert(device.device_id.clone(), device.clone());
         (device, pending)
     }
@@ -274,8 +293,9 @@ impl Hub {
         }
     }
 
-    /// Waits for every submitted change to be durable and stops the store.
+    /// Stops the job runners, waits for every submitted change to be durable and stops the store.
     pub async fn close(&self) {
+        self.jobs.stop().await;
         self.store.close().await;
     }
 }

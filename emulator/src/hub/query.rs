@@ -15,6 +15,8 @@ use serde_json::Value;
 use std::sync::Arc;
 
 use super::Hub;
+use crate::domain::jobs::DeviceJob;
+use crate::domain::jobs::document::{DeviceJobView, device_job_document};
 use crate::domain::query::ast::{CmpOp, Collection, Expr, Literal, Select};
 use crate::domain::query::eval::matches;
 use crate::domain::query::run::{self, Groups, ItemType};
@@ -43,6 +45,9 @@ struct Cursor {
     /// Last device id returned (document queries).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     after: Option<String>,
+    /// Job of the last device record returned (`devices.jobs` queries, ordered by job id, then device id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    job: Option<String>,
     /// Items returned so far (for TOP, and the row offset of aggregate results).
     n: u64,
 }
@@ -104,7 +109,7 @@ impl Hub {
         run::validate(&query).map_err(HubError::ArgumentInvalid)?;
         let cursor = match continuation.filter(|c| !c.trim().is_empty()) {
             Some(token) => decode(token, text)?,
-            None => Cursor { q: query_hash(text), after: None, n: 0 },
+            None => Cursor { q: query_hash(text), after: None, job: None, n: 0 },
         };
         let page_size = page_size.clamp(1, MAX_PAGE_SIZE);
         let item_type = run::item_type(&query);
@@ -113,8 +118,7 @@ impl Hub {
             Collection::DevicesModules => Err(HubError::ArgumentInvalid(
                 "Queries over devices.modules are not supported yet: the emulator has no module identities".into(),
             )),
-            // Per-device job records arrive with jobs; until then there are none to return.
-            Collection::DevicesJobs => Ok(QueryPage { items: Vec::new(), item_type, continuation: None }),
+            Collection::DevicesJobs => Ok(self.query_device_jobs(&query, cursor, page_size, item_type)),
         }
     }
 
@@ -131,7 +135,8 @@ impl Hub {
             let total = query.top.map_or(rows.len(), |top| rows.len().min(top as usize));
             let start = (cursor.n as usize).min(total);
             let end = (start + page_size).min(total);
-            let continuation = (end < total).then(|| encode(&Cursor { q: cursor.q, after: None, n: end as u64 }));
+            let continuation =
+                (end < total).then(|| encode(&Cursor { q: cursor.q, after: None, job: None, n: end as u64 }));
             return QueryPage { items: rows[start..end].to_vec(), item_type, continuation };
         }
 
@@ -176,10 +181,60 @@ impl Hub {
             encode(&Cursor {
                 q: cursor.q,
                 after: matched.last().map(|d| d.device_id.clone()),
+                job: None,
                 n: cursor.n + items.len() as u64,
             })
         });
         QueryPage { items, item_type, continuation }
+    }
+}
+
+impl Hub {
+    /// `SELECT * FROM devices.jobs [WHERE ..]`: device records of every job, by job id then device id.
+    fn query_device_jobs(&self, query: &Query, cursor: Cursor, page_size: usize, item_type: ItemType) -> QueryPage {
+        let remaining = query.top.map_or(usize::MAX, |top| (top.saturating_sub(cursor.n)) as usize);
+        let limit = page_size.min(remaining);
+        let condition = query.condition.as_ref();
+        let after = cursor.job.as_deref().zip(cursor.after.as_deref());
+        let mut matched: Vec<DeviceJob> = Vec::with_capacity(limit + 1);
+        if limit > 0 {
+            self.visit_device_jobs(after, |record| {
+                if condition.is_none_or(|c| matches(c, &DeviceJobView(record))) {
+                    matched.push(record.clone());
+                }
+                matched.len() <= limit
+            });
+        }
+        let more = matched.len() > limit;
+        matched.truncate(limit);
+        let continuation = more.then(|| {
+            let last = matched.last();
+            encode(&Cursor {
+                q: cursor.q,
+                after: last.map(|r| r.device_id.clone()),
+                job: last.map(|r| r.job_id.clone()),
+                n: cursor.n + matched.len() as u64,
+            })
+        });
+        QueryPage { items: matched.iter().map(device_job_document).collect(), item_type, continuation }
+    }
+
+    /// The ids of every device `condition` selects (all devices for `None`), in id order: a job's targets.
+    pub(super) fn matching_device_ids(&self, condition: Option<&Expr>) -> Vec<String> {
+        let state = self.read();
+        let state = &*state;
+        let liveness = |id: &str| Self::liveness_in(state, id);
+        let selected = |device: &Device| -> bool { condition.is_none_or(|c| matches(c, &view(device, &liveness))) };
+        let devices: Vec<&Arc<Device>> = match condition.and_then(id_candidates) {
+            Some(ids) => ids.iter().filter_map(|id| state.devices.get(id)).collect(),
+            None => state.devices.values().collect(),
+        };
+        devices
+            .iter()
+            .zip(select_batch(&devices, &selected))
+            .filter(|(_, hit)| *hit)
+            .map(|(device, _)| device.device_id.clone())
+            .collect()
     }
 }
 
@@ -278,7 +333,7 @@ mod tests {
             crate::auth::Policies::generate(),
             clock,
             crate::store::Store::memory(),
-            crate::store::Loaded { devices },
+            crate::store::Loaded { devices, ..Default::default() },
         )
     }
 

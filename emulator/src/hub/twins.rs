@@ -10,6 +10,7 @@ use super::{Hub, State};
 use crate::domain::registry::{Device, IfMatch};
 use crate::domain::twin::{self, DesiredNotification, TwinWrite, WriteMode};
 use crate::error::HubError;
+use crate::store::{Pending, Write};
 
 impl Hub {
     /// The full twin document of a device (wire-spec D.1).
@@ -36,21 +37,40 @@ impl Hub {
         let now = self.clock.now();
         let (device, previous, pending, document) = {
             let mut state = self.write();
-            let current = state.devices.get(id).cloned().ok_or_else(|| HubError::DeviceNotFound(id.to_owned()))?;
-            if let Some(condition) = if_match {
-                condition.check(&current.twin.etag())?;
-            }
-            let change = current.twin.apply_service_write(write, mode, now)?;
-            let (device, pending) = self.store_device(&mut state, Device { twin: change.twin, ..(*current).clone() });
-            if let Some(notification) = change.desired_notification {
-                // Sent under the lock so notifications reach the device in version order.
-                Self::notify_desired(&state, id, notification);
-            }
+            let (device, previous, pending) =
+                self.apply_twin_write(&mut state, id, write, mode, if_match, now, Vec::new())?;
             let document = twin::twin_document(&device, &Self::liveness_in(&state, id));
-            (device, Some(current), pending, document)
+            (device, previous, pending, document)
         };
-        self.settle(pending, id, previous, Some(&device)).await?;
+        self.settle(pending, id, Some(previous), Some(&device)).await?;
         Ok(document)
+    }
+
+    /// Applies a service write under the state lock: the `If-Match` check, the twin rules, the store write
+    /// (with `also` in the same transaction, so a twin job's record of it lands atomically) and the desired
+    /// notification. Returns the new device, the one it replaced, and the store write to wait for.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn apply_twin_write(
+        &self,
+        state: &mut State,
+        id: &str,
+        write: &TwinWrite,
+        mode: WriteMode,
+        if_match: Option<&IfMatch>,
+        now: jiff::Timestamp,
+        also: Vec<Write>,
+    ) -> Result<(Arc<Device>, Arc<Device>, Pending), HubError> {
+        let current = state.devices.get(id).cloned().ok_or_else(|| HubError::DeviceNotFound(id.to_owned()))?;
+        if let Some(condition) = if_match {
+            condition.check(&current.twin.etag())?;
+        }
+        let change = current.twin.apply_service_write(write, mode, now)?;
+        let (device, pending) = self.store_device_with(state, Device { twin: change.twin, ..(*current).clone() }, also);
+        if let Some(notification) = change.desired_notification {
+            // Sent under the lock so notifications reach the device in version order.
+            Self::notify_desired(state, id, notification);
+        }
+        Ok((device, current, pending))
     }
 
     fn notify_desired(state: &State, device_id: &str, notification: DesiredNotification) {

@@ -7,13 +7,19 @@ use std::thread::JoinHandle;
 use redb::{Database, DatabaseError, ReadableDatabase as _, ReadableTable as _, TableDefinition};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Loaded, StoreError, Write, decode_device};
+use super::{Loaded, StoreError, Write, decode};
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const DEVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("devices");
+const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs");
+/// Device records of jobs, keyed `<jobId>/<deviceId>` (job ids cannot contain `/`), so one job's records are a
+/// key range.
+const DEVICE_JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("device_jobs");
 
-/// The file format this build writes and reads.
-const SCHEMA_VERSION: &[u8] = b"1";
+/// The file format this build writes and reads. Version 2 added the job tables; a version 1 file is upgraded
+/// in place by creating them.
+const SCHEMA_VERSION: &[u8] = b"2";
+const UPGRADABLE_VERSIONS: [&[u8]; 1] = [b"1"];
 const SCHEMA_KEY: &str = "schema_version";
 
 /// Most batches folded into one transaction.
@@ -40,6 +46,7 @@ impl DiskStore {
             initialise(&db).map_err(|e| open_error(e.to_string()))?;
             db
         };
+        upgrade(&db).map_err(|e| open_error(format!("cannot upgrade it to this release's format: {e}")))?;
         let loaded = load(&db, &shown)?;
         let db = Arc::new(db);
         let (tx, rx) = mpsc::unbounded_channel();
@@ -88,9 +95,30 @@ fn initialise(db: &Database) -> Result<(), redb::Error> {
         let mut meta = txn.open_table(META)?;
         meta.insert(SCHEMA_KEY, SCHEMA_VERSION)?;
         txn.open_table(DEVICES)?;
+        txn.open_table(JOBS)?;
+        txn.open_table(DEVICE_JOBS)?;
     }
     txn.commit()?;
     Ok(())
+}
+
+/// Brings a file of an older, upgradable format to this one. Files of other versions are left for `load` to
+/// refuse with an explanation.
+fn upgrade(db: &Database) -> Result<(), redb::Error> {
+    let version = {
+        let read = db.begin_read()?;
+        let Ok(meta) = read.open_table(META) else { return Ok(()) };
+        meta.get(SCHEMA_KEY)?.map(|v| v.value().to_vec())
+    };
+    if !version.as_deref().is_some_and(|v| UPGRADABLE_VERSIONS.contains(&v)) {
+        return Ok(());
+    }
+    initialise(db)
+}
+
+/// The key of a device record of a job.
+fn device_job_key(job_id: &str, device_id: &str) -> String {
+    format!("{job_id}/{device_id}")
 }
 
 fn load(db: &Database, shown: &str) -> Result<Loaded, StoreError> {
@@ -111,13 +139,28 @@ fn load(db: &Database, shown: &str) -> Result<Loaded, StoreError> {
         }
         None => return Err(corrupt("not an iothub-emulator data file (no schema version)".into())),
     }
-    let table = read.open_table(DEVICES).map_err(|e| corrupt(e.to_string()))?;
-    let mut loaded = Loaded::default();
+    Ok(Loaded {
+        devices: read_all(&read, DEVICES, "device", shown)?,
+        jobs: read_all(&read, JOBS, "job", shown)?,
+        device_jobs: read_all(&read, DEVICE_JOBS, "device job", shown)?,
+    })
+}
+
+/// Every record of `table`; `what` names one in errors.
+fn read_all<T: serde::de::DeserializeOwned>(
+    read: &redb::ReadTransaction,
+    table: TableDefinition<&str, &[u8]>,
+    what: &str,
+    shown: &str,
+) -> Result<Vec<T>, StoreError> {
+    let corrupt = |detail: String| StoreError::Corrupt(format!("{shown}: {detail}"));
+    let table = read.open_table(table).map_err(|e| corrupt(e.to_string()))?;
+    let mut records = Vec::new();
     for entry in table.iter().map_err(|e| corrupt(e.to_string()))? {
         let (key, value) = entry.map_err(|e| corrupt(e.to_string()))?;
-        loaded.devices.push(decode_device(key.value(), value.value())?);
+        records.push(decode(&format!("{what} '{}'", key.value()), value.value())?);
     }
-    Ok(loaded)
+    Ok(records)
 }
 
 fn run_writer(db: &Database, mut rx: mpsc::UnboundedReceiver<Batch>) {
@@ -143,6 +186,8 @@ fn commit_group(db: &Database, group: &[Batch]) -> Result<(), redb::Error> {
     let txn = db.begin_write()?;
     {
         let mut devices = txn.open_table(DEVICES)?;
+        let mut jobs = txn.open_table(JOBS)?;
+        let mut device_jobs = txn.open_table(DEVICE_JOBS)?;
         for write in group.iter().flat_map(|b| &b.writes) {
             match write {
                 Write::PutDevice { id, record } => {
@@ -150,6 +195,18 @@ fn commit_group(db: &Database, group: &[Batch]) -> Result<(), redb::Error> {
                 }
                 Write::DeleteDevice { id } => {
                     devices.remove(id.as_str())?;
+                }
+                Write::PutJob { id, record } => {
+                    jobs.insert(id.as_str(), record.as_slice())?;
+                }
+                Write::PutDeviceJob { job_id, device_id, record } => {
+                    device_jobs.insert(device_job_key(job_id, device_id).as_str(), record.as_slice())?;
+                }
+                Write::DeleteJob { id } => {
+                    jobs.remove(id.as_str())?;
+                    // Every key of this job starts with "<id>/"; '0' is the character after '/'.
+                    let (from, to) = (format!("{id}/"), format!("{id}0"));
+                    device_jobs.retain_in(from.as_str()..to.as_str(), |_, _| false)?;
                 }
             }
         }

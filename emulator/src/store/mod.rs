@@ -11,6 +11,7 @@ use std::path::Path;
 
 use tokio::sync::oneshot;
 
+use crate::domain::jobs::{DeviceJob, Job};
 use crate::domain::registry::Device;
 
 /// One change to persist.
@@ -20,12 +21,32 @@ pub enum Write {
     PutDevice { id: String, record: Vec<u8> },
     /// Remove a device.
     DeleteDevice { id: String },
+    /// Insert or replace a job.
+    PutJob { id: String, record: Vec<u8> },
+    /// Insert or replace one device's record of a job.
+    PutDeviceJob { job_id: String, device_id: String, record: Vec<u8> },
+    /// Remove a job and all its device records (retention).
+    DeleteJob { id: String },
 }
 
 impl Write {
     /// A write that stores `device`.
     pub fn put_device(device: &Device) -> Self {
-        Self::PutDevice { id: device.device_id.clone(), record: encode_device(device) }
+        Self::PutDevice { id: device.device_id.clone(), record: encode(device) }
+    }
+
+    /// A write that stores `job`.
+    pub fn put_job(job: &Job) -> Self {
+        Self::PutJob { id: job.job_id.clone(), record: encode(job) }
+    }
+
+    /// A write that stores a device record of a job.
+    pub fn put_device_job(record: &DeviceJob) -> Self {
+        Self::PutDeviceJob {
+            job_id: record.job_id.clone(),
+            device_id: record.device_id.clone(),
+            record: encode(record),
+        }
     }
 }
 
@@ -46,6 +67,8 @@ pub enum StoreError {
 #[derive(Debug, Default)]
 pub struct Loaded {
     pub devices: Vec<Device>,
+    pub jobs: Vec<Job>,
+    pub device_jobs: Vec<DeviceJob>,
 }
 
 /// The hub's persistence.
@@ -108,12 +131,13 @@ impl Pending {
     }
 }
 
-/// The stored form of a device (JSON of the domain record; the file's schema version guards changes).
-pub fn encode_device(device: &Device) -> Vec<u8> {
-    serde_json::to_vec(device).unwrap_or_default()
+/// The stored form of a record: JSON of the domain type (the file's schema version guards changes).
+pub fn encode<T: serde::Serialize>(record: &T) -> Vec<u8> {
+    serde_json::to_vec(record).unwrap_or_default()
 }
 
-fn decode_device(id: &str, bytes: &[u8]) -> Result<Device, StoreError> {
+/// Reads a stored record; `what` names it in the error (e.g. "device 'd1'").
+fn decode<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, StoreError> {
     serde_json::from_slice(bytes)
-        .map_err(|e| StoreError::Corrupt(format!("the stored record of device '{id}' is unreadable: {e}")))
+        .map_err(|e| StoreError::Corrupt(format!("the stored record of {what} is unreadable: {e}")))
 }
