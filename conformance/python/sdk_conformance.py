@@ -1,16 +1,20 @@
 """Conformance with Microsoft's unmodified Python SDKs (versions pinned in requirements.lock).
 
-`azure-iot-hub` (IoTHubRegistryManager) on the service side, `azure-iot-device` (IoTHubDeviceClient: MQTT over
+`azure-iot-hub` (IoTHubRegistryManager, IoTHubJobManager) on the service side, `azure-iot-device` (IoTHubDeviceClient: MQTT over
 TLS 1.2 on 8883 with QoS 1, and MQTT over WebSockets on 443) on the device side.
 
-Environment: IOTHUB_CONNECTION_STRING (hub owner); for the emulator also REQUESTS_CA_BUNDLE=<ca.pem> (service)
+Environment: IOTHUB_CONNECTION_STRING (hub owner), optionally IOTHUB_JOBS_CONNECTION_STRING (a registryReadWrite
+policy, as the jobs tutorial uses; the owner string otherwise); for the emulator also REQUESTS_CA_BUNDLE=<ca.pem> (service)
 and IOTHUB_CA_FILE=<ca.pem> (passed to the device client as server_verification_cert). Prints "PASS <name>" /
 "FAIL <name>: <why>" lines, then "N passed, M failed"; exits 0 only when nothing failed. The devices it creates
 have random ids and are deleted at the end.
 """
 
+import datetime
 import json
 import os
+import time
+import uuid
 import secrets
 import signal
 import sys
@@ -18,8 +22,8 @@ import threading
 import traceback
 
 from azure.iot.device import IoTHubDeviceClient, Message, MethodResponse
-from azure.iot.hub import IoTHubRegistryManager
-from azure.iot.hub.models import CloudToDeviceMethod, QuerySpecification, Twin, TwinProperties
+from azure.iot.hub import IoTHubJobManager, IoTHubRegistryManager
+from azure.iot.hub.models import CloudToDeviceMethod, JobRequest, QuerySpecification, Twin, TwinProperties
 from msrest.exceptions import HttpOperationError
 
 CONNECTION_STRING = os.environ.get("IOTHUB_CONNECTION_STRING")
@@ -32,6 +36,7 @@ CA_FILE = os.environ.get("IOTHUB_CA_FILE")
 CA_PEM = open(CA_FILE).read() if CA_FILE else None
 
 registry = IoTHubRegistryManager.from_connection_string(CONNECTION_STRING)
+jobs = IoTHubJobManager.from_connection_string(os.environ.get("IOTHUB_JOBS_CONNECTION_STRING") or CONNECTION_STRING)
 suffix = secrets.token_hex(5)
 created = []
 clients = []
@@ -85,6 +90,29 @@ def invoke(device_id, name, payload, connect_timeout=5):
     request = CloudToDeviceMethod(method_name=name, payload=payload, response_timeout_in_seconds=10,
                                   connect_timeout_in_seconds=connect_timeout)
     return registry.invoke_device_method(device_id, request)
+
+
+def job_request(kind, condition, start=None, **fields):
+    """A JobRequest as the SDK's samples build it (start time an ISO string of utcnow())."""
+    request = JobRequest()
+    request.job_id = str(uuid.uuid4())
+    request.type = kind
+    request.start_time = (start or datetime.datetime.utcnow()).isoformat()
+    request.max_execution_time_in_seconds = 60
+    request.query_condition = condition
+    for name, value in fields.items():
+        setattr(request, name, value)
+    return request
+
+
+def wait_for_job(job_id, seconds=20):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        job = jobs.get_scheduled_job(job_id)
+        if job.status in ("completed", "failed", "cancelled"):
+            return job
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} did not finish: {job.status}")
 
 
 def main():
@@ -184,6 +212,37 @@ def main():
                 break
         check(sorted(found) == sorted([device_id, ws_id, offline_id]), f"found {found}")
         check(pages == 2, f"pages {pages}")
+
+    @scenario("job-device-method")
+    def _():
+        method = CloudToDeviceMethod(method_name="lockDoor", payload={"pin": 7}, response_timeout_in_seconds=15)
+        request = job_request("scheduleDeviceMethod", f"deviceId IN ['{device_id}']", cloud_to_device_method=method)
+        created_job = jobs.create_scheduled_job(request.job_id, request)
+        check(created_job.status == "queued", f"created {created_job.status}")
+        job = wait_for_job(request.job_id)
+        stats = job.device_job_statistics
+        check(job.status == "completed" and stats.succeeded_count == 1, f"job {job.status} {stats}")
+        check(job.cloud_to_device_method.method_name == "lockDoor", "the request is echoed")
+
+    @scenario("job-twin-update")
+    def _():
+        patch = Twin(etag="*", properties=TwinProperties(desired={"building": "44", "floor": 4}))
+        request = job_request("scheduleUpdateTwin", f"deviceId IN ['{device_id}', '{ws_id}']", update_twin=patch)
+        jobs.create_scheduled_job(request.job_id, request)
+        job = wait_for_job(request.job_id)
+        check(job.status == "completed" and job.device_job_statistics.device_count == 2, f"job {job.status}")
+        desired = registry.get_twin(ws_id).properties.desired
+        check(desired["building"] == "44" and desired["floor"] == 4, f"desired {desired}")
+
+    @scenario("job-scheduled-then-cancelled")
+    def _():
+        method = CloudToDeviceMethod(method_name="lockDoor", response_timeout_in_seconds=15)
+        start = datetime.datetime.utcnow() + datetime.timedelta(hours=1)
+        request = job_request("scheduleDeviceMethod", "*", start=start, cloud_to_device_method=method)
+        jobs.create_scheduled_job(request.job_id, request)
+        cancelled = jobs.cancel_scheduled_job(request.job_id)
+        check(cancelled.status == "cancelled", f"cancelled {cancelled.status}")
+        check(jobs.get_scheduled_job(request.job_id).status == "cancelled", "stays cancelled")
 
     @scenario("registry-delete")
     def _():
