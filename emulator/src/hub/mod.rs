@@ -293,6 +293,11 @@ impl Hub {
         }
     }
 
+    /// Waits until every change submitted so far is durable (the store commits in order).
+    pub async fn sync(&self) -> Result<(), HubError> {
+        self.store.submit(Vec::new()).durable().await.map_err(|e| HubError::ServerError(e.to_string()))
+    }
+
     /// Stops the job runners, waits for every submitted change to be durable and stops the store.
     pub async fn close(&self) {
         self.jobs.stop().await;
