@@ -240,6 +240,56 @@ mod tests {
         assert_eq!(loaded.devices, vec![device]);
     }
 
+    #[tokio::test]
+    async fn a_version_1_file_is_upgraded_in_place_and_keeps_its_devices() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("hub.redb");
+        let now = "2026-01-01T00:00:00Z".parse().expect("time");
+        let device = create_device("old", &DeviceSpec::default(), now, 1).expect("device");
+        {
+            // What a release before jobs wrote: schema 1, a meta and a devices table only.
+            let db = Database::create(&path).expect("create");
+            let txn = db.begin_write().expect("txn");
+            txn.open_table(META).expect("meta").insert(SCHEMA_KEY, b"1".as_slice()).expect("version");
+            let record = crate::store::encode(&device);
+            txn.open_table(DEVICES).expect("devices").insert("old", record.as_slice()).expect("device");
+            txn.commit().expect("commit");
+        }
+        let (store, loaded) = Store::open(&path).expect("upgraded");
+        assert_eq!(loaded.devices, vec![device]);
+        assert!(loaded.jobs.is_empty() && loaded.device_jobs.is_empty());
+        store.submit(vec![Write::DeleteJob { id: "none".into() }]).durable().await.expect("job tables exist");
+        store.close().await;
+        drop(store);
+        let db = Database::open(&path).expect("open");
+        let read = db.begin_read().expect("read");
+        let version = read.open_table(META).expect("meta").get(SCHEMA_KEY).expect("get").map(|v| v.value().to_vec());
+        assert_eq!(version.as_deref(), Some(SCHEMA_VERSION));
+    }
+
+    #[tokio::test]
+    async fn deleting_a_job_removes_exactly_its_device_records() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("hub.redb");
+        let record = |job: &str, device: &str| Write::PutDeviceJob {
+            job_id: job.into(),
+            device_id: device.into(),
+            record: serde_json::to_vec(&serde_json::json!({"job": job, "device": device})).expect("json"),
+        };
+        {
+            let (store, _) = Store::open(&path).expect("create");
+            let writes = vec![record("a", "d1"), record("a", "d2"), record("a-b", "d1"), record("ab", "d1")];
+            store.submit(writes).durable().await.expect("commit");
+            store.submit(vec![Write::DeleteJob { id: "a".into() }]).durable().await.expect("commit");
+            store.close().await;
+        }
+        let db = Database::open(&path).expect("open");
+        let read = db.begin_read().expect("read");
+        let table = read.open_table(DEVICE_JOBS).expect("table");
+        let keys: Vec<String> = table.iter().expect("iter").map(|e| e.expect("entry").0.value().to_owned()).collect();
+        assert_eq!(keys, ["a-b/d1", "ab/d1"]);
+    }
+
     #[test]
     fn a_foreign_file_is_refused_clearly() {
         let dir = tempfile::tempdir().expect("tempdir");
