@@ -416,6 +416,16 @@ async fn the_job_query_filters_and_pages() {
     assert!(hub.query_jobs(None, None, 100, Some("not a token!")).is_err());
 }
 
+/// A hub on the real wall clock over the data file at `path`, with its jobs resumed.
+fn open(path: &std::path::Path, settings: JobSettings) -> Arc<Hub> {
+    let (store, loaded) = Store::open(path).expect("store");
+    let clock: SharedClock = Arc::new(iothub_emulator::clock::SystemClock);
+    let hub =
+        Arc::new(Hub::new("localhost".into(), Policies::generate(), clock, store, loaded).with_job_settings(settings));
+    hub.start_jobs();
+    hub
+}
+
 /// A hub restarted on the data file an earlier one left while a job was running, with one device call in flight
 /// and one device not started yet. Real time and a real file: the store's writer is a thread, which paused time
 /// would not wait for.
@@ -476,14 +486,7 @@ async fn after_a_restart_in_flight_devices_fail_and_pending_ones_run() {
 async fn a_scheduled_job_survives_a_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("hub.redb");
-    let open = |path: &std::path::Path| {
-        let (store, loaded) = Store::open(path).expect("store");
-        let clock: SharedClock = Arc::new(iothub_emulator::clock::SystemClock);
-        let hub = Arc::new(Hub::new("localhost".into(), Policies::generate(), clock, store, loaded));
-        hub.start_jobs();
-        hub
-    };
-    let hub = open(&path);
+    let hub = open(&path, JobSettings::default());
     hub.put_device("d1", &DeviceSpec::default(), None).await.expect("device");
     let mut body = method_job("*", 30);
     let start = Timestamp::now().checked_add(jiff::SignedDuration::from_millis(800)).expect("time");
@@ -493,7 +496,7 @@ async fn a_scheduled_job_survives_a_restart() {
     assert_eq!(hub.get_job("later").expect("job")["status"], "scheduled");
     hub.close().await;
     drop(hub);
-    let hub = open(&path);
+    let hub = open(&path, JobSettings::default());
     connect(&hub, "d1", Answer::After(Duration::ZERO, 200));
     assert_eq!(hub.get_job("later").expect("job")["status"], "scheduled");
     let job = wait_finished(&hub, "later", Duration::from_millis(20)).await;

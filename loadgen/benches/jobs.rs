@@ -39,8 +39,9 @@ async fn create_devices(hub: &Arc<Hub>, count: usize) -> Vec<Value> {
         .collect()
 }
 
-/// Creates the job, polls it until it is finished, and returns (time to `completed`, time until durable, job).
-async fn run_job(hub: &Arc<Hub>, job_id: &str, body: &Value) -> (Duration, Duration, Value) {
+/// Creates the job, polls it until it is finished, prints the times to `completed` and until durable, and
+/// returns the latter.
+async fn run_job(hub: &Arc<Hub>, job_id: &str, body: &Value, kind: &str) -> Duration {
     let started = Instant::now();
     hub.create_job(job_id, body).await.expect("create job");
     let job = loop {
@@ -52,7 +53,18 @@ async fn run_job(hub: &Arc<Hub>, job_id: &str, body: &Value) -> (Duration, Durat
     };
     let completed = started.elapsed();
     hub.sync().await.expect("sync");
-    (completed, started.elapsed(), job)
+    let durable = started.elapsed();
+    let stats = &job["deviceJobStatistics"];
+    println!(
+        "{kind:>6} job over {} devices: {} in {:.0} ms, durable in {:.0} ms (succeeded {}, failed {})",
+        stats["deviceCount"],
+        job["status"],
+        completed.as_secs_f64() * 1e3,
+        durable.as_secs_f64() * 1e3,
+        stats["succeededCount"],
+        stats["failedCount"]
+    );
+    durable
 }
 
 fn median(mut values: Vec<Duration>) -> Duration {
@@ -103,32 +115,12 @@ async fn main() {
             "type": "scheduleDeviceMethod", "queryCondition": "*",
             "cloudToDeviceMethod": {"methodName": "bench", "payload": {"run": run}, "responseTimeoutInSeconds": 30},
         });
-        let (completed, durable, job) = run_job(&hub, &format!("method-{run}"), &body).await;
-        let stats = &job["deviceJobStatistics"];
-        println!(
-            "method job over {devices} devices: {} in {:.0} ms, durable in {:.0} ms (succeeded {}, failed {})",
-            job["status"],
-            completed.as_secs_f64() * 1e3,
-            durable.as_secs_f64() * 1e3,
-            stats["succeededCount"],
-            stats["failedCount"]
-        );
-        method_times.push(durable);
+        method_times.push(run_job(&hub, &format!("method-{run}"), &body, "method").await);
         let body = json!({
             "type": "scheduleUpdateTwin", "queryCondition": "*",
             "updateTwin": {"etag": "*", "properties": {"desired": {"run": run, "building": "43"}}},
         });
-        let (completed, durable, job) = run_job(&hub, &format!("twin-{run}"), &body).await;
-        let stats = &job["deviceJobStatistics"];
-        println!(
-            "twin job over {devices} devices:   {} in {:.0} ms, durable in {:.0} ms (succeeded {}, failed {})",
-            job["status"],
-            completed.as_secs_f64() * 1e3,
-            durable.as_secs_f64() * 1e3,
-            stats["succeededCount"],
-            stats["failedCount"]
-        );
-        twin_times.push(durable);
+        twin_times.push(run_job(&hub, &format!("twin-{run}"), &body, "twin").await);
     }
     println!(
         "median over {runs} runs: method job {:.0} ms, twin job {:.0} ms",
