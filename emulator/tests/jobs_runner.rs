@@ -235,6 +235,14 @@ async fn cancel_works_at_every_stage() {
     for id in ["slow1", "slow2", "slow3"] {
         connect(&hub, id, Answer::After(Duration::from_secs(3), 200));
     }
+    // Queued: cancelled before its runner even looked at it.
+    let queued = hub.create_job("queued", &method_job("*", 30)).await.expect("create");
+    assert_eq!(queued["status"], "queued");
+    assert_eq!(hub.cancel_job("queued").await.expect("cancel")["status"], "cancelled");
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(hub.get_job("queued").expect("job")["status"], "cancelled");
+    assert!(records(&hub, "queued").is_empty(), "a job cancelled while queued never picks targets");
+
     // Scheduled: nothing ran, nothing will.
     let mut future = method_job("*", 30);
     future["startTime"] = json!(at(600));
