@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use futures_util::{SinkExt as _, StreamExt as _};
+use iothub_proto::topics::{self, Outbound};
 use rumqttc::mqttbytes::QoS;
 use rumqttc::mqttbytes::v4::{Codec, Connect, ConnectReturnCode, Packet, Publish, Subscribe, SubscribeFilter};
 use tokio::net::TcpStream;
@@ -80,8 +81,8 @@ pub async fn connect(target: &Target, identity: &Identity) -> anyhow::Result<Mqt
         Packet::ConnAck(ack) => bail!("connection refused: {:?}", ack.code),
         other => bail!("expected CONNACK, got {other:?}"),
     }
-    let filters = ["$iothub/methods/POST/#", "$iothub/twin/PATCH/properties/desired/#"]
-        .map(|f| SubscribeFilter::new(f.to_owned(), QoS::AtMostOnce));
+    let filters =
+        [topics::METHODS_FILTER, topics::DESIRED_FILTER].map(|f| SubscribeFilter::new(f.to_owned(), QoS::AtMostOnce));
     let mut subscribe = Subscribe::new_many(filters);
     subscribe.pkid = 1;
     mqtt.send(Packet::Subscribe(subscribe)).await.context("SUBSCRIBE")?;
@@ -89,12 +90,6 @@ pub async fn connect(target: &Target, identity: &Identity) -> anyhow::Result<Mqt
         Packet::SubAck(_) => Ok(mqtt),
         other => bail!("expected SUBACK, got {other:?}"),
     }
-}
-
-/// The request id of a method request topic (`$iothub/methods/POST/<name>/?$rid=<rid>`).
-fn method_rid(topic: &str) -> Option<&str> {
-    let query = topic.strip_prefix("$iothub/methods/POST/")?.split_once('?')?.1;
-    query.split('&').find_map(|pair| pair.strip_prefix("$rid="))
 }
 
 /// Answers method requests and counts desired patches until the hub ends the connection.
@@ -106,27 +101,20 @@ pub async fn serve(mut mqtt: Mqtt, counters: Arc<Counters>) -> anyhow::Result<()
             packet = mqtt.next() => {
                 let Some(packet) = packet else { return Ok(()) };
                 if let Packet::Publish(publish) = packet.context("reading")? {
-                    if let Some(rid) = method_rid(&publish.topic) {
-                        counters.methods.fetch_add(1, Ordering::Relaxed);
-                        let topic = format!("$iothub/methods/res/200/?$rid={rid}");
-                        mqtt.send(Packet::Publish(Publish::new(topic, QoS::AtMostOnce, &b"{\"ok\":true}"[..]))).await?;
-                    } else if publish.topic.starts_with("$iothub/twin/PATCH/properties/desired/") {
-                        counters.desired.fetch_add(1, Ordering::Relaxed);
+                    match topics::parse_hub_publish(&publish.topic) {
+                        Outbound::MethodRequest { rid, .. } => {
+                            counters.methods.fetch_add(1, Ordering::Relaxed);
+                            let topic = topics::method_response(200, &rid);
+                            mqtt.send(Packet::Publish(Publish::new(topic, QoS::AtMostOnce, &b"{\"ok\":true}"[..]))).await?;
+                        }
+                        Outbound::DesiredPatch { .. } => {
+                            counters.desired.fetch_add(1, Ordering::Relaxed);
+                        }
+                        _ => {}
                     }
                 }
             }
             _ = ping.tick() => mqtt.send(Packet::PingReq).await?,
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn request_ids_are_read_from_method_topics() {
-        assert_eq!(method_rid("$iothub/methods/POST/lockDoor/?$rid=42"), Some("42"));
-        assert_eq!(method_rid("$iothub/twin/PATCH/properties/desired/?$version=2"), None);
     }
 }

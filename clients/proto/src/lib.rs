@@ -3,8 +3,10 @@
 //! Kept free of I/O so both sides of the wire use one definition of each rule.
 
 pub mod connection_string;
+pub mod property_bag;
 pub mod registry;
 pub mod sas;
+pub mod topics;
 
 pub use connection_string::{ConnectionStringError, DeviceConnectionString, ServiceConnectionString};
 pub use sas::{SasParseError, SasSignError, SasToken, generate_token};

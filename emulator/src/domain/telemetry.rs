@@ -1,9 +1,9 @@
-//! Device-to-cloud messages: the property bag of the topic, and the bounded per-device buffer.
+//! Device-to-cloud messages as the hub keeps them: the bounded per-device buffer. (The topic's property bag is
+//! `iothub_proto::property_bag`.)
 
 use std::collections::{BTreeMap, VecDeque};
 
 use jiff::Timestamp;
-use percent_encoding::percent_decode_str;
 
 /// Largest message body (wire-spec B.4).
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
@@ -22,41 +22,6 @@ pub struct TelemetryMessage {
     pub system_properties: BTreeMap<String, String>,
     /// Application properties; a bare key (no `=`) has an empty value.
     pub properties: BTreeMap<String, String>,
-}
-
-/// Names of the system properties that travel as `$.<short>` in the property bag (wire-spec B.6).
-fn system_name(short: &str) -> Option<&'static str> {
-    Some(match short {
-        "mid" => "messageId",
-        "cid" => "correlationId",
-        "uid" => "userId",
-        "to" => "to",
-        "ct" => "contentType",
-        "ce" => "contentEncoding",
-        "exp" => "absoluteExpiryTime",
-        "ifid" => "interfaceId",
-        "on" => "outputName",
-        "sub" => "subject",
-        _ => return None,
-    })
-}
-
-/// Splits a property bag (`key=value&...`, percent-encoded, `$` encoded as `%24`) into system and
-/// application properties.
-pub fn parse_property_bag(bag: &str) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
-    let mut system = BTreeMap::new();
-    let mut application = BTreeMap::new();
-    for pair in bag.split('&').filter(|p| !p.is_empty()) {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let decode = |s: &str| percent_decode_str(s).decode_utf8_lossy().into_owned();
-        let (key, value) = (decode(key), decode(value));
-        match key.strip_prefix("$.").map(|short| (short, system_name(short))) {
-            Some((_, Some(name))) => system.insert(name.to_owned(), value),
-            Some((short, None)) => system.insert(format!("$.{short}"), value),
-            None => application.insert(key, value),
-        };
-    }
-    (system, application)
 }
 
 /// The last messages of one device, bounded by count and bytes.
@@ -87,18 +52,6 @@ impl DeviceBuffer {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn system_and_application_properties_are_separated_and_decoded() {
-        let (system, app) =
-            parse_property_bag("%24.mid=m1&%24.ct=application%2Fjson&%24.ce=utf-8&temp%20alert=true&flag&%24.zz=1");
-        assert_eq!(system["messageId"], "m1");
-        assert_eq!(system["contentType"], "application/json");
-        assert_eq!(system["contentEncoding"], "utf-8");
-        assert_eq!(system["$.zz"], "1");
-        assert_eq!(app["temp alert"], "true");
-        assert_eq!(app["flag"], "");
-    }
 
     #[test]
     fn buffers_are_bounded() {

@@ -246,7 +246,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Session<'_, IO> {
             return Flow::Close("QoS 2 is not supported by IoT Hub");
         }
         self.hub.touch(self.device_id());
-        let reply = match topics::parse_publish(&publish.topic, self.device_id()) {
+        let reply = match topics::parse_device_publish(&publish.topic, self.device_id()) {
             Inbound::TwinGet { rid } => {
                 let (status, body) = match self.hub.device_twin_view(self.device_id()) {
                     Ok(view) => (200, view.to_string()),
@@ -291,7 +291,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Session<'_, IO> {
                 if publish.payload.len() > telemetry::MAX_BODY_BYTES {
                     return Flow::Close("device-to-cloud message larger than 256 KB");
                 }
-                let (system_properties, mut properties) = telemetry::parse_property_bag(property_bag);
+                let (system_properties, mut properties) = iothub_proto::property_bag::decode(property_bag);
                 if publish.retain {
                     properties.insert("mqtt-retain".into(), "true".into());
                 }
@@ -335,10 +335,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Session<'_, IO> {
     async fn deliver(&mut self, message: ToDevice) -> Flow {
         match message {
             ToDevice::MethodRequest { rid, name, payload } if self.subscriptions.methods => {
-                self.publish(topics::method_request(&name, rid), payload).await
+                self.publish(topics::method_request(&name, &rid.to_string()), payload).await
             }
             ToDevice::DesiredChanged { version, body } if self.subscriptions.desired => {
-                self.publish(topics::desired_changed(version), body).await
+                self.publish(topics::desired_patch(version), body).await
             }
             _ => Flow::Continue,
         }
