@@ -146,6 +146,15 @@ impl Hub {
         }
     }
 
+    /// Ends the device's connection from the hub's side, as a network drop would (for tests of reconnects).
+    /// False when it was not connected.
+    pub fn drop_connection(&self, device_id: &str) -> bool {
+        let mut state = self.write();
+        let connected = state.connected.contains_key(device_id);
+        state.disconnect(device_id);
+        connected
+    }
+
     /// True when the device has a live connection.
     pub fn is_connected(&self, id: &str) -> bool {
         self.read().connected.contains_key(id)
