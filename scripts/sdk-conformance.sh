@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Runs Microsoft's unmodified Azure IoT SDKs against a freshly started emulator and prints a PASS/FAIL table
-# ending with "N passed, M failed".
+# Runs Microsoft's unmodified Azure IoT SDKs (and the tutorial's apps written with our Rust clients) against a
+# freshly started emulator and prints a PASS/FAIL table ending with "N passed, M failed".
 #
 # The SDKs dial 443 (service) and 8883 (devices) at HostName=localhost, so the emulator must bind those ports:
 # run as root, or give the binary CAP_NET_BIND_SERVICE. Needs node/npm (the Node SDK packages are installed
@@ -31,7 +31,7 @@ cleanup() {
 trap cleanup EXIT
 
 # Start the emulator on the default ports with a throw-away data dir, and wait for its banner.
-"$bin" --data-dir "$work/data" >"$work/banner.txt" 2>"$work/emulator.log" &
+"$bin" --data-dir "$work/data" --seed "$root/fixtures/tutorial-seed.json" >"$work/banner.txt" 2>"$work/emulator.log" &
 emulator_pid=$!
 for _ in $(seq 1 100); do
   if grep -q "Python" "$work/banner.txt" 2>/dev/null; then break; fi
@@ -110,6 +110,13 @@ fi
 run_suite python env IOTHUB_CONNECTION_STRING="$connection_string" REQUESTS_CA_BUNDLE="$ca" IOTHUB_CA_FILE="$ca" \
   IOTHUB_JOBS_CONNECTION_STRING="$jobs_connection_string" \
   "$venv/bin/python" conformance/python/sdk_conformance.py
+
+# The tutorial's apps written with the Rust clients (built by `cargo test`; built here when missing).
+if [ ! -x target/debug/examples/sim_device ] || [ ! -x target/debug/examples/schedule_job_service ]; then
+  cargo build --quiet -p iothub-device -p iothub-service --examples
+fi
+run_suite rust-tutorial env IOTHUB_CONNECTION_STRING="$connection_string" IOTHUB_CA_FILE="$ca" \
+  conformance/rust/tutorial.sh
 
 echo "SDK conformance against the emulator ($connection_string)" | sed 's/SharedAccessKey=[^;)]*/SharedAccessKey=***/'
 cat "$table"

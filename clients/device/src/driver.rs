@@ -38,7 +38,12 @@ pub enum ConnectionStatus {
     /// Connected and subscribed.
     Connected,
     /// The connection was lost (or its token is being renewed); the next attempt comes after `retry_in`.
-    Disconnected { reason: Error, retry_in: Duration },
+    Disconnected {
+        /// Why the last connection or attempt ended.
+        reason: Error,
+        /// The wait before the next attempt (back-off with jitter).
+        retry_in: Duration,
+    },
     /// The client stopped for good after a permanent failure; every call now fails with this error.
     Failed(Error),
     /// The client was closed.

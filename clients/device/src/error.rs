@@ -16,10 +16,18 @@ pub enum Error {
     #[error(
         "the hub refused the device's credentials (CONNACK {code}): the key is wrong, or the device is unknown or disabled"
     )]
-    Unauthorized { code: u8 },
+    Unauthorized {
+        /// The CONNACK return code.
+        code: u8,
+    },
     /// The hub refused the connection for another lasting reason (CONNACK 1 or 2).
     #[error("the hub refused the connection (CONNACK {code}): {reason}")]
-    Refused { code: u8, reason: &'static str },
+    Refused {
+        /// The CONNACK return code.
+        code: u8,
+        /// What the code means.
+        reason: &'static str,
+    },
     /// The hub's certificate is not trusted for its name: the trust settings are wrong for this hub.
     #[error("the hub's TLS certificate is not trusted: {0}")]
     Certificate(String),
@@ -28,7 +36,12 @@ pub enum Error {
     Connection(String),
     /// A twin request was answered with an error status.
     #[error("the twin request failed with status {status}: {message}")]
-    Twin { status: u16, message: String },
+    Twin {
+        /// The status of the hub's answer (`$iothub/twin/res/<status>`).
+        status: u16,
+        /// The hub's message.
+        message: String,
+    },
     /// No answer came in time.
     #[error("no answer within {0:?}")]
     Timeout(Duration),

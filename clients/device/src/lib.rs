@@ -20,6 +20,8 @@
 //! # let _ = version; Ok(()) }
 //! ```
 
+#![warn(missing_docs)]
+
 mod client;
 mod driver;
 mod error;

@@ -6,12 +6,17 @@ use iothub_proto::property_bag;
 /// A telemetry message.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Message {
+    /// The payload, as sent.
     pub body: Vec<u8>,
     /// Application properties, in order.
     pub properties: Vec<(String, String)>,
+    /// `$.ct`: e.g. `application/json`, which message routing needs to query the body.
     pub content_type: Option<String>,
+    /// `$.ce`: e.g. `utf-8`.
     pub content_encoding: Option<String>,
+    /// `$.mid`: an id the back end sees with the message.
     pub message_id: Option<String>,
+    /// `$.cid`: ties the message to a request.
     pub correlation_id: Option<String>,
 }
 

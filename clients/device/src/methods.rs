@@ -19,7 +19,9 @@ pub struct MethodRequest {
 /// A device's answer to a method call. Any status is passed back to the caller as is.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MethodResponse {
+    /// The status the caller gets (the hub does not interpret it).
     pub status: i64,
+    /// The JSON payload the caller gets.
     pub payload: Value,
 }
 

@@ -69,7 +69,9 @@ impl RetryPolicy {
 /// [`Trust::CaPem`] (and a port when it does not listen on 8883).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientOptions {
+    /// MQTT over TLS or over WebSockets.
     pub transport: Transport,
+    /// Which CAs to trust for the hub's certificate.
     pub trust: Trust,
     /// Port to connect to, overriding the transport's default and any port in `GatewayHostName`.
     pub port: Option<u16>,
@@ -83,6 +85,7 @@ pub struct ClientOptions {
     pub request_timeout: Duration,
     /// How long the first connection may take, retries included, before `connect` gives up.
     pub connect_timeout: Duration,
+    /// How reconnection attempts are spaced and bounded.
     pub retry: RetryPolicy,
 }
 

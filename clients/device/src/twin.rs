@@ -40,10 +40,20 @@ impl Twin {
 #[derive(Debug, Clone, PartialEq)]
 pub enum DesiredUpdate {
     /// A patch the back end made: changed members, `null` for removed ones.
-    Patch { version: u64, patch: Map<String, Value> },
+    Patch {
+        /// The desired `$version` after the patch.
+        version: u64,
+        /// The changed members (`$version` removed).
+        patch: Map<String, Value>,
+    },
     /// The whole desired section, read again after a reconnect, so that changes made while the device was away
     /// are not missed. Replaces everything known before.
-    Full { version: u64, desired: Map<String, Value> },
+    Full {
+        /// The desired `$version`.
+        version: u64,
+        /// Every desired property (`$version` removed).
+        desired: Map<String, Value>,
+    },
 }
 
 impl DesiredUpdate {

@@ -19,12 +19,16 @@ const KNOWN_KEYS: [&str; 7] = [
 /// Why a connection string could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConnectionStringError {
+    /// An element has no `=` or an empty key; holds the element.
     #[error("element '{0}' is not of the form Key=Value")]
     NotKeyValue(String),
+    /// A key appears more than once; holds the key.
     #[error("key '{0}' appears more than once")]
     Duplicate(String),
+    /// A key the SDKs do not know (often a typo); holds the key.
     #[error("unknown key '{0}'")]
     UnknownKey(String),
+    /// A required key is absent or has an empty value; holds the key.
     #[error("required key '{0}' is missing")]
     Missing(&'static str),
 }
@@ -32,16 +36,22 @@ pub enum ConnectionStringError {
 /// A hub-level (service) connection string: `HostName=..;SharedAccessKeyName=..;SharedAccessKey=..`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceConnectionString {
+    /// `HostName`: the hub's host name, e.g. `myhub.azure-devices.net`.
     pub host_name: String,
+    /// `SharedAccessKeyName`: the shared access policy the key belongs to, e.g. `iothubowner`.
     pub key_name: String,
+    /// `SharedAccessKey`: the policy's key (base64), which signs service SAS tokens.
     pub key: String,
 }
 
 /// A device connection string: `HostName=..;DeviceId=..;SharedAccessKey=..[;GatewayHostName=..]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceConnectionString {
+    /// `HostName`: the hub's host name, which device SAS tokens name in their resource.
     pub host_name: String,
+    /// `DeviceId`: the device the string authenticates as.
     pub device_id: String,
+    /// `SharedAccessKey`: the device's key (base64), which signs its SAS tokens.
     pub key: String,
     /// Where to open the connection when it differs from `host_name` (may carry `:port` for local use).
     pub gateway_host_name: Option<String>,

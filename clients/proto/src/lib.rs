@@ -2,11 +2,16 @@
 //!
 //! Kept free of I/O so both sides of the wire use one definition of each rule.
 
+#![warn(missing_docs)]
+
 pub mod connection_string;
+pub mod jobs;
+pub mod methods;
 pub mod property_bag;
 pub mod registry;
 pub mod sas;
 pub mod topics;
+pub mod twin;
 
 pub use connection_string::{ConnectionStringError, DeviceConnectionString, ServiceConnectionString};
 pub use sas::{SasParseError, SasSignError, SasToken, generate_token};

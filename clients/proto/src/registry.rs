@@ -9,20 +9,34 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct Device {
+    /// `deviceId`: the device's id, unique in the hub.
     pub device_id: Option<String>,
+    /// `generationId`: set by the hub at creation, so a device re-created with the same id is told apart.
     pub generation_id: Option<String>,
+    /// `etag`: the identity's version tag, for `If-Match` on updates and deletes.
     pub etag: Option<String>,
+    /// `connectionState`: `Connected` or `Disconnected`.
     pub connection_state: Option<String>,
+    /// `status`: `enabled` or `disabled`; a disabled device cannot connect.
     pub status: Option<String>,
+    /// `statusReason`: free text saying why the status was set (at most 128 characters).
     pub status_reason: Option<String>,
+    /// `connectionStateUpdatedTime`: when `connectionState` last changed (ISO 8601 UTC).
     pub connection_state_updated_time: Option<String>,
+    /// `statusUpdatedTime`: when `status` last changed (ISO 8601 UTC).
     pub status_updated_time: Option<String>,
+    /// `lastActivityTime`: when the device last connected, sent or received a message (ISO 8601 UTC).
     pub last_activity_time: Option<String>,
+    /// `cloudToDeviceMessageCount`: cloud-to-device messages queued for the device.
     pub cloud_to_device_message_count: Option<u64>,
+    /// `authentication`: how the device authenticates, with its keys or thumbprints.
     pub authentication: Option<AuthenticationMechanism>,
+    /// `capabilities`: what kind of device this is, e.g. an IoT Edge device.
     pub capabilities: Option<DeviceCapabilities>,
+    /// `deviceScope`: the scope that ties the device to its parent edge device (edge only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub device_scope: Option<String>,
+    /// `parentScopes`: the scopes of the device's parent edge devices (edge only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub parent_scopes: Option<Vec<String>>,
 }
@@ -31,7 +45,9 @@ pub struct Device {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct AuthenticationMechanism {
+    /// `symmetricKey`: the SAS keys of a `sas` device.
     pub symmetric_key: Option<SymmetricKey>,
+    /// `x509Thumbprint`: the certificate thumbprints of a `selfSigned` device.
     pub x509_thumbprint: Option<X509Thumbprint>,
     /// `sas`, `selfSigned`, `certificateAuthority` or `none`.
     #[serde(rename = "type")]
@@ -42,7 +58,9 @@ pub struct AuthenticationMechanism {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct SymmetricKey {
+    /// `primaryKey`: the primary key (base64).
     pub primary_key: Option<String>,
+    /// `secondaryKey`: the secondary key (base64); tokens signed with either key are accepted.
     pub secondary_key: Option<String>,
 }
 
@@ -50,7 +68,9 @@ pub struct SymmetricKey {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct X509Thumbprint {
+    /// `primaryThumbprint`: the primary certificate's thumbprint.
     pub primary_thumbprint: Option<String>,
+    /// `secondaryThumbprint`: the secondary certificate's thumbprint.
     pub secondary_thumbprint: Option<String>,
 }
 
@@ -58,6 +78,7 @@ pub struct X509Thumbprint {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct DeviceCapabilities {
+    /// `iotEdge`: true for an IoT Edge device.
     pub iot_edge: Option<bool>,
 }
 
@@ -65,8 +86,11 @@ pub struct DeviceCapabilities {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RegistryStatistics {
+    /// `totalDeviceCount`: the devices in the registry.
     pub total_device_count: u64,
+    /// `enabledDeviceCount`: the devices whose `status` is `enabled`.
     pub enabled_device_count: u64,
+    /// `disabledDeviceCount`: the devices whose `status` is `disabled`.
     pub disabled_device_count: u64,
 }
 
@@ -74,6 +98,7 @@ pub struct RegistryStatistics {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceStatistics {
+    /// `connectedDeviceCount`: the devices connected now.
     pub connected_device_count: u64,
 }
 

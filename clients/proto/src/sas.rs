@@ -27,14 +27,19 @@ const SR_ENCODE_SET: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').rem
 /// Why a token could not be parsed. The hub answers all of these with the same 401; the detail is for logs.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SasParseError {
+    /// The text does not start with [`TOKEN_PREFIX`].
     #[error("token does not start with 'SharedAccessSignature '")]
     MissingPrefix,
+    /// The text is longer than [`MAX_TOKEN_LEN`].
     #[error("token is longer than {MAX_TOKEN_LEN} bytes")]
     TooLong,
+    /// `sr`, `sig` or `se` is absent or empty; holds the field name.
     #[error("token field '{0}' is missing")]
     MissingField(&'static str),
+    /// A field appears more than once; holds the field name.
     #[error("token field '{0}' appears more than once")]
     DuplicateField(&'static str),
+    /// A field is malformed, e.g. `se` not a number or `sig` not a base64 HMAC-SHA256; holds the field name.
     #[error("token field '{0}' is malformed")]
     Malformed(&'static str),
 }
@@ -144,6 +149,7 @@ pub fn encode_resource(resource: &str) -> String {
 /// Errors from making a token.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SasSignError {
+    /// The key is not valid base64.
     #[error("the shared access key is not valid base64")]
     InvalidKey,
 }

@@ -53,13 +53,27 @@ pub fn telemetry(device_id: &str, property_bag: &str) -> String {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Inbound<'a> {
     /// `$iothub/twin/GET/?$rid=<rid>`
-    TwinGet { rid: String },
+    TwinGet {
+        /// `$rid`: the request id the answer must echo.
+        rid: String,
+    },
     /// `$iothub/twin/PATCH/properties/reported/?$rid=<rid>`
-    ReportedPatch { rid: String },
+    ReportedPatch {
+        /// `$rid`: the request id the answer must echo.
+        rid: String,
+    },
     /// `$iothub/methods/res/<status>/?$rid=<rid>`
-    MethodResponse { status: i64, rid: String },
+    MethodResponse {
+        /// The status code the device's handler returned.
+        status: i64,
+        /// `$rid`: the id of the method request being answered.
+        rid: String,
+    },
     /// `devices/<id>/messages/events/<property bag>`
-    Telemetry { property_bag: &'a str },
+    Telemetry {
+        /// The still-encoded property bag after `events/`, without a trailing `/`; may be empty.
+        property_bag: &'a str,
+    },
     /// Anything else, including another device's topics or a request without `$rid`.
     Unknown,
 }
@@ -115,11 +129,26 @@ pub fn desired_patch(version: u64) -> String {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outbound {
     /// A direct-method call.
-    MethodRequest { name: String, rid: String },
+    MethodRequest {
+        /// The method's name.
+        name: String,
+        /// `$rid`: the request id the device's answer must echo.
+        rid: String,
+    },
     /// The answer to twin request `rid`; `version` is the reported `$version` after a patch.
-    TwinResponse { status: u16, rid: String, version: Option<u64> },
+    TwinResponse {
+        /// The request's outcome as an HTTP status, e.g. 200 or 204.
+        status: u16,
+        /// `$rid`: the id of the twin request being answered.
+        rid: String,
+        /// `$version`, when the topic carries it.
+        version: Option<u64>,
+    },
     /// Desired properties changed to `$version` `version`.
-    DesiredPatch { version: Option<u64> },
+    DesiredPatch {
+        /// `$version`: the desired properties' version after the change, when the topic carries it.
+        version: Option<u64>,
+    },
     /// Anything else (cloud-to-device messages, unknown topics).
     Other,
 }
