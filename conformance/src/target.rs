@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use iothub_device::ClientOptions;
+use iothub_device::{ClientOptions, Trust};
 use iothub_emulator::{Emulator, RunningEmulator};
 use iothub_service::{ServiceClient, ServiceOptions};
 
@@ -49,25 +49,6 @@ pub struct Target {
     pub emulator: Option<RunningEmulator>,
 }
 
-fn tls_config(ca_pem: Option<&str>) -> anyhow::Result<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    match ca_pem {
-        Some(pem) => {
-            use rustls_pki_types::pem::PemObject as _;
-            for cert in rustls_pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()) {
-                roots.add(cert?)?;
-            }
-        }
-        None => {
-            roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
-        }
-    }
-    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
-}
-
 impl Target {
     /// A fresh in-process emulator on loopback (ephemeral ports, nothing on disk).
     pub async fn emulator() -> anyhow::Result<Self> {
@@ -87,7 +68,7 @@ impl Target {
             connection_string,
             https_port,
             mqtt_port,
-            tls: Arc::new(tls_config(Some(&ca))?),
+            tls: Arc::new(Trust::CaPem(ca.clone()).client_config(&[])?),
             emulator: Some(emulator),
         })
     }
@@ -105,7 +86,7 @@ impl Target {
             connection_string,
             https_port: 443,
             mqtt_port: 8883,
-            tls: Arc::new(tls_config(None)?),
+            tls: Arc::new(Trust::PlatformRoots.client_config(&[])?),
             emulator: None,
         }))
     }

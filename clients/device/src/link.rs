@@ -11,7 +11,7 @@ use futures_util::{SinkExt as _, StreamExt as _};
 use iothub_proto::topics;
 use rumqttc::mqttbytes::QoS;
 use rumqttc::mqttbytes::v4::{Codec, Connect, ConnectReturnCode, Packet, Subscribe, SubscribeFilter};
-use rustls_pki_types::{CertificateDer, ServerName};
+use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -101,31 +101,8 @@ impl Endpoint {
 }
 
 fn tls_connector(trust: &Trust, transport: Transport) -> Result<TlsConnector, Error> {
-    let mut roots = rustls::RootCertStore::empty();
-    match trust {
-        Trust::CaPem(pem) => {
-            use rustls_pki_types::pem::PemObject as _;
-            for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
-                let cert = cert.map_err(|e| Error::Config(format!("the CA PEM is not valid: {e}")))?;
-                roots.add(cert).map_err(|e| Error::Config(format!("the CA certificate is not usable: {e}")))?;
-            }
-        }
-        Trust::PlatformRoots => {
-            let found = rustls_native_certs::load_native_certs();
-            roots.add_parsable_certificates(found.certs);
-        }
-    }
-    if roots.is_empty() {
-        return Err(Error::Config("no trusted CA certificates (the CA PEM or the platform store is empty)".into()));
-    }
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| Error::Config(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    if transport == Transport::WebSocket {
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    }
+    let alpn: &[&[u8]] = if transport == Transport::WebSocket { &[b"http/1.1"] } else { &[] };
+    let config = trust.client_config(alpn).map_err(|e| Error::Config(e.to_string()))?;
     Ok(TlsConnector::from(Arc::new(config)))
 }
 

@@ -22,15 +22,7 @@ impl Transport {
     }
 }
 
-/// Which certificate authorities the client trusts for the hub's TLS certificate.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub enum Trust {
-    /// The operating system's roots: what a real Azure IoT Hub needs.
-    #[default]
-    PlatformRoots,
-    /// Only the CA certificates in this PEM text, e.g. the emulator's `ca.pem`.
-    CaPem(String),
-}
+pub use iothub_proto::tls::Trust;
 
 /// Exponential back-off with full jitter between reconnection attempts after transient failures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

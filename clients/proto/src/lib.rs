@@ -10,6 +10,8 @@ pub mod methods;
 pub mod property_bag;
 pub mod registry;
 pub mod sas;
+#[cfg(feature = "tls")]
+pub mod tls;
 pub mod topics;
 pub mod twin;
 

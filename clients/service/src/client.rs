@@ -7,7 +7,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use iothub_proto::ServiceConnectionString;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, StatusCode};
-use rustls_pki_types::CertificateDer;
 use serde::de::DeserializeOwned;
 
 use crate::error::Error;
@@ -18,15 +17,7 @@ pub const API_VERSION: &str = "2021-04-12";
 /// Lifetime of the SAS token made for each request.
 const TOKEN_LIFETIME_SECS: u64 = 3600;
 
-/// Which certificate authorities the client trusts.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub enum Trust {
-    /// The operating system's roots: what a real Azure IoT Hub needs.
-    #[default]
-    PlatformRoots,
-    /// Only the CA certificates in this PEM text, e.g. the emulator's `ca.pem`.
-    CaPem(String),
-}
+pub use iothub_proto::tls::Trust;
 
 /// Retries of requests the hub throttled (429, never processed, so always safe to send again) and, for
 /// requests that change nothing or may safely happen twice, of 5xx answers and broken connections.
@@ -183,36 +174,12 @@ pub(crate) fn segment(id: &str) -> String {
     percent_encoding::utf8_percent_encode(id, SEGMENT).to_string()
 }
 
-fn tls_config(trust: &Trust) -> Result<rustls::ClientConfig, Error> {
-    let mut roots = rustls::RootCertStore::empty();
-    match trust {
-        Trust::CaPem(pem) => {
-            use rustls_pki_types::pem::PemObject as _;
-            for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
-                let cert = cert.map_err(|e| Error::Config(format!("the CA PEM is not valid: {e}")))?;
-                roots.add(cert).map_err(|e| Error::Config(format!("the CA certificate is not usable: {e}")))?;
-            }
-        }
-        Trust::PlatformRoots => {
-            roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
-        }
-    }
-    if roots.is_empty() {
-        return Err(Error::Config("no trusted CA certificates (the CA PEM or the platform store is empty)".into()));
-    }
-    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| Error::Config(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
-}
-
 impl ServiceClient {
     /// A client for the hub in `connection_string` (`HostName=..;SharedAccessKeyName=..;SharedAccessKey=..`).
     pub fn from_connection_string(connection_string: &str, options: ServiceOptions) -> Result<Self, Error> {
         let connection_string: ServiceConnectionString = connection_string.parse()?;
         let http = reqwest::Client::builder()
-            .tls_backend_preconfigured(tls_config(&options.trust)?)
+            .tls_backend_preconfigured(options.trust.client_config(&[]).map_err(|e| Error::Config(e.to_string()))?)
             .timeout(options.timeout)
             .user_agent(concat!("iothub-service-rust/", env!("CARGO_PKG_VERSION")))
             .build()

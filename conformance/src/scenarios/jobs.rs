@@ -1,40 +1,22 @@
 //! Jobs beyond the tutorial: a future start, cancel, offline devices, the maximum execution time, and the job
 //! query. Jobs target only this run's devices (`deviceId IN [..]`), and run one at a time on a real hub.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use iothub_device::{DeviceClient, MethodResponse};
 use iothub_service::Schedule;
 use iothub_service::proto::jobs::{JobStatus, JobType};
 use iothub_service::proto::methods::CloudToDeviceMethod;
 use iothub_service::proto::twin::Twin;
 use serde_json::{Value, json};
 
-use super::{PATIENCE, lock_door};
+use super::{PATIENCE, lock_door, lock_door_device};
 use crate::run::Run;
 
 const POLL: Duration = Duration::from_millis(250);
 
 fn later(secs: i64) -> jiff::Timestamp {
     jiff::Timestamp::now().checked_add(jiff::SignedDuration::from_secs(secs)).unwrap_or(jiff::Timestamp::MAX)
-}
-
-/// A connected device answering lockDoor with 200, and the count of its calls.
-async fn answering(run: &Run, label: &str) -> anyhow::Result<(String, DeviceClient, Arc<AtomicUsize>)> {
-    let (id, cs) = run.create_device(label).await?;
-    let calls = Arc::new(AtomicUsize::new(0));
-    let counted = calls.clone();
-    let device = run
-        .device(&cs)?
-        .on_method("lockDoor", move |_| {
-            counted.fetch_add(1, Ordering::SeqCst);
-            async { MethodResponse::ok(json!({"locked": true})) }
-        })
-        .connect()
-        .await?;
-    Ok((id, device, calls))
 }
 
 async fn records(run: &Run, job_id: &str) -> anyhow::Result<Vec<Value>> {
@@ -56,7 +38,7 @@ async fn records(run: &Run, job_id: &str) -> anyhow::Result<Vec<Value>> {
 }
 
 pub(super) async fn future_start(run: &Run) -> anyhow::Result<()> {
-    let (id, device, calls) = answering(run, "f").await?;
+    let (id, device, calls) = lock_door_device(run, "f", json!({"locked": true})).await?;
     let job_id = run.id("future");
     let jobs = run.service().jobs();
     let start = later(8);
@@ -83,7 +65,7 @@ pub(super) async fn future_start(run: &Run) -> anyhow::Result<()> {
 }
 
 pub(super) async fn cancel(run: &Run) -> anyhow::Result<()> {
-    let (id, device, calls) = answering(run, "c").await?;
+    let (id, device, calls) = lock_door_device(run, "c", json!({"locked": true})).await?;
     let job_id = run.id("cancel");
     let jobs = run.service().jobs();
     jobs.schedule_device_method(
@@ -106,7 +88,7 @@ pub(super) async fn cancel(run: &Run) -> anyhow::Result<()> {
 }
 
 pub(super) async fn offline_devices(run: &Run) -> anyhow::Result<()> {
-    let (online, device, _) = answering(run, "on").await?;
+    let (online, device, _) = lock_door_device(run, "on", json!({"locked": true})).await?;
     let (offline, _) = run.create_device("off").await?;
     let job_id = run.id("mixed");
     let jobs = run.service().jobs();
@@ -139,7 +121,7 @@ pub(super) async fn max_execution_time(run: &Run) -> anyhow::Result<()> {
 }
 
 pub(super) async fn query(run: &Run) -> anyhow::Result<()> {
-    let (id, device, _) = answering(run, "jq").await?;
+    let (id, device, _) = lock_door_device(run, "jq", json!({"locked": true})).await?;
     let jobs = run.service().jobs();
     let condition = format!("deviceId IN ['{id}']");
     let twin_job = run.id("twin");

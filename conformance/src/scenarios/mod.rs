@@ -12,6 +12,8 @@ mod twins;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use iothub_service::proto::methods::CloudToDeviceMethod;
@@ -102,6 +104,28 @@ pub(crate) fn lock_door(payload: Value, response_timeout: u64) -> CloudToDeviceM
         response_timeout_in_seconds: Some(response_timeout),
         connect_timeout_in_seconds: None,
     }
+}
+
+/// Registers and connects a device that answers lockDoor with 200 and `answer`; returns its id, its client and
+/// the count of its calls.
+pub(crate) async fn lock_door_device(
+    run: &Run,
+    label: &str,
+    answer: Value,
+) -> anyhow::Result<(String, iothub_device::DeviceClient, Arc<AtomicUsize>)> {
+    let (id, cs) = run.create_device(label).await?;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let device = run
+        .device(&cs)?
+        .on_method("lockDoor", move |_| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            let answer = answer.clone();
+            async move { iothub_device::MethodResponse::ok(answer) }
+        })
+        .connect()
+        .await?;
+    Ok((id, device, calls))
 }
 
 /// What a failed call shows: the status, the hub's code and its number when it gives one.

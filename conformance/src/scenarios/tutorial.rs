@@ -1,16 +1,15 @@
 //! The tutorial in `shared/seeds`, step by step: simDevice answering lockDoor, scheduleJobService scheduling a
 //! method job and a twin job over `deviceId IN [...]` and polling them until they finish.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use iothub_device::{DesiredUpdate, MethodResponse};
+use iothub_device::DesiredUpdate;
 use iothub_service::Schedule;
 use iothub_service::proto::twin::Twin;
 use serde_json::{Value, json};
 
-use super::{PATIENCE, lock_door};
+use super::{PATIENCE, lock_door, lock_door_device};
 use crate::raw;
 use crate::run::{Run, skeleton};
 
@@ -23,17 +22,8 @@ async fn observe_finished(run: &Run, label: &str, job_id: &str) -> anyhow::Resul
 }
 
 pub(super) async fn tutorial(run: &Run) -> anyhow::Result<()> {
-    let (device_id, cs) = run.create_device("myDeviceId").await?;
-    let calls = Arc::new(AtomicUsize::new(0));
-    let counted = calls.clone();
-    let device = run
-        .device(&cs)?
-        .on_method("lockDoor", move |_| {
-            counted.fetch_add(1, Ordering::SeqCst);
-            async { MethodResponse::ok(Value::Null) }
-        })
-        .connect()
-        .await?;
+    // simDevice answers lockDoor with 200 and no payload.
+    let (device_id, device, calls) = lock_door_device(run, "myDeviceId", Value::Null).await?;
     let mut desired = device.desired_updates();
     let condition = format!("deviceId IN ['{device_id}']");
     let schedule = Schedule::at(jiff::Timestamp::now()).max_execution_time(Duration::from_secs(300));
