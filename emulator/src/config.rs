@@ -38,6 +38,8 @@ pub struct Config {
     pub clock: SharedClock,
     /// How jobs run: the active-job limit, retention, fan-out window.
     pub jobs: JobSettings,
+    /// Most connections at once; `None`: as many as the open-file limit allows.
+    pub max_connections: Option<usize>,
 }
 
 impl Default for Config {
@@ -53,6 +55,7 @@ impl Default for Config {
             seed: None,
             clock: Arc::new(SystemClock),
             jobs: JobSettings::default(),
+            max_connections: None,
         }
     }
 }
@@ -68,6 +71,7 @@ impl std::fmt::Debug for Config {
             .field("in_memory", &self.in_memory)
             .field("seed", &self.seed)
             .field("jobs", &self.jobs)
+            .field("max_connections", &self.max_connections)
             .finish_non_exhaustive()
     }
 }

@@ -128,6 +128,12 @@ impl EmulatorBuilder {
         self
     }
 
+    /// Serves at most `max` connections at once (the open-file limit may lower it further).
+    pub fn max_connections(mut self, max: usize) -> Self {
+        self.config.max_connections = Some(max);
+        self
+    }
+
     /// How jobs run (active-job limit, retention, fan-out window).
     pub fn job_settings(mut self, settings: hub::JobSettings) -> Self {
         self.config.jobs = settings;
@@ -155,6 +161,8 @@ pub struct RunningEmulator {
     ca_path: Option<PathBuf>,
     data_dir: Option<PathBuf>,
     durable: bool,
+    open_file_limit: u64,
+    max_connections: usize,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 }
@@ -193,6 +201,12 @@ async fn start(config: Config) -> Result<RunningEmulator, StartError> {
     let https_addr = local_addr(&https_listener)?;
     let mqtt_addr = local_addr(&mqtt_listener)?;
 
+    let open_file_limit = listener::raise_open_file_limit();
+    let by_files =
+        usize::try_from(open_file_limit).unwrap_or(usize::MAX).saturating_sub(listener::RESERVED_FILES).max(1);
+    let gate = listener::ConnectionGate::new(config.max_connections.map_or(by_files, |max| max.min(by_files)));
+    tracing::info!(open_file_limit, max_connections = gate.ceiling(), "connection ceiling");
+
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
     let app = http::router(hub.clone(), shutdown.clone());
@@ -203,7 +217,10 @@ async fn start(config: Config) -> Result<RunningEmulator, StartError> {
             TlsAcceptor::from(https_tls),
             shutdown.clone(),
             tracker.clone(),
+            gate.clone(),
             move |stream, peer| http::serve_connection(stream, peer, app.clone(), shutdown_for_conns.clone()),
+            // No room: the TLS session is closed at once (clients see a connection error and retry).
+            |stream, _peer| async move { drop(stream) },
         ));
     }
     tracker.spawn(listener::accept_tls(
@@ -211,11 +228,13 @@ async fn start(config: Config) -> Result<RunningEmulator, StartError> {
         TlsAcceptor::from(mqtt_tls),
         shutdown.clone(),
         tracker.clone(),
+        gate.clone(),
         {
             let hub = hub.clone();
             let shutdown = shutdown.clone();
             move |stream, peer| mqtt::serve_connection(stream, hub.clone(), shutdown.clone(), peer)
         },
+        mqtt::refuse_busy,
     ));
     tracing::info!(%https_addr, %mqtt_addr, host = %config.host_name, "listening");
     Ok(RunningEmulator {
@@ -226,6 +245,8 @@ async fn start(config: Config) -> Result<RunningEmulator, StartError> {
         ca_path: ca.cert_path().map(Path::to_path_buf),
         data_dir: config.data_dir.clone(),
         durable,
+        open_file_limit,
+        max_connections: gate.ceiling(),
         shutdown,
         tracker,
     })
@@ -289,6 +310,16 @@ impl RunningEmulator {
     /// The data dir, if any.
     pub fn data_dir(&self) -> Option<&Path> {
         self.data_dir.as_deref()
+    }
+
+    /// The process's open-file limit, raised to the hard limit at start.
+    pub fn open_file_limit(&self) -> u64 {
+        self.open_file_limit
+    }
+
+    /// The most connections (MQTT and HTTPS together) served at once; more are refused.
+    pub fn max_connections(&self) -> usize {
+        self.max_connections
     }
 
     /// True when the registry survives a restart.

@@ -62,6 +62,11 @@ struct Cli {
     #[arg(long, env = "IOTHUB_EMULATOR_JOB_RETENTION_DAYS", default_value_t = 30,
           value_parser = clap::value_parser!(u64).range(1..=3650))]
     job_retention_days: u64,
+
+    /// Most connections (MQTT and HTTPS) at once; past it devices get CONNACK 3 (server unavailable).
+    /// [default: the open-file limit, raised to its hard limit at start, less a reserve]
+    #[arg(long, env = "IOTHUB_EMULATOR_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
 }
 
 #[tokio::main]
@@ -88,6 +93,7 @@ async fn main() -> ExitCode {
             retention: Duration::from_secs(cli.job_retention_days * 24 * 3600),
             ..JobSettings::default()
         },
+        max_connections: cli.max_connections,
     };
     let emulator = match Emulator::builder().config(config).start().await {
         Ok(emulator) => emulator,
@@ -126,6 +132,7 @@ fn banner(emulator: &RunningEmulator, startup_ms: f64) -> String {
          \x20 service API  https://{host}:{} (bound to {https}); MQTT over WebSockets at /$iothub/websocket\n\
          \x20 devices      mqtts://{host}:{} (bound to {mqtt})\n\
          \x20 data         {storage}\n\
+         \x20 limits       up to {} connections at once (open-file limit {})\n\
          \x20 connection string (iothubowner):\n\
          \x20   {}\n\
          \x20 CA certificate: {ca}\n\
@@ -133,6 +140,8 @@ fn banner(emulator: &RunningEmulator, startup_ms: f64) -> String {
          \x20            Python  REQUESTS_CA_BUNDLE={ca} (service); server_verification_cert=open('{ca}').read() or SSL_CERT_FILE={ca} (device)\n",
         https.port(),
         mqtt.port(),
+        emulator.max_connections(),
+        emulator.open_file_limit(),
         emulator.service_connection_string(),
     );
     if https.port() != config::DEFAULT_HTTPS_PORT || mqtt.port() != config::DEFAULT_MQTT_PORT {

@@ -221,3 +221,25 @@ async fn the_connection_ends_when_its_token_expires() {
     expect_closed(&mut mqtt).await;
     assert!(unix_now() >= expiry, "not closed before the token expired");
 }
+
+#[tokio::test]
+async fn connections_past_the_ceiling_get_server_unavailable() {
+    let hub = common::start_with(iothub_emulator::Emulator::builder().max_connections(1)).await;
+    assert_eq!(hub.emulator.max_connections(), 1);
+    assert!(hub.emulator.open_file_limit() >= 1024, "the open-file limit was read (and raised to the hard limit)");
+    let registry = hub.emulator.hub();
+    for id in ["a", "b"] {
+        registry.put_device(id, &iothub_emulator::domain::registry::DeviceSpec::default(), None).await.expect("device");
+    }
+    let (mut first, code) = connect(&hub, "a", &user_name("a"), &device_token(&hub, "a", "a", unix_now() + 600)).await;
+    assert_eq!(code, ConnectReturnCode::Success);
+    let token_b = device_token(&hub, "b", "b", unix_now() + 600);
+    let (mut refused, code) = connect(&hub, "b", &user_name("b"), &token_b).await;
+    assert_eq!(code, ConnectReturnCode::ServiceUnavailable, "no room: CONNACK 3");
+    expect_closed(&mut refused).await;
+    first.send(Packet::Disconnect).await.expect("disconnect");
+    expect_closed(&mut first).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (_second, code) = connect(&hub, "b", &user_name("b"), &token_b).await;
+    assert_eq!(code, ConnectReturnCode::Success, "a freed place admits the next device");
+}

@@ -88,7 +88,7 @@ async fn main() {
     std::fs::write(&seed_path, serde_json::to_vec(&json!({"devices": seed})).expect("json")).expect("seed file");
 
     let mut fleet = Command::new(env!("CARGO_BIN_EXE_iothub-loadgen"))
-        .args(["--mqtt", &emulator.mqtt_addr().to_string(), "--host", "localhost"])
+        .args(["hold", "--mqtt", &emulator.mqtt_addr().to_string(), "--host", "localhost"])
         .arg("--ca")
         .arg(emulator.ca_path().expect("ca path"))
         .arg("--devices")

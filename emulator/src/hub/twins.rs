@@ -35,13 +35,14 @@ impl Hub {
         if_match: Option<&IfMatch>,
     ) -> Result<Value, HubError> {
         let now = self.clock.now();
-        let (device, previous, pending, document) = {
+        let (device, previous, pending, liveness) = {
             let mut state = self.write();
             let (device, previous, pending) =
                 self.apply_twin_write(&mut state, id, write, mode, if_match, now, Vec::new())?;
-            let document = twin::twin_document(&device, &Self::liveness_in(&state, id));
-            (device, previous, pending, document)
+            (device, previous, pending, Self::liveness_in(&state, id))
         };
+        // The answer is rendered outside the lock: other writers need not wait for it.
+        let document = twin::twin_document(&device, &liveness);
         self.settle(pending, id, Some(previous), Some(&device)).await?;
         Ok(document)
     }

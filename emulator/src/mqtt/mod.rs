@@ -9,4 +9,4 @@ pub mod connect;
 mod session;
 pub mod topics;
 
-pub use session::serve_connection;
+pub use session::{refuse_busy, serve_connection};

@@ -31,6 +31,11 @@ use crate::limits;
 
 type Transport<IO> = Framed<IO, Codec>;
 
+/// Initial size of a connection's read and write buffers. Devices mostly send and get small packets, and
+/// tens of thousands of idle connections each keeping tokio-util's default 2 x 8 KB would cost more than all
+/// else a connection holds; the buffers grow for the rare large message.
+const FRAME_BUFFER_BYTES: usize = 1024;
+
 /// Serves one MQTT connection on `io` (TLS or WebSocket) until it ends or `shutdown` fires.
 pub async fn serve_connection<IO>(io: IO, hub: Arc<Hub>, shutdown: CancellationToken, peer: SocketAddr)
 where
@@ -38,7 +43,7 @@ where
 {
     let codec =
         Codec { max_incoming_size: limits::MAX_MQTT_PACKET_BYTES, max_outgoing_size: limits::MAX_MQTT_PACKET_BYTES };
-    let mut transport = Framed::new(io, codec);
+    let mut transport = Framed::with_capacity(io, codec, FRAME_BUFFER_BYTES);
     let first = tokio::select! {
         first = tokio::time::timeout(Duration::from_secs(limits::HANDSHAKE_TIMEOUT_SECS), transport.next()) => first,
         () = shutdown.cancelled() => return,
@@ -96,6 +101,23 @@ where
         hub.device_disconnected(&accepted.device_id, connection, accepted.clean_session);
     }
     tracing::debug!(%peer, device_id = %accepted.device_id, "device disconnected");
+}
+
+/// Answers a connection the emulator has no room for: CONNACK 3 (server unavailable) to its CONNECT, then
+/// close, so the device backs off and retries instead of seeing a reset.
+pub async fn refuse_busy<IO>(io: IO, peer: SocketAddr)
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let codec =
+        Codec { max_incoming_size: limits::MAX_MQTT_PACKET_BYTES, max_outgoing_size: limits::MAX_MQTT_PACKET_BYTES };
+    let mut transport = Framed::with_capacity(io, codec, FRAME_BUFFER_BYTES);
+    if let Ok(Some(Ok(Packet::Connect(_)))) =
+        tokio::time::timeout(Duration::from_secs(limits::HANDSHAKE_TIMEOUT_SECS), transport.next()).await
+    {
+        tracing::debug!(%peer, "CONNECT refused: server unavailable");
+        refuse(&mut transport, ConnectReturnCode::ServiceUnavailable).await;
+    }
 }
 
 async fn refuse<IO: AsyncRead + AsyncWrite + Unpin>(transport: &mut Transport<IO>, code: ConnectReturnCode) {

@@ -7,7 +7,7 @@ use std::thread::JoinHandle;
 use redb::{Database, DatabaseError, ReadableDatabase as _, ReadableTable as _, TableDefinition};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Loaded, StoreError, Write, decode};
+use super::{Loaded, StoreError, Write, decode, encode};
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const DEVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("devices");
@@ -190,17 +190,18 @@ fn commit_group(db: &Database, group: &[Batch]) -> Result<(), redb::Error> {
         let mut device_jobs = txn.open_table(DEVICE_JOBS)?;
         for write in group.iter().flat_map(|b| &b.writes) {
             match write {
-                Write::PutDevice { id, record } => {
-                    devices.insert(id.as_str(), record.as_slice())?;
+                Write::PutDevice(device) => {
+                    devices.insert(device.device_id.as_str(), encode(&**device).as_slice())?;
                 }
                 Write::DeleteDevice { id } => {
                     devices.remove(id.as_str())?;
                 }
-                Write::PutJob { id, record } => {
-                    jobs.insert(id.as_str(), record.as_slice())?;
+                Write::PutJob(job) => {
+                    jobs.insert(job.job_id.as_str(), encode(&**job).as_slice())?;
                 }
-                Write::PutDeviceJob { job_id, device_id, record } => {
-                    device_jobs.insert(device_job_key(job_id, device_id).as_str(), record.as_slice())?;
+                Write::PutDeviceJob(record) => {
+                    let key = device_job_key(&record.job_id, &record.device_id);
+                    device_jobs.insert(key.as_str(), encode(&**record).as_slice())?;
                 }
                 Write::DeleteJob { id } => {
                     jobs.remove(id.as_str())?;
@@ -226,18 +227,18 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("hub.redb");
         let now = "2026-01-01T00:00:00Z".parse().expect("time");
-        let device = create_device("d1", &DeviceSpec::default(), now, 1).expect("device");
+        let device = std::sync::Arc::new(create_device("d1", &DeviceSpec::default(), now, 1).expect("device"));
         {
             let (store, loaded) = Store::open(&path).expect("create");
             assert!(loaded.devices.is_empty());
             store.submit(vec![Write::put_device(&device)]).durable().await.expect("commit");
-            let gone = create_device("d2", &DeviceSpec::default(), now, 2).expect("device");
+            let gone = std::sync::Arc::new(create_device("d2", &DeviceSpec::default(), now, 2).expect("device"));
             store.submit(vec![Write::put_device(&gone)]).durable().await.expect("commit");
             store.submit(vec![Write::DeleteDevice { id: "d2".into() }]).durable().await.expect("commit");
             store.close().await;
         }
         let (_store, loaded) = Store::open(&path).expect("reopen");
-        assert_eq!(loaded.devices, vec![device]);
+        assert_eq!(loaded.devices, vec![(*device).clone()]);
     }
 
     #[tokio::test]
@@ -271,10 +272,12 @@ mod tests {
     async fn deleting_a_job_removes_exactly_its_device_records() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("hub.redb");
-        let record = |job: &str, device: &str| Write::PutDeviceJob {
-            job_id: job.into(),
-            device_id: device.into(),
-            record: serde_json::to_vec(&serde_json::json!({"job": job, "device": device})).expect("json"),
+        let now = "2026-01-01T00:00:00Z".parse().expect("time");
+        let body =
+            serde_json::json!({"type": "scheduleUpdateTwin", "queryCondition": "*", "updateTwin": {"tags": {"a": 1}}});
+        let record = |job_id: &str, device: &str| {
+            let job = crate::domain::jobs::request::parse_request(job_id, &body, now).expect("job");
+            Write::put_device_job(&crate::domain::jobs::DeviceJob::pending(&job, device, now))
         };
         {
             let (store, _) = Store::open(&path).expect("create");

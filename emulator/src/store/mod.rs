@@ -8,45 +8,43 @@
 mod disk;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use tokio::sync::oneshot;
 
 use crate::domain::jobs::{DeviceJob, Job};
 use crate::domain::registry::Device;
 
-/// One change to persist.
+/// One change to persist. Records travel as values and are encoded by the store's writer thread, so the
+/// hub's state lock is never held while a record is serialised (and an in-memory hub never serialises).
 #[derive(Debug, Clone)]
 pub enum Write {
     /// Insert or replace a device (identity and twin).
-    PutDevice { id: String, record: Vec<u8> },
+    PutDevice(Arc<Device>),
     /// Remove a device.
     DeleteDevice { id: String },
     /// Insert or replace a job.
-    PutJob { id: String, record: Vec<u8> },
+    PutJob(Box<Job>),
     /// Insert or replace one device's record of a job.
-    PutDeviceJob { job_id: String, device_id: String, record: Vec<u8> },
+    PutDeviceJob(Box<DeviceJob>),
     /// Remove a job and all its device records (retention).
     DeleteJob { id: String },
 }
 
 impl Write {
     /// A write that stores `device`.
-    pub fn put_device(device: &Device) -> Self {
-        Self::PutDevice { id: device.device_id.clone(), record: encode(device) }
+    pub fn put_device(device: &Arc<Device>) -> Self {
+        Self::PutDevice(Arc::clone(device))
     }
 
     /// A write that stores `job`.
     pub fn put_job(job: &Job) -> Self {
-        Self::PutJob { id: job.job_id.clone(), record: encode(job) }
+        Self::PutJob(Box::new(job.clone()))
     }
 
     /// A write that stores a device record of a job.
     pub fn put_device_job(record: &DeviceJob) -> Self {
-        Self::PutDeviceJob {
-            job_id: record.job_id.clone(),
-            device_id: record.device_id.clone(),
-            record: encode(record),
-        }
+        Self::PutDeviceJob(Box::new(record.clone()))
     }
 }
 
