@@ -69,8 +69,8 @@ pub enum Work {
 pub enum Phase {
     /// Only answering methods.
     Serving,
-    /// Doing `work` until `until`: back to back, or one every `interval` (then each latency counts from when the
-    /// operation was due, so a hub that falls behind shows it).
+    /// Doing `work` until `until`: back to back, or one every `interval` (a hub that falls behind shows as a
+    /// lower rate).
     Running { work: Work, until: Instant, interval: Option<Duration> },
 }
 
@@ -216,14 +216,10 @@ pub async fn serve(
         let due = interval.is_none() || Instant::now() >= next_due;
         if let (Some((work, _)), InFlight::None, true) = (running, &in_flight, due) {
             seq += 1;
-            let sent = match interval {
-                None => Instant::now(),
-                Some(every) => {
-                    let due_at = next_due;
-                    next_due += every;
-                    due_at
-                }
-            };
+            if let Some(every) = interval {
+                next_due += every;
+            }
+            let sent = Instant::now();
             match work {
                 Work::Reported => {
                     let rid = seq.to_string();

@@ -39,13 +39,15 @@ async fn open(target: &Target, client_id: &str, filter: &str, index: usize) -> a
     }
 }
 
-/// Connects `responders` echoing clients and `callers` timing clients, runs for `duration`, and returns the
-/// callers' merged round-trip latencies and the time taken.
+/// Connects `responders` echoing clients and `callers` timing clients, runs for `duration` (back to back, or
+/// together `rate` round trips per second), and returns the callers' merged round-trip latencies and the time
+/// taken.
 pub async fn run(
     target: Arc<Target>,
     responders: usize,
     callers: usize,
     duration: Duration,
+    rate: Option<f64>,
 ) -> anyhow::Result<(Latencies, Duration)> {
     for r in 0..responders {
         let mut mqtt = open(&target, &format!("echo-r-{r}"), &format!("bench/req/r-{r}"), r).await?;
@@ -63,19 +65,30 @@ pub async fn run(
             }
         });
     }
+    let callers = callers.max(1);
+    let mut connections = Vec::new();
+    for c in 0..callers {
+        let me = format!("c-{c}");
+        connections.push((open(&target, &format!("echo-{me}"), &format!("bench/res/{me}"), responders + c).await?, me));
+    }
     let started = Instant::now();
     let until = tokio::time::Instant::now() + duration;
+    let interval = rate.filter(|r| *r > 0.0).map(|r| Duration::from_secs_f64(callers as f64 / r));
     let mut tasks = Vec::new();
-    for c in 0..callers.max(1) {
-        let me = format!("c-{c}");
-        let mut mqtt = open(&target, &format!("echo-{me}"), &format!("bench/res/{me}"), responders + c).await?;
+    for (mut mqtt, me) in connections {
         tasks.push(tokio::spawn(async move {
             let mut latencies = Latencies::default();
             let mut seq: u64 = 0;
+            let mut due =
+                tokio::time::Instant::now() + interval.map_or(Duration::ZERO, |i| i.mul_f64(rand::random::<f64>()));
             while tokio::time::Instant::now() < until {
                 seq += 1;
                 let responder = rand::random_range(0..responders.max(1));
                 let body = Bytes::from(format!("{me}|{seq}|{{\"n\":{seq}}}"));
+                if let Some(every) = interval {
+                    tokio::time::sleep_until(due).await;
+                    due += every;
+                }
                 let sent = Instant::now();
                 let request = Publish::from_bytes(format!("bench/req/r-{responder}"), QoS::AtMostOnce, body.clone());
                 if mqtt.send(Packet::Publish(request)).await.is_err() {

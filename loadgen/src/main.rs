@@ -112,6 +112,9 @@ enum Command {
     Jobs {
         #[arg(long, default_value_t = 3)]
         runs: usize,
+        /// The jobs' query condition (`*`: every device of the hub).
+        #[arg(long, default_value = "*")]
+        condition: String,
     },
     /// The Mosquitto anchor: request/response echo through a plain MQTT broker at `--mqtt`.
     Echo {
@@ -121,6 +124,9 @@ enum Command {
         callers: usize,
         #[arg(long, default_value_t = 10)]
         seconds: u64,
+        /// Round trips per second in all (default: each caller back to back).
+        #[arg(long)]
+        rate: Option<f64>,
     },
 }
 
@@ -267,11 +273,11 @@ async fn main() -> anyhow::Result<()> {
                 &[("callers", callers.to_string()), ("failures", failures.to_string())],
             );
         }
-        Command::Jobs { runs } => {
+        Command::Jobs { runs, condition } => {
             let fleet = connect_fleet().await?;
             let service = service()?;
             for run in 0..runs {
-                let method = json!({"type": "scheduleDeviceMethod", "queryCondition": "*",
+                let method = json!({"type": "scheduleDeviceMethod", "queryCondition": condition,
                     "cloudToDeviceMethod": {"methodName": "bench", "payload": {"run": run}, "responseTimeoutInSeconds": 30}});
                 let (took, job) =
                     callers::job(&service, &format!("loadgen-method-{run}-{}", rand::random::<u32>()), method).await?;
@@ -284,7 +290,7 @@ async fn main() -> anyhow::Result<()> {
                     stats["succeededCount"],
                     stats["failedCount"]
                 );
-                let twin = json!({"type": "scheduleUpdateTwin", "queryCondition": "*",
+                let twin = json!({"type": "scheduleUpdateTwin", "queryCondition": condition,
                     "updateTwin": {"etag": "*", "properties": {"desired": {"run": run, "building": "43"}}}});
                 let (took, job) =
                     callers::job(&service, &format!("loadgen-twin-{run}-{}", rand::random::<u32>()), twin).await?;
@@ -307,9 +313,9 @@ async fn main() -> anyhow::Result<()> {
                 fleet.connected * runs
             );
         }
-        Command::Echo { responders, callers, seconds } => {
+        Command::Echo { responders, callers, seconds, rate } => {
             let (latencies, took) =
-                echo::run(target.clone(), responders, callers, Duration::from_secs(seconds)).await?;
+                echo::run(target.clone(), responders, callers, Duration::from_secs(seconds), rate).await?;
             latencies.report("echo", took, &[("responders", responders.to_string()), ("callers", callers.to_string())]);
         }
     }

@@ -122,6 +122,25 @@ pub struct Device {
 }
 
 impl Device {
+    /// The same identity with a new twin, cloning everything but the old twin (which the caller replaces).
+    pub fn with_twin(&self, twin: Twin) -> Self {
+        Self {
+            device_id: self.device_id.clone(),
+            generation_id: self.generation_id.clone(),
+            identity_version: self.identity_version,
+            status: self.status,
+            status_reason: self.status_reason.clone(),
+            status_updated: self.status_updated,
+            authentication: self.authentication.clone(),
+            iot_edge: self.iot_edge,
+            device_scope: self.device_scope.clone(),
+            parent_scopes: self.parent_scopes.clone(),
+            cloud_to_device_message_count: self.cloud_to_device_message_count,
+            last_activity: self.last_activity,
+            twin,
+        }
+    }
+
     /// The identity's etag: base64 of the decimal change number, as real hubs print it.
     pub fn etag(&self) -> String {
         BASE64.encode(self.identity_version.to_string())

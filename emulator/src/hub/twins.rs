@@ -66,7 +66,7 @@ impl Hub {
             condition.check(&current.twin.etag())?;
         }
         let change = current.twin.apply_service_write(write, mode, now)?;
-        let (device, pending) = self.store_device_with(state, Device { twin: change.twin, ..(*current).clone() }, also);
+        let (device, pending) = self.store_device_with(state, current.with_twin(change.twin), also);
         if let Some(notification) = change.desired_notification {
             // Sent under the lock so notifications reach the device in version order.
             Self::notify_desired(state, id, notification);
@@ -96,7 +96,7 @@ impl Hub {
             let current: Arc<Device> =
                 state.devices.get(device_id).cloned().ok_or_else(|| HubError::DeviceNotFound(device_id.to_owned()))?;
             let twin = current.twin.apply_reported_patch(patch, now)?;
-            let (device, pending) = self.store_device(&mut state, Device { twin, ..(*current).clone() });
+            let (device, pending) = self.store_device(&mut state, current.with_twin(twin));
             (device, Some(current), pending)
         };
         self.settle(pending, device_id, previous, Some(&device)).await?;
