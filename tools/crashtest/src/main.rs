@@ -1,0 +1,359 @@
+//! `iothub-crashtest`: runs a write workload against the emulator, kills it with SIGKILL at a random moment,
+//! restarts it on the same data dir, and checks the acknowledgements:
+//! - every write that was acknowledged is there: an HTTP 2xx for a twin patch, a device create or delete and a
+//!   job; `res/204` for a reported patch;
+//! - versions only move forward;
+//! - every acknowledged job is still known and comes to an end.
+//!
+//! Repeats for many iterations and reports the anomalies (there must be none). Telemetry is not checked: the
+//! emulator keeps it in memory only, by design.
+//!
+//! Usage: `iothub-crashtest --emulator target/release/iothub-emulator [--iterations 50]`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+use iothub_device::{ClientOptions, DeviceClient, RetryPolicy};
+use iothub_service::proto::jobs::JobStatus;
+use iothub_service::proto::twin::Twin;
+use iothub_service::{Etag, Schedule, ServiceClient, ServiceOptions};
+use serde_json::{Value, json};
+
+/// Kills the emulator under load, again and again, and checks nothing acknowledged was lost.
+#[derive(Debug, Parser)]
+struct Cli {
+    /// The emulator binary.
+    #[arg(long, default_value = "target/release/iothub-emulator")]
+    emulator: PathBuf,
+    /// Kill-and-restart rounds.
+    #[arg(long, default_value_t = 50)]
+    iterations: usize,
+    /// HTTPS port for the emulator (kept across restarts so clients find it again).
+    #[arg(long, default_value_t = 19443)]
+    https_port: u16,
+    /// MQTT port for the emulator.
+    #[arg(long, default_value_t = 19883)]
+    mqtt_port: u16,
+}
+
+/// Devices whose twins the service patches.
+const SERVICE_DEVICES: usize = 16;
+/// Devices connected, each patching its reported properties.
+const REPORTING_DEVICES: usize = 4;
+
+/// What the emulator acknowledged, and so must still hold after any crash.
+#[derive(Default)]
+struct Ledger {
+    /// Device -> (desired counter, twin version) of the last acknowledged service patch.
+    desired: BTreeMap<String, (u64, u64)>,
+    /// Device -> (reported counter, reported $version) of the last acknowledged reported patch.
+    reported: BTreeMap<String, (u64, u64)>,
+    /// Devices whose creation was acknowledged and whose deletion was not.
+    created: BTreeSet<String>,
+    /// Devices whose deletion was acknowledged.
+    deleted: BTreeSet<String>,
+    /// Jobs whose creation was acknowledged.
+    jobs: BTreeSet<String>,
+    /// Device -> the highest twin version ever seen (versions only move forward).
+    versions: BTreeMap<String, u64>,
+}
+
+/// How to reach a running emulator.
+#[derive(Clone)]
+struct Info {
+    connection_string: String,
+    ca_pem: String,
+}
+
+struct Emulator {
+    child: Child,
+    info: Info,
+}
+
+fn start(cli: &Cli, data: &Path) -> anyhow::Result<Emulator> {
+    let mut child = Command::new(&cli.emulator)
+        .args(["--https-port", &cli.https_port.to_string(), "--mqtt-port", &cli.mqtt_port.to_string()])
+        .arg("--data-dir")
+        .arg(data)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {}", cli.emulator.display()))?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+    let mut connection_string = None;
+    for line in lines.by_ref() {
+        let line = line?;
+        if let Some(at) = line.find("HostName=") {
+            connection_string = Some(line[at..].trim().to_owned());
+        }
+        if line.contains("Python") {
+            break;
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    let connection_string = connection_string.context("the emulator printed no connection string")?;
+    let ca_pem = std::fs::read_to_string(data.join("ca.pem"))?;
+    Ok(Emulator { child, info: Info { connection_string, ca_pem } })
+}
+
+fn service(cli: &Cli, emulator: &Info) -> anyhow::Result<ServiceClient> {
+    let retry = iothub_service::RetryPolicy { max_attempts: 1, ..Default::default() };
+    let options =
+        ServiceOptions::default().with_ca_pem(emulator.ca_pem.clone()).with_port(cli.https_port).with_retry(retry);
+    Ok(ServiceClient::from_connection_string(&emulator.connection_string, options)?)
+}
+
+fn counter(section: Option<&serde_json::Map<String, Value>>, key: &str) -> u64 {
+    section.and_then(|s| s.get(key)).and_then(Value::as_u64).unwrap_or(0)
+}
+
+/// One round of load until `stop`: service twin patches, device reported patches, creates and deletes, jobs.
+async fn load(
+    cli: &Cli,
+    emulator: &Info,
+    ledger: Arc<Mutex<Ledger>>,
+    round: usize,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let hub = service(cli, emulator)?;
+    let mut tasks = tokio::task::JoinSet::new();
+    for writer in 0..4 {
+        let (hub, ledger, stop) = (hub.clone(), ledger.clone(), stop.clone());
+        tasks.spawn(async move {
+            let twins = hub.twins();
+            let mut n = 0usize;
+            while !*stop.borrow() {
+                let device = format!("svc-{:02}", (writer + 4 * n) % SERVICE_DEVICES);
+                n += 1;
+                let next = ledger.lock().map(|l| l.desired.get(&device).map_or(0, |(c, _)| *c)).unwrap_or(0) + 1;
+                let patch = Twin::desired_patch(json!({"c": next}).as_object().cloned().unwrap_or_default());
+                if let Ok(twin) = twins.update_twin(&device, &patch, Etag::Any).await
+                    && let Ok(mut ledger) = ledger.lock()
+                {
+                    let version = twin.version.unwrap_or(0);
+                    let known = ledger.desired.entry(device).or_insert((0, 0));
+                    *known = (next.max(known.0), version.max(known.1));
+                }
+            }
+        });
+    }
+    for index in 0..REPORTING_DEVICES {
+        let (ledger, mut stop) = (ledger.clone(), stop.clone());
+        let device_id = format!("dev-{index}");
+        let key = hub
+            .registry()
+            .get_device(&device_id)
+            .await?
+            .authentication
+            .and_then(|a| a.symmetric_key)
+            .and_then(|k| k.primary_key)
+            .context("key")?;
+        let cs = format!("HostName=localhost;DeviceId={device_id};SharedAccessKey={key}");
+        let options = ClientOptions::default()
+            .with_ca_pem(emulator.ca_pem.clone())
+            .with_port(cli.mqtt_port)
+            .with_retry(RetryPolicy { max_attempts: Some(0), ..RetryPolicy::default() });
+        tasks.spawn(async move {
+            let Ok(client) = DeviceClient::from_connection_string(&cs, options).await else { return };
+            loop {
+                let next = ledger.lock().map(|l| l.reported.get(&device_id).map_or(0, |(r, _)| *r)).unwrap_or(0) + 1;
+                let patch = json!({"r": next});
+                let patched = tokio::select! {
+                    patched = client.update_reported(&patch) => patched,
+                    _ = stop.changed() => break,
+                };
+                match patched {
+                    Ok(version) => {
+                        if let Ok(mut ledger) = ledger.lock() {
+                            let known = ledger.reported.entry(device_id.clone()).or_insert((0, 0));
+                            *known = (next.max(known.0), version.max(known.1));
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+        });
+    }
+    {
+        let (hub, ledger, stop) = (hub.clone(), ledger.clone(), stop.clone());
+        tasks.spawn(async move {
+            let registry = hub.registry();
+            let mut n = 0;
+            while !*stop.borrow() {
+                n += 1;
+                let id = format!("tmp-{round}-{n}");
+                if registry.create_sas_device(&id).await.is_ok()
+                    && let Ok(mut ledger) = ledger.lock()
+                {
+                    ledger.created.insert(id.clone());
+                }
+                if n % 3 == 0 {
+                    let victim = format!("tmp-{round}-{}", n - 1);
+                    if registry.delete_device(&victim, Etag::Any).await.is_ok()
+                        && let Ok(mut ledger) = ledger.lock()
+                    {
+                        ledger.created.remove(&victim);
+                        ledger.deleted.insert(victim);
+                    }
+                }
+            }
+        });
+    }
+    {
+        let (hub, ledger, stop) = (hub.clone(), ledger.clone(), stop.clone());
+        tasks.spawn(async move {
+            let jobs = hub.jobs();
+            let mut n = 0;
+            while !*stop.borrow() {
+                n += 1;
+                let id = format!("job-{round}-{n}");
+                let patch = Twin::tags_patch(json!({"job": id}).as_object().cloned().unwrap_or_default());
+                if jobs
+                    .schedule_twin_update(&id, "deviceId IN ['svc-00', 'svc-01', 'dev-0']", &patch, Schedule::now())
+                    .await
+                    .is_ok()
+                    && let Ok(mut ledger) = ledger.lock()
+                {
+                    ledger.jobs.insert(id);
+                }
+                tokio::time::sleep(Duration::from_millis(150)).await;
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// Checks the restarted hub against the ledger; returns the anomalies.
+async fn verify(hub: &ServiceClient, ledger: &Mutex<Ledger>) -> anyhow::Result<Vec<String>> {
+    let (desired, reported, created, deleted, jobs, versions) = {
+        let l = ledger.lock().map_err(|_| anyhow::anyhow!("ledger poisoned"))?;
+        (
+            l.desired.clone(),
+            l.reported.clone(),
+            l.created.clone(),
+            l.deleted.clone(),
+            l.jobs.clone(),
+            l.versions.clone(),
+        )
+    };
+    let mut anomalies = Vec::new();
+    let mut seen_versions = BTreeMap::new();
+    for device in desired.keys().chain(reported.keys()).collect::<BTreeSet<_>>() {
+        let twin = hub.twins().get_twin(device).await?;
+        let version = twin.version.unwrap_or(0);
+        seen_versions.insert(device.clone(), version);
+        if let Some((c, v)) = desired.get(device) {
+            let stored = counter(twin.desired(), "c");
+            if stored < *c {
+                anomalies.push(format!("{device}: acknowledged desired c={c}, found {stored}"));
+            }
+            if version < *v {
+                anomalies.push(format!("{device}: acknowledged twin version {v}, found {version}"));
+            }
+        }
+        if let Some((r, v)) = reported.get(device) {
+            let stored = counter(twin.reported(), "r");
+            let stored_version = counter(twin.reported(), "$version");
+            if stored < *r || stored_version < *v {
+                anomalies.push(format!(
+                    "{device}: acknowledged reported r={r} at $version {v}, found r={stored} at {stored_version}"
+                ));
+            }
+        }
+        if let Some(before) = versions.get(device)
+            && version < *before
+        {
+            anomalies.push(format!("{device}: twin version went back from {before} to {version}"));
+        }
+    }
+    for id in &created {
+        if let Err(error) = hub.registry().get_device(id).await {
+            anomalies.push(format!("acknowledged device {id} is missing: {error}"));
+        }
+    }
+    for id in &deleted {
+        if hub.registry().get_device(id).await.is_ok() {
+            anomalies.push(format!("device {id} was deleted (acknowledged) but is back"));
+        }
+    }
+    for id in &jobs {
+        match hub.jobs().wait_for_job(id, Duration::from_millis(50), Duration::from_secs(30)).await {
+            Ok(job) if matches!(job.status, JobStatus::Completed | JobStatus::Failed | JobStatus::Cancelled) => {}
+            Ok(job) => anomalies.push(format!("job {id} is {:?}", job.status)),
+            Err(error) => anomalies.push(format!("acknowledged job {id}: {error}")),
+        }
+    }
+    if let Ok(mut l) = ledger.lock() {
+        for (device, version) in seen_versions {
+            l.versions.insert(device, version);
+        }
+    }
+    Ok(anomalies)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    {
+        let mut emulator = start(&cli, &data)?;
+        let hub = service(&cli, &emulator.info)?;
+        for i in 0..SERVICE_DEVICES {
+            hub.registry().create_sas_device(&format!("svc-{i:02}")).await?;
+        }
+        for i in 0..REPORTING_DEVICES {
+            hub.registry().create_sas_device(&format!("dev-{i}")).await?;
+        }
+        emulator.child.kill()?;
+        emulator.child.wait()?;
+    }
+    let mut total_anomalies = Vec::new();
+    for round in 1..=cli.iterations {
+        let mut emulator = start(&cli, &data)?;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let kill_after = Duration::from_millis(rand::random_range(300..2500));
+        let info = emulator.info.clone();
+        let loaded = load(&cli, &info, ledger.clone(), round, stop_rx);
+        let killer = async {
+            tokio::time::sleep(kill_after).await;
+            let _ = emulator.child.kill();
+            let _ = emulator.child.wait();
+            let _ = stop_tx.send(true);
+        };
+        // The load ends on its own once the emulator is gone; the kill is SIGKILL, with writes in flight.
+        let (load_result, ()) = tokio::join!(loaded, killer);
+        load_result?;
+        let mut restarted = start(&cli, &data)?;
+        let anomalies = verify(&service(&cli, &restarted.info)?, &ledger).await?;
+        let (desired, reported, jobs) = {
+            let l = ledger.lock().map_err(|_| anyhow::anyhow!("ledger poisoned"))?;
+            (
+                l.desired.values().map(|(c, _)| c).sum::<u64>(),
+                l.reported.values().map(|(r, _)| r).sum::<u64>(),
+                l.jobs.len(),
+            )
+        };
+        println!(
+            "round {round}: killed after {} ms; acknowledged so far: {desired} desired patches, {reported} reported patches, {jobs} jobs; {} anomalies",
+            kill_after.as_millis(),
+            anomalies.len()
+        );
+        for anomaly in &anomalies {
+            println!("  ANOMALY {anomaly}");
+        }
+        total_anomalies.extend(anomalies);
+        restarted.child.kill()?;
+        restarted.child.wait()?;
+    }
+    println!("RESULT scenario=crash-test iterations={} anomalies={}", cli.iterations, total_anomalies.len());
+    if total_anomalies.is_empty() { Ok(()) } else { anyhow::bail!("{} anomalies", total_anomalies.len()) }
+}
