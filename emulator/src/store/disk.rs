@@ -1,7 +1,7 @@
 //! The redb-backed store: one file, ACID transactions, fsync on commit, and one writer thread doing group commit.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::thread::JoinHandle;
 
 use redb::{Database, DatabaseError, ReadableDatabase as _, ReadableTable as _, TableDefinition};
@@ -35,6 +35,9 @@ pub(super) struct DiskStore {
     writer: Mutex<Option<JoinHandle<()>>>,
 }
 
+/// Opens the database again (after an I/O error, redb refuses further writes until it is reopened).
+type Opener = Box<dyn Fn() -> Result<Database, DatabaseError> + Send>;
+
 impl DiskStore {
     pub(super) fn open(path: &Path) -> Result<(Self, Loaded), StoreError> {
         let shown = path.display().to_string();
@@ -46,13 +49,28 @@ impl DiskStore {
             initialise(&db).map_err(|e| open_error(e.to_string()))?;
             db
         };
+        let reopen_path = path.to_path_buf();
+        Self::start(db, &shown, Box::new(move || Database::open(&reopen_path)))
+    }
+
+    /// A store over any redb backend (tests inject failing disks with it); `opener` opens it again.
+    pub(super) fn open_with(opener: Opener) -> Result<(Self, Loaded), StoreError> {
+        let shown = "the data file".to_owned();
+        let db = opener().map_err(|e| StoreError::Open { path: shown.clone(), detail: describe_open_error(e) })?;
+        if db.begin_read().map_err(|e| StoreError::Corrupt(e.to_string()))?.open_table(META).is_err() {
+            initialise(&db).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        }
+        Self::start(db, &shown, opener)
+    }
+
+    fn start(db: Database, shown: &str, opener: Opener) -> Result<(Self, Loaded), StoreError> {
+        let open_error = |detail: String| StoreError::Open { path: shown.to_owned(), detail };
         upgrade(&db).map_err(|e| open_error(format!("cannot upgrade it to this release's format: {e}")))?;
-        let loaded = load(&db, &shown)?;
-        let db = Arc::new(db);
+        let loaded = load(&db, shown)?;
         let (tx, rx) = mpsc::unbounded_channel();
         let writer = std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || run_writer(&db, rx))
+            .spawn(move || run_writer(db, &opener, rx))
             .map_err(|e| open_error(format!("cannot start the writer thread: {e}")))?;
         Ok((Self { tx: Mutex::new(Some(tx)), writer: Mutex::new(Some(writer)) }, loaded))
     }
@@ -163,7 +181,10 @@ fn read_all<T: serde::de::DeserializeOwned>(
     Ok(records)
 }
 
-fn run_writer(db: &Database, mut rx: mpsc::UnboundedReceiver<Batch>) {
+/// Commits what is waiting, in groups. A group that cannot be committed (disk full, read-only file, I/O error)
+/// is rolled back as a whole, its writers get the error, and the database is opened again, so the store serves
+/// the next writes as soon as the disk allows: nothing half-written, no restart needed.
+fn run_writer(mut db: Database, opener: &Opener, mut rx: mpsc::UnboundedReceiver<Batch>) {
     while let Some(first) = rx.blocking_recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -172,12 +193,30 @@ fn run_writer(db: &Database, mut rx: mpsc::UnboundedReceiver<Batch>) {
                 Err(_) => break,
             }
         }
-        let result = commit_group(db, &group).map_err(|e| StoreError::Write(e.to_string()));
+        let result = commit_group(&db, &group).map_err(|e| StoreError::Write(e.to_string()));
+        let failed = result.is_err();
         if let Err(error) = &result {
             tracing::error!(%error, "commit failed; the affected requests get a server error");
         }
         for batch in group {
             let _ = batch.done.send(result.clone());
+        }
+        if failed {
+            drop(db);
+            db = loop {
+                match opener() {
+                    Ok(reopened) => break reopened,
+                    Err(error) => {
+                        tracing::error!(%error, "cannot reopen the data file; retrying in a second");
+                        // Fail whatever waits meanwhile instead of leaving it hanging.
+                        while let Ok(batch) = rx.try_recv() {
+                            let detail = format!("the data file is unavailable: {error}");
+                            let _ = batch.done.send(Err(StoreError::Write(detail)));
+                        }
+                        std::thread::sleep(std::time::Duration::from_secs(1));
+                    }
+                }
+            };
         }
     }
 }

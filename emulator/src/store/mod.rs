@@ -91,6 +91,16 @@ impl Store {
         Ok((Self { kind: Kind::Disk(disk) }, loaded))
     }
 
+    /// A durable store over a custom redb backend, opened (and after an I/O error reopened) by `opener`: how
+    /// tests put a full or failing disk under the hub.
+    #[doc(hidden)]
+    pub fn open_with_backend(
+        opener: impl Fn() -> Result<redb::Database, redb::DatabaseError> + Send + 'static,
+    ) -> Result<(Self, Loaded), StoreError> {
+        let (disk, loaded) = disk::DiskStore::open_with(Box::new(opener))?;
+        Ok((Self { kind: Kind::Disk(disk) }, loaded))
+    }
+
     /// True when changes survive a restart.
     pub fn is_durable(&self) -> bool {
         matches!(self.kind, Kind::Disk(_))

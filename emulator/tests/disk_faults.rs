@@ -1,0 +1,124 @@
+//! A disk that fills up (or turns read-only) under the hub: writes fail with a clear 5xx, nothing half-written
+//! reaches the file, reads go on being served, and writes work again once the disk does, without a restart.
+
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use iothub_emulator::HubError;
+use iothub_emulator::auth::Policies;
+use iothub_emulator::clock::SystemClock;
+use iothub_emulator::domain::registry::{DeviceSpec, IfMatch};
+use iothub_emulator::domain::twin::{TwinWrite, WriteMode};
+use iothub_emulator::hub::Hub;
+use iothub_emulator::store::Store;
+use redb::StorageBackend;
+use serde_json::json;
+
+/// An in-memory disk whose writes can be made to fail as a full disk does.
+#[derive(Debug, Clone, Default)]
+struct FlakyDisk {
+    data: Arc<Mutex<Vec<u8>>>,
+    full: Arc<AtomicBool>,
+}
+
+impl FlakyDisk {
+    fn check(&self) -> io::Result<()> {
+        if self.full.load(Ordering::SeqCst) {
+            Err(io::Error::new(io::ErrorKind::StorageFull, "no space left on device"))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn bytes(&self) -> std::sync::MutexGuard<'_, Vec<u8>> {
+        self.data.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl StorageBackend for FlakyDisk {
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.bytes().len() as u64)
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
+        let data = self.bytes();
+        let start = usize::try_from(offset).map_err(io::Error::other)?;
+        let source = data.get(start..start + out.len()).ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?;
+        out.copy_from_slice(source);
+        Ok(())
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.check()?;
+        self.bytes().resize(usize::try_from(len).map_err(io::Error::other)?, 0);
+        Ok(())
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        self.check()
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.check()?;
+        let start = usize::try_from(offset).map_err(io::Error::other)?;
+        let mut bytes = self.bytes();
+        if bytes.len() < start + data.len() {
+            bytes.resize(start + data.len(), 0);
+        }
+        bytes[start..start + data.len()].copy_from_slice(data);
+        Ok(())
+    }
+}
+
+/// A hub over the disk, reading what it holds.
+fn open(disk: &FlakyDisk) -> Arc<Hub> {
+    let backend = disk.clone();
+    let (store, loaded) =
+        Store::open_with_backend(move || redb::Database::builder().create_with_backend(backend.clone()))
+            .expect("store");
+    Arc::new(Hub::new("localhost".into(), Policies::generate(), Arc::new(SystemClock), store, loaded))
+}
+
+fn desired(value: serde_json::Value) -> TwinWrite {
+    TwinWrite { desired: Some(value.as_object().cloned()), tags: None }
+}
+
+#[tokio::test]
+async fn a_full_disk_fails_writes_cleanly_and_the_hub_recovers_when_it_empties() {
+    let disk = FlakyDisk::default();
+    let hub = open(&disk);
+    hub.put_device("d1", &DeviceSpec::default(), None).await.expect("device");
+    hub.write_twin("d1", &desired(json!({"n": 1})), WriteMode::Merge, Some(&IfMatch::Any)).await.expect("first patch");
+
+    disk.full.store(true, Ordering::SeqCst);
+    let err = hub
+        .write_twin("d1", &desired(json!({"n": 2})), WriteMode::Merge, Some(&IfMatch::Any))
+        .await
+        .expect_err("disk full");
+    assert!(matches!(&err, HubError::ServerError(text) if text.contains("could not be saved")), "{err}");
+    assert_eq!((err.wire().status, err.wire().code), (500, "ServerError"));
+    let twin = hub.twin_document("d1").expect("reads are still served");
+    assert_eq!(twin["properties"]["desired"]["n"], 1, "the failed write was rolled back in memory too");
+    assert!(matches!(hub.put_device("d2", &DeviceSpec::default(), None).await, Err(HubError::ServerError(_))));
+    assert!(matches!(hub.get_device("d2"), Err(HubError::DeviceNotFound(_))), "a create that failed leaves nothing");
+    assert!(matches!(
+        hub.patch_reported("d1", json!({"r": 1}).as_object().expect("map")).await,
+        Err(HubError::ServerError(_))
+    ));
+    assert_eq!(hub.twin_document("d1").expect("twin")["properties"]["reported"]["$version"], 1);
+
+    disk.full.store(false, Ordering::SeqCst);
+    hub.write_twin("d1", &desired(json!({"n": 3})), WriteMode::Merge, Some(&IfMatch::Any))
+        .await
+        .expect("the disk is back");
+    hub.put_device("d3", &DeviceSpec::default(), None).await.expect("creates work again");
+    hub.close().await;
+
+    // What a restart reads: the acknowledged writes, and nothing of the failed ones.
+    let again = open(&disk);
+    assert_eq!(again.twin_document("d1").expect("twin")["properties"]["desired"]["n"], 3);
+    assert!(again.get_device("d3").is_ok());
+    assert!(matches!(again.get_device("d2"), Err(HubError::DeviceNotFound(_))));
+    assert_eq!(again.twin_document("d1").expect("twin")["properties"]["reported"]["$version"], 1);
+}
