@@ -107,6 +107,9 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if !cli.bind.is_loopback() {
+        tracing::warn!(bind = %cli.bind, "listening beyond loopback: other machines can reach this hub; keep its keys secret");
+    }
     print_banner(&emulator, started.elapsed().as_secs_f64() * 1000.0);
 
     stop.await;
@@ -149,6 +152,17 @@ fn banner(emulator: &RunningEmulator, startup_ms: f64) -> String {
         emulator.open_file_limit(),
         emulator.service_connection_string(),
     );
+    if !https.ip().is_loopback() {
+        // Right under the first line, where nobody misses it.
+        let warning = format!(
+            "  WARNING: bound to {}: other machines can reach this hub. Anyone holding a key connects, so keep \
+             policies.json and device keys secret; never expose a hub seeded with a published key such as \
+             fixtures/tutorial-seed.json's\n",
+            https.ip()
+        );
+        let after_first_line = text.find('\n').map_or(text.len(), |i| i + 1);
+        text.insert_str(after_first_line, &warning);
+    }
     if https.port() != config::DEFAULT_HTTPS_PORT || mqtt.port() != config::DEFAULT_MQTT_PORT {
         text.push_str(&format!(
             "  note: unmodified SDKs dial 443 and 8883. Python service SDK: HostName={host}:{}; Node device SDK: GatewayHostName={host}:{}\n",
