@@ -188,6 +188,8 @@ impl Hub {
         spec: &DeviceSpec,
         if_match: Option<&IfMatch>,
     ) -> Result<Arc<Device>, HubError> {
+        // An id that can never exist is a 400 whatever else the request says.
+        registry::validate_device_id(id)?;
         let now = self.clock.now();
         let (device, previous, pending) = {
             let mut state = self.write();

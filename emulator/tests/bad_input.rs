@@ -1,0 +1,294 @@
+//! Hostile and malformed input on every surface, as a table: each case expects the hub's own answer (an error
+//! body, a CONNACK code, a refused subscription or a closed connection) and, after it, a hub that still serves
+//! everyone else.
+
+mod common;
+
+use std::time::Duration;
+
+use common::mqtt::{Mqtt, WAIT, connect_device, connect_with, device_token, next, tls, user_name};
+use common::{TestHub, expect_error, start, unix_now};
+use futures_util::{SinkExt as _, StreamExt as _};
+use reqwest::{Method, StatusCode};
+use rumqttc::mqttbytes::QoS;
+use rumqttc::mqttbytes::v4::{ConnectReturnCode, Packet, Publish, Subscribe, SubscribeFilter, SubscribeReasonCode};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+/// The hub still answers the service API and accepts a device.
+async fn assert_healthy(hub: &TestHub) {
+    let response = hub.request(Method::GET, "/statistics/devices").send().await.expect("send");
+    assert_eq!(response.status(), StatusCode::OK, "the service API still answers");
+    let mut device = connect_device(hub, "healthy").await;
+    device.send(Packet::PingReq).await.expect("ping");
+    assert!(matches!(next(&mut device).await, Packet::PingResp), "devices still connect and are served");
+}
+
+/// Waits until the hub closes `stream` (read returns 0 or an error), within `WAIT`.
+async fn closed_by_hub<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> bool {
+    let mut buffer = [0u8; 1024];
+    tokio::time::timeout(WAIT * 3, async {
+        loop {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => return true,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .unwrap_or(false)
+}
+
+async fn mqtt_closed(mqtt: &mut Mqtt) -> bool {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match mqtt.next().await {
+                None | Some(Err(_)) => return true,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await
+    .unwrap_or(false)
+}
+
+/// Raw bytes on a TLS connection to the MQTT port; true when the hub closed it.
+async fn raw_mqtt(hub: &TestHub, bytes: &[u8]) -> bool {
+    let mut stream = tls(hub).await;
+    let _ = stream.write_all(bytes).await;
+    let _ = stream.flush().await;
+    closed_by_hub(&mut stream).await
+}
+
+fn connect_bytes(level: u8, client_id: &str, user: Option<&str>, password: Option<&str>) -> Vec<u8> {
+    let mut flags = 0x02u8;
+    let mut payload = Vec::new();
+    let string = |out: &mut Vec<u8>, s: &str| {
+        out.extend_from_slice(&(s.len() as u16).to_be_bytes());
+        out.extend_from_slice(s.as_bytes());
+    };
+    string(&mut payload, client_id);
+    if let Some(user) = user {
+        flags |= 0x80;
+        string(&mut payload, user);
+    }
+    if let Some(password) = password {
+        flags |= 0x40;
+        string(&mut payload, password);
+    }
+    let mut variable = Vec::new();
+    string(&mut variable, if level == 3 { "MQIsdp" } else { "MQTT" });
+    variable.extend_from_slice(&[level, flags, 0, 60]);
+    let body: Vec<u8> = variable.into_iter().chain(payload).collect();
+    let mut packet = vec![0x10];
+    let mut length = body.len();
+    loop {
+        let mut byte = (length % 128) as u8;
+        length /= 128;
+        if length > 0 {
+            byte |= 0x80;
+        }
+        packet.push(byte);
+        if length == 0 {
+            break;
+        }
+    }
+    packet.extend(body);
+    packet
+}
+
+async fn connack_of(hub: &TestHub, bytes: &[u8]) -> Option<u8> {
+    let mut stream = tls(hub).await;
+    stream.write_all(bytes).await.ok()?;
+    let mut answer = [0u8; 4];
+    tokio::time::timeout(WAIT, stream.read_exact(&mut answer)).await.ok()?.ok()?;
+    (answer[0] == 0x20).then_some(answer[3])
+}
+
+#[tokio::test]
+async fn hostile_mqtt_input_gets_the_hubs_answer_and_leaves_it_healthy() {
+    let hub = start().await;
+    for id in ["healthy", "d1", "d2"] {
+        hub.create_device(id).await;
+    }
+    let token = device_token(&hub, "d1", "d1", unix_now() + 600);
+    let user = user_name("d1");
+
+    // CONNECT stage.
+    let cases: Vec<(&str, Vec<u8>, Option<u8>)> = vec![
+        ("MQTT 3.1 (protocol level 3)", connect_bytes(3, "d1", Some(&user), Some(&token)), Some(1)),
+        ("MQTT 5 (protocol level 5)", connect_bytes(5, "d1", Some(&user), Some(&token)), Some(1)),
+        ("CONNECT without a password", connect_bytes(4, "d1", Some(&user), None), Some(5)),
+        ("CONNECT without user name or password", connect_bytes(4, "d1", None, None), Some(5)),
+        (
+            "client id other than the token's device",
+            connect_bytes(4, "d2", Some(&user_name("d2")), Some(&token)),
+            Some(5),
+        ),
+        (
+            "a token for another hub",
+            connect_bytes(4, "d1", Some(&user), Some(&token.replace("localhost", "elsewhere"))),
+            Some(5),
+        ),
+    ];
+    for (label, bytes, expected) in cases {
+        assert_eq!(connack_of(&hub, &bytes).await, expected, "{label}");
+    }
+    for (label, bytes) in [
+        ("a truncated CONNECT", connect_bytes(4, "d1", Some(&user), Some(&token))[..12].to_vec()),
+        ("a PUBLISH before CONNECT", vec![0x30, 0x05, 0x00, 0x01, b'a', b'x', b'y']),
+        ("a remaining length over the packet limit", vec![0x10, 0xff, 0xff, 0xff, 0x7f]),
+        ("a malformed remaining length", vec![0x10, 0xff, 0xff, 0xff, 0xff, 0xff]),
+        ("random garbage", (0..200u8).map(|i| i.wrapping_mul(37)).collect()),
+    ] {
+        assert!(raw_mqtt(&hub, &bytes).await, "{label}: the hub closes the connection");
+    }
+
+    // Session stage.
+    let mut device = connect_device(&hub, "d1").await;
+    let foreign = Publish::new("devices/d2/messages/events/", QoS::AtMostOnce, b"spoof".to_vec());
+    device.send(Packet::Publish(foreign)).await.expect("publish");
+    assert!(mqtt_closed(&mut device).await, "publishing to another device's topic closes the connection");
+
+    let mut device = connect_device(&hub, "d1").await;
+    let filters = ["devices/d2/messages/devicebound/#", "#", "$iothub/#", "devices/+/messages/events/#"]
+        .map(|f| SubscribeFilter::new(f.to_owned(), QoS::AtLeastOnce));
+    let mut subscribe = Subscribe::new_many(filters);
+    subscribe.pkid = 3;
+    device.send(Packet::Subscribe(subscribe)).await.expect("subscribe");
+    match next(&mut device).await {
+        Packet::SubAck(ack) => {
+            assert!(ack.return_codes.iter().all(|c| *c == SubscribeReasonCode::Failure), "foreign filters: 0x80")
+        }
+        other => panic!("expected SUBACK, got {other:?}"),
+    }
+    let mut qos2 = Publish::new("devices/d1/messages/events/", QoS::ExactlyOnce, b"x".to_vec());
+    qos2.pkid = 9;
+    device.send(Packet::Publish(qos2)).await.expect("publish");
+    assert!(mqtt_closed(&mut device).await, "QoS 2 closes the connection");
+
+    let mut device = connect_device(&hub, "d1").await;
+    for _ in 0..2000 {
+        device.feed(Packet::PingReq).await.expect("ping");
+    }
+    device.flush().await.expect("flush");
+    let mut answered = 0;
+    while answered < 2000 {
+        match tokio::time::timeout(WAIT, device.next()).await {
+            Ok(Some(Ok(Packet::PingResp))) => answered += 1,
+            other => panic!("a PINGREQ flood is answered, got {other:?} after {answered}"),
+        }
+    }
+
+    // An invalid UTF-8 topic, a PUBLISH larger than the 256 KB message limit.
+    let mut stream = tls(&hub).await;
+    stream.write_all(&connect_bytes(4, "d1", Some(&user), Some(&token))).await.expect("connect");
+    let mut connack = [0u8; 4];
+    stream.read_exact(&mut connack).await.expect("connack");
+    assert_eq!(connack, [0x20, 0x02, 0x00, 0x00]);
+    stream.write_all(&[0x30, 0x06, 0x00, 0x02, 0xff, 0xfe, b'h', b'i']).await.expect("publish");
+    assert!(closed_by_hub(&mut stream).await, "an invalid UTF-8 topic closes the connection");
+    let mut device = connect_device(&hub, "d1").await;
+    let big = Publish::new("devices/d1/messages/events/", QoS::AtMostOnce, vec![b'x'; 300 * 1024]);
+    let _ = device.send(Packet::Publish(big)).await;
+    assert!(mqtt_closed(&mut device).await, "a message over 256 KB closes the connection");
+
+    assert_healthy(&hub).await;
+}
+
+#[tokio::test]
+async fn connections_that_never_finish_tls_or_connect_are_dropped() {
+    let hub = start().await;
+    hub.create_device("healthy").await;
+    // A TCP connection that never starts TLS, and a TLS connection that never sends CONNECT.
+    let mut silent_tcp = tokio::net::TcpStream::connect(hub.emulator.mqtt_addr()).await.expect("tcp");
+    let mut silent_tls = tls(&hub).await;
+    let mut half_http = tokio::net::TcpStream::connect(hub.emulator.https_addr()).await.expect("tcp");
+    let _ = half_http.write_all(&[0x16, 0x03, 0x01]).await;
+    let started = std::time::Instant::now();
+    let (a, b, c) =
+        tokio::join!(closed_by_hub(&mut silent_tcp), closed_by_hub(&mut silent_tls), closed_by_hub(&mut half_http));
+    assert!(a && b && c, "slow-loris connections are dropped");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(9) && waited < Duration::from_secs(15),
+        "after the 10 s handshake limit: {waited:?}"
+    );
+    assert_healthy(&hub).await;
+}
+
+#[tokio::test]
+async fn malformed_service_requests_get_the_hubs_errors() {
+    let hub = start().await;
+    hub.create_device("healthy").await;
+    hub.create_device("d1").await;
+    let deep = format!("{}1{}", "[".repeat(1000), "]".repeat(1000));
+    let deep_twin = format!("{{\"tags\":{}1{}}}", "{\"a\":".repeat(12), "}".repeat(12));
+    let wide_tags: serde_json::Map<String, Value> =
+        (0..600).map(|i| (format!("key{i:04}"), json!("x".repeat(20)))).collect();
+    let in_list: Vec<String> = (0..700).map(|i| format!("'d{i:04}'")).collect();
+    let huge_in = format!("SELECT * FROM devices WHERE deviceId IN [{}]", in_list.join(","));
+    let too_long = format!("SELECT * FROM devices WHERE tags.a = '{}'", "x".repeat(9000));
+    let cases: Vec<(&str, Method, &str, Option<String>, StatusCode, &str)> = vec![
+        ("malformed JSON", Method::PUT, "/devices/x1", Some("{\"deviceId\":".into()), StatusCode::BAD_REQUEST, "IotHubFormatError"),
+        ("JSON nested 1,000 deep", Method::PATCH, "/twins/d1", Some(deep), StatusCode::BAD_REQUEST, "IotHubFormatError"),
+        ("twin nested past 10 levels", Method::PATCH, "/twins/d1", Some(deep_twin), StatusCode::BAD_REQUEST, "ArgumentInvalid"),
+        ("tags over 8 KB", Method::PATCH, "/twins/d1", Some(json!({"tags": wide_tags}).to_string()), StatusCode::BAD_REQUEST, "ArgumentInvalid"),
+        ("a key with a dot", Method::PATCH, "/twins/d1", Some(json!({"tags": {"a.b": 1}}).to_string()), StatusCode::BAD_REQUEST, "ArgumentInvalid"),
+        ("a key with a $", Method::PATCH, "/twins/d1", Some(json!({"properties": {"desired": {"$x": 1}}}).to_string()), StatusCode::BAD_REQUEST, "ArgumentInvalid"),
+        ("a body over 256 KB", Method::PATCH, "/twins/d1", Some(format!("{{\"tags\":{{\"a\":\"{}\"}}}}", "x".repeat(300 * 1024))), StatusCode::PAYLOAD_TOO_LARGE, "MessageTooLarge"),
+        ("query text over 8,192 characters", Method::POST, "/devices/query", Some(json!({"query": too_long}).to_string()), StatusCode::BAD_REQUEST, "ArgumentInvalid"),
+        ("a query that does not parse", Method::POST, "/devices/query", Some(json!({"query": "SELECT * FROM"}).to_string()), StatusCode::BAD_REQUEST, "ArgumentInvalid"),
+        ("a job id with bad characters", Method::PUT, "/jobs/v2/bad%20id!", Some(json!({"type": "scheduleDeviceMethod", "queryCondition": "*", "cloudToDeviceMethod": {"methodName": "m"}}).to_string()), StatusCode::BAD_REQUEST, "ArgumentInvalid"),
+        ("a method timeout below 5 s", Method::POST, "/twins/d1/methods", Some(json!({"methodName": "m", "responseTimeoutInSeconds": 1}).to_string()), StatusCode::BAD_REQUEST, "ArgumentInvalid"),
+        ("a method timeout over 300 s", Method::POST, "/twins/d1/methods", Some(json!({"methodName": "m", "responseTimeoutInSeconds": 301}).to_string()), StatusCode::BAD_REQUEST, "ArgumentInvalid"),
+        ("a connect timeout over 300 s", Method::POST, "/twins/d1/methods", Some(json!({"methodName": "m", "connectTimeoutInSeconds": 301}).to_string()), StatusCode::BAD_REQUEST, "ArgumentInvalid"),
+        ("a device id with a space", Method::PUT, "/devices/a%20b", Some(json!({"deviceId": "a b"}).to_string()), StatusCode::BAD_REQUEST, "ArgumentInvalid"),
+    ];
+    for (label, method, path, body, status, code) in cases {
+        let mut request = hub.request(method, path).header("If-Match", "*");
+        if let Some(body) = body {
+            request = request.header("content-type", "application/json").body(body);
+        }
+        let response = request.send().await.expect("send");
+        assert_eq!(response.status(), status, "{label}");
+        expect_error(response, status, code).await;
+    }
+    // A huge IN list (within the length limit) is answered, served from the index.
+    let response =
+        hub.request(Method::POST, "/devices/query").json(&json!({"query": huge_in})).send().await.expect("send");
+    assert_eq!(response.status(), StatusCode::OK, "a long IN list is answered");
+    // No api-version.
+    let response =
+        hub.http.get(hub.url("/devices/d1")).header("Authorization", hub.owner_token()).send().await.expect("send");
+    expect_error(response, StatusCode::BAD_REQUEST, "InvalidProtocolVersion").await;
+    assert_healthy(&hub).await;
+}
+
+#[tokio::test]
+async fn a_reported_patch_over_the_limits_is_refused_over_mqtt() {
+    let hub = start().await;
+    hub.create_device("healthy").await;
+    hub.create_device("d1").await;
+    let (mut device, ack) =
+        connect_with(&hub, "d1", &user_name("d1"), &device_token(&hub, "d1", "d1", unix_now() + 600), false).await;
+    assert_eq!(ack.code, ConnectReturnCode::Success);
+    common::mqtt::subscribe(&mut device, &["$iothub/twin/res/#"], QoS::AtMostOnce).await;
+    let big: serde_json::Map<String, Value> = (0..2000).map(|i| (format!("k{i}"), json!("y".repeat(20)))).collect();
+    for (label, body, status) in [
+        ("reported properties over 32 KB", json!(big).to_string(), "400"),
+        ("malformed JSON", "{\"a\":".to_owned(), "400"),
+        ("a bad key", json!({"a b": 1}).to_string(), "400"),
+    ] {
+        common::mqtt::publish(
+            &mut device,
+            "$iothub/twin/PATCH/properties/reported/?$rid=7",
+            QoS::AtMostOnce,
+            body.as_bytes(),
+        )
+        .await;
+        let answer = common::mqtt::next_publish(&mut device).await;
+        assert!(answer.topic.starts_with(&format!("$iothub/twin/res/{status}/?$rid=7")), "{label}: {}", answer.topic);
+    }
+    assert_healthy(&hub).await;
+}
