@@ -217,6 +217,9 @@ async fn connections_that_never_finish_tls_or_connect_are_dropped() {
     assert_healthy(&hub).await;
 }
 
+/// A bad request: what it is, the call, its body, and the status and `ErrorCode` the hub answers.
+type ServiceCase = (&'static str, Method, &'static str, Option<String>, StatusCode, &'static str);
+
 #[tokio::test]
 async fn malformed_service_requests_get_the_hubs_errors() {
     let hub = start().await;
@@ -229,7 +232,7 @@ async fn malformed_service_requests_get_the_hubs_errors() {
     let in_list: Vec<String> = (0..700).map(|i| format!("'d{i:04}'")).collect();
     let huge_in = format!("SELECT * FROM devices WHERE deviceId IN [{}]", in_list.join(","));
     let too_long = format!("SELECT * FROM devices WHERE tags.a = '{}'", "x".repeat(9000));
-    let cases: Vec<(&str, Method, &str, Option<String>, StatusCode, &str)> = vec![
+    let cases: Vec<ServiceCase> = vec![
         ("malformed JSON", Method::PUT, "/devices/x1", Some("{\"deviceId\":".into()), StatusCode::BAD_REQUEST, "IotHubFormatError"),
         ("JSON nested 1,000 deep", Method::PATCH, "/twins/d1", Some(deep), StatusCode::BAD_REQUEST, "IotHubFormatError"),
         ("twin nested past 10 levels", Method::PATCH, "/twins/d1", Some(deep_twin), StatusCode::BAD_REQUEST, "ArgumentInvalid"),
