@@ -1,0 +1,183 @@
+//! Who may do what: every service endpoint against every policy of a new hub (and a device token), and devices
+//! kept to their own twin, topics and methods.
+
+mod common;
+
+use std::time::Duration;
+
+use common::mqtt::{
+    WAIT, connect_device, connect_with, device_token, next, next_publish, publish, subscribe, user_name,
+};
+use common::{TestHub, start, unix_now};
+use futures_util::StreamExt as _;
+use iothub_emulator::auth::Rights;
+use reqwest::{Method, StatusCode};
+use rumqttc::mqttbytes::QoS;
+use rumqttc::mqttbytes::v4::{ConnectReturnCode, SubscribeReasonCode};
+use serde_json::{Value, json};
+
+/// An endpoint, the body it takes, and the permissions of which any one lets a caller in.
+struct Endpoint {
+    method: Method,
+    path: &'static str,
+    body: Option<Value>,
+    needs: Rights,
+}
+
+fn endpoints() -> Vec<Endpoint> {
+    let read = Rights::REGISTRY_READ;
+    let write = Rights::REGISTRY_WRITE;
+    let service = Rights::SERVICE_CONNECT;
+    let e =
+        |method: Method, path: &'static str, body: Option<Value>, needs: Rights| Endpoint { method, path, body, needs };
+    vec![
+        e(Method::GET, "/devices/target", None, read),
+        e(Method::GET, "/devices", None, read),
+        e(Method::PUT, "/devices/created-by-policy", Some(json!({"deviceId": "created-by-policy"})), write),
+        e(Method::DELETE, "/devices/missing-device", None, write),
+        e(Method::GET, "/statistics/devices", None, read),
+        e(Method::GET, "/statistics/service", None, service.union(read)),
+        e(Method::GET, "/twins/target", None, service.union(read)),
+        e(Method::PATCH, "/twins/target", Some(json!({"tags": {"x": 1}})), service.union(write)),
+        e(
+            Method::POST,
+            "/twins/target/methods",
+            Some(json!({"methodName": "m", "responseTimeoutInSeconds": 5})),
+            service,
+        ),
+        e(Method::POST, "/devices/query", Some(json!({"query": "SELECT * FROM devices"})), service.union(read)),
+        e(
+            Method::PUT,
+            "/jobs/v2/job-by-policy",
+            Some(
+                json!({"type": "scheduleUpdateTwin", "queryCondition": "deviceId = 'nobody'", "updateTwin": {"tags": {"a": 1}}}),
+            ),
+            write,
+        ),
+        e(Method::GET, "/jobs/v2/job-by-policy", None, read),
+        e(Method::GET, "/jobs/v2/query", None, read),
+        e(Method::POST, "/jobs/v2/job-by-policy/cancel", None, write),
+        e(Method::GET, "/emulator/devices/target/messages/events", None, service),
+    ]
+}
+
+#[tokio::test]
+async fn every_endpoint_against_every_policy() {
+    let hub = start().await;
+    hub.create_device("target").await;
+    let policies: Vec<(String, Rights)> =
+        hub.emulator.hub().policies().iter().map(|p| (p.key_name.clone(), p.rights)).collect();
+    assert_eq!(policies.len(), 5, "the five policies of a new hub");
+    let mut table = Vec::new();
+    for endpoint in endpoints() {
+        for (policy, rights) in &policies {
+            let mut request = hub
+                .request_as(&hub.policy_token(policy), endpoint.method.clone(), endpoint.path)
+                .header("If-Match", "*");
+            if let Some(body) = &endpoint.body {
+                request = request.json(body);
+            }
+            let status = request.send().await.expect("send").status();
+            let allowed = rights.intersects(endpoint.needs);
+            table.push(format!("{} {} as {policy}: {status}", endpoint.method, endpoint.path));
+            if allowed {
+                assert_ne!(
+                    status,
+                    StatusCode::UNAUTHORIZED,
+                    "{} {} must be allowed for {policy}",
+                    endpoint.method,
+                    endpoint.path
+                );
+            } else {
+                assert_eq!(
+                    status,
+                    StatusCode::UNAUTHORIZED,
+                    "{} {} must be refused for {policy}",
+                    endpoint.method,
+                    endpoint.path
+                );
+            }
+        }
+        // A device's own token is never a service credential.
+        let device = device_token(&hub, "target", "target", unix_now() + 600);
+        let mut request = hub.request_as(&device, endpoint.method.clone(), endpoint.path);
+        if let Some(body) = &endpoint.body {
+            request = request.json(body);
+        }
+        assert_eq!(
+            request.send().await.expect("send").status(),
+            StatusCode::UNAUTHORIZED,
+            "{} {} with a device token",
+            endpoint.method,
+            endpoint.path
+        );
+    }
+    assert_eq!(table.len(), endpoints().len() * 5);
+}
+
+async fn invoke(hub: &TestHub, id: &str) -> reqwest::Response {
+    hub.request(Method::POST, &format!("/twins/{id}/methods"))
+        .json(&json!({"methodName": "secret", "responseTimeoutInSeconds": 5, "connectTimeoutInSeconds": 2}))
+        .send()
+        .await
+        .expect("send")
+}
+
+#[tokio::test]
+async fn a_device_stays_in_its_own_lane() {
+    let hub = start().await;
+    for id in ["alice", "bob"] {
+        hub.create_device(id).await;
+    }
+    // Alice's key cannot connect as Bob, with either client id.
+    let alices_token_for_bob = device_token(&hub, "bob", "alice", unix_now() + 600);
+    let (_, ack) = connect_with(&hub, "bob", &user_name("bob"), &alices_token_for_bob, false).await;
+    assert_eq!(ack.code, ConnectReturnCode::NotAuthorized);
+    let alices_token = device_token(&hub, "alice", "alice", unix_now() + 600);
+    let (_, ack) = connect_with(&hub, "bob", &user_name("bob"), &alices_token, false).await;
+    assert_eq!(ack.code, ConnectReturnCode::NotAuthorized, "a token for alice does not open bob's session");
+
+    let mut alice = connect_device(&hub, "alice").await;
+    let codes = subscribe(
+        &mut alice,
+        &["$iothub/methods/POST/#", "$iothub/twin/res/#", "devices/bob/messages/devicebound/#"],
+        QoS::AtLeastOnce,
+    )
+    .await;
+    assert_eq!(codes[2], SubscribeReasonCode::Failure, "no subscribing to bob's messages");
+
+    // Bob's twin is never what alice reads or writes.
+    let patch = json!({"properties": {"desired": {"owner": "bob"}}});
+    hub.request(Method::PATCH, "/twins/bob").header("If-Match", "*").json(&patch).send().await.expect("patch");
+    publish(&mut alice, "$iothub/twin/GET/?$rid=1", QoS::AtMostOnce, b"").await;
+    let twin = next_publish(&mut alice).await;
+    let body: Value = serde_json::from_slice(&twin.payload).expect("json");
+    assert!(body["desired"].get("owner").is_none(), "alice reads only her twin: {body}");
+    publish(&mut alice, "$iothub/twin/PATCH/properties/reported/?$rid=2", QoS::AtMostOnce, br#"{"by":"alice"}"#).await;
+    next_publish(&mut alice).await;
+    let bobs: Value = hub.get_json("/twins/bob").await;
+    assert!(bobs["properties"]["reported"].get("by").is_none(), "alice's reported patch lands on her own twin");
+
+    // A method for bob never reaches alice: bob is offline, so it is 404103, and alice hears nothing.
+    let response = invoke(&hub, "bob").await;
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    assert!(tokio::time::timeout(Duration::from_millis(300), alice.next()).await.is_err(), "alice got nothing");
+
+    // Bob online: alice answering bob's request id does not complete bob's call.
+    let mut bob = connect_device(&hub, "bob").await;
+    subscribe(&mut bob, &["$iothub/methods/POST/#"], QoS::AtMostOnce).await;
+    let call = tokio::spawn({
+        let request = hub
+            .request(Method::POST, "/twins/bob/methods")
+            .json(&json!({"methodName": "secret", "responseTimeoutInSeconds": 5}));
+        async move { request.send().await.expect("send") }
+    });
+    let to_bob = next_publish(&mut bob).await;
+    let rid = common::mqtt::topic_param(&to_bob.topic, "$rid").expect("rid").to_owned();
+    publish(&mut alice, &format!("$iothub/methods/res/200/?$rid={rid}"), QoS::AtMostOnce, br#"{"from":"alice"}"#).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    publish(&mut bob, &format!("$iothub/methods/res/201/?$rid={rid}"), QoS::AtMostOnce, br#"{"from":"bob"}"#).await;
+    let answer: Value =
+        tokio::time::timeout(WAIT, call).await.expect("answered").expect("task").json().await.expect("json");
+    assert_eq!(answer, json!({"status": 201, "payload": {"from": "bob"}}), "only bob answers bob's call");
+}
