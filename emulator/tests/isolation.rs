@@ -5,9 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::mqtt::{
-    WAIT, connect_device, connect_with, device_token, next, next_publish, publish, subscribe, user_name,
-};
+use common::mqtt::{WAIT, connect_device, connect_with, device_token, next_publish, publish, subscribe, user_name};
 use common::{TestHub, start, unix_now};
 use futures_util::StreamExt as _;
 use iothub_emulator::auth::Rights;
