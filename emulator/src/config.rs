@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::clock::{SharedClock, SystemClock};
+use crate::domain::throttle::Tier;
 use crate::hub::JobSettings;
 
 /// Default HTTPS port: the Node service SDK can dial no other.
@@ -40,6 +41,9 @@ pub struct Config {
     pub jobs: JobSettings,
     /// Most connections at once; `None`: as many as the open-file limit allows.
     pub max_connections: Option<usize>,
+    /// The real hub's operation rates for one unit of this tier (429 ThrottlingException past them);
+    /// `None`: no throttling.
+    pub throttle: Option<Tier>,
 }
 
 impl Default for Config {
@@ -56,6 +60,7 @@ impl Default for Config {
             clock: Arc::new(SystemClock),
             jobs: JobSettings::default(),
             max_connections: None,
+            throttle: None,
         }
     }
 }
@@ -72,6 +77,7 @@ impl std::fmt::Debug for Config {
             .field("seed", &self.seed)
             .field("jobs", &self.jobs)
             .field("max_connections", &self.max_connections)
+            .field("throttle", &self.throttle)
             .finish_non_exhaustive()
     }
 }

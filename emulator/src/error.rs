@@ -26,6 +26,9 @@ pub enum HubError {
     JobNotFound(String),
     #[error("A job with ID '{0}' already exists.")]
     JobAlreadyExists(String),
+    /// The throttling profile refused the operation (`--throttle`).
+    #[error("{0}")]
+    Throttled(String),
     /// Creating a job while the hub already has its limit of active (queued, scheduled or running) jobs.
     #[error("{0}")]
     TooManyActiveJobs(String),
@@ -97,6 +100,7 @@ impl HubError {
             // throttling code the docs list for it.
             Self::JobAlreadyExists(_) => w(409, "JobAlreadyExists", 409104, 3),
             Self::TooManyActiveJobs(_) => w(429, "ThrottlingMaxActiveJobCountExceeded", 429004, 3),
+            Self::Throttled(_) => w(429, "ThrottlingException", 429001, 3),
             Self::MessageTooLarge(_) => w(413, "MessageTooLarge", 413001, 3),
             // What the hub answers for a path or method it does not serve is not documented; these two codes are
             // the emulator's own, in the hub's envelope so every client still parses them.
@@ -150,6 +154,7 @@ mod tests {
             HubError::JobNotFound(String::new()),
             HubError::JobAlreadyExists(String::new()),
             HubError::TooManyActiveJobs(String::new()),
+            HubError::Throttled(String::new()),
             HubError::MessageTooLarge(String::new()),
             HubError::NotFound(String::new()),
             HubError::MethodNotAllowed(String::new()),

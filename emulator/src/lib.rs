@@ -136,6 +136,12 @@ impl EmulatorBuilder {
         self
     }
 
+    /// Throttles operations at the real hub's rates for one unit of `tier`, to exercise clients' back-off.
+    pub fn throttle(mut self, tier: domain::throttle::Tier) -> Self {
+        self.config.throttle = Some(tier);
+        self
+    }
+
     /// How jobs run (active-job limit, retention, fan-out window).
     pub fn job_settings(mut self, settings: hub::JobSettings) -> Self {
         self.config.jobs = settings;
@@ -187,7 +193,8 @@ async fn start(config: Config) -> Result<RunningEmulator, StartError> {
     let durable = store.is_durable();
     let hub = Arc::new(
         Hub::new(config.host_name.clone(), policies, config.clock.clone(), store, loaded)
-            .with_job_settings(config.jobs),
+            .with_job_settings(config.jobs)
+            .with_throttle(config.throttle),
     );
     hub.start_jobs();
     if let Some(path) = &config.seed {

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use iothub_emulator::clock::SystemClock;
 use iothub_emulator::config::{self, Config};
+use iothub_emulator::domain::throttle::Tier;
 use iothub_emulator::hub::JobSettings;
 use iothub_emulator::{Emulator, RunningEmulator};
 use tracing_subscriber::EnvFilter;
@@ -67,6 +68,16 @@ struct Cli {
     /// [default: the open-file limit, raised to its hard limit at start, less a reserve]
     #[arg(long, env = "IOTHUB_EMULATOR_MAX_CONNECTIONS")]
     max_connections: Option<usize>,
+
+    /// Throttle like one unit of a real hub tier (s1, s2 or s3): past its per-operation rates the service
+    /// API answers 429 ThrottlingException, twin requests get status 429, connections CONNACK 3, and
+    /// telemetry and job fan-out are slowed down. Off by default.
+    #[arg(long, env = "IOTHUB_EMULATOR_THROTTLE", value_parser = parse_tier)]
+    throttle: Option<Tier>,
+}
+
+fn parse_tier(text: &str) -> Result<Tier, String> {
+    Tier::parse(text).ok_or_else(|| format!("'{text}' is not a tier: use s1, s2 or s3"))
 }
 
 /// mimalloc rather than glibc's allocator: under load the hub allocates small JSON trees from every core, and
@@ -99,6 +110,7 @@ async fn main() -> ExitCode {
             ..JobSettings::default()
         },
         max_connections: cli.max_connections,
+        throttle: cli.throttle,
     };
     let emulator = match Emulator::builder().config(config).start().await {
         Ok(emulator) => emulator,
@@ -140,7 +152,7 @@ fn banner(emulator: &RunningEmulator, startup_ms: f64) -> String {
          \x20 service API  https://{host}:{} (bound to {https}); MQTT over WebSockets at /$iothub/websocket\n\
          \x20 devices      mqtts://{host}:{} (bound to {mqtt})\n\
          \x20 data         {storage}\n\
-         \x20 limits       up to {} connections at once (open-file limit {})\n\
+         \x20 limits       up to {} connections at once (open-file limit {}); {}\n\
          \x20 connection string (iothubowner):\n\
          \x20   {}\n\
          \x20 CA certificate: {ca}\n\
@@ -150,6 +162,10 @@ fn banner(emulator: &RunningEmulator, startup_ms: f64) -> String {
         mqtt.port(),
         emulator.max_connections(),
         emulator.open_file_limit(),
+        match emulator.hub().throttle_tier() {
+            Some(tier) => format!("throttled like one {tier:?} unit"),
+            None => "no throttling".to_owned(),
+        },
         emulator.service_connection_string(),
     );
     if !https.ip().is_loopback() {

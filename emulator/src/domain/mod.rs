@@ -6,4 +6,5 @@ pub mod properties;
 pub mod query;
 pub mod registry;
 pub mod telemetry;
+pub mod throttle;
 pub mod twin;

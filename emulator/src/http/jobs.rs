@@ -17,6 +17,7 @@ use super::request::{JsonBody, PathId, authorization, form_pairs};
 use super::response::{ApiError, ok_json};
 use crate::auth::Rights;
 use crate::domain::jobs::{JobStatus, JobType};
+use crate::domain::throttle::Operation;
 use crate::error::HubError;
 use crate::hub::{Hub, MAX_JOBS_PAGE};
 
@@ -30,18 +31,21 @@ pub async fn create_job(
     JsonBody(body): JsonBody<Value>,
 ) -> ApiResult {
     hub.authorize_service(authorization(&headers), &format!("jobs/v2/{id}"), Rights::REGISTRY_WRITE)?;
+    hub.admit(Operation::JobOperation, 1.0)?;
     Ok(ok_json(&hub.create_job(&id, &body).await?))
 }
 
 /// `GET /jobs/v2/{jobId}`: the job and its live statistics.
 pub async fn get_job(State(hub): State<Arc<Hub>>, PathId(id): PathId, headers: HeaderMap) -> ApiResult {
     hub.authorize_service(authorization(&headers), &format!("jobs/v2/{id}"), Rights::REGISTRY_READ)?;
+    hub.admit(Operation::JobOperation, 1.0)?;
     Ok(ok_json(&hub.get_job(&id)?))
 }
 
 /// `POST /jobs/v2/{jobId}/cancel` (no body; the Node SDK sends no Content-Type).
 pub async fn cancel_job(State(hub): State<Arc<Hub>>, PathId(id): PathId, headers: HeaderMap) -> ApiResult {
     hub.authorize_service(authorization(&headers), &format!("jobs/v2/{id}/cancel"), Rights::REGISTRY_WRITE)?;
+    hub.admit(Operation::JobOperation, 1.0)?;
     Ok(ok_json(&hub.cancel_job(&id).await?))
 }
 
@@ -50,6 +54,7 @@ pub async fn cancel_job(State(hub): State<Arc<Hub>>, PathId(id): PathId, headers
 /// case-insensitively, since C# sends enum names (`ScheduleDeviceMethod`, `Completed`).
 pub async fn query_jobs(State(hub): State<Arc<Hub>>, headers: HeaderMap, RawQuery(query): RawQuery) -> ApiResult {
     hub.authorize_service(authorization(&headers), "jobs/v2/query", Rights::REGISTRY_READ)?;
+    hub.admit(Operation::JobOperation, 1.0)?;
     let (mut job_type, mut status, mut size, mut token) = (None, None, None, None);
     for (key, value) in form_pairs(query.as_deref().unwrap_or("")) {
         let value = value.trim().to_owned();

@@ -18,6 +18,7 @@ pub async fn run(hub: &Hub, headers: &HeaderMap, body: &Value) -> Result<Respons
         "devices/query",
         Rights::SERVICE_CONNECT.union(Rights::REGISTRY_READ),
     )?;
+    hub.admit(crate::domain::throttle::Operation::Query, 1.0)?;
     let text = match body.get("query") {
         Some(Value::String(text)) if !text.trim().is_empty() => text,
         Some(Value::String(_)) | None | Some(Value::Null) => {

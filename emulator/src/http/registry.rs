@@ -12,6 +12,7 @@ use super::response::{ApiError, ok_json};
 use crate::auth::Rights;
 use crate::clock::format_optional_time;
 use crate::domain::registry::{AuthType, Device, DeviceSpec, DeviceStatus, Liveness};
+use crate::domain::throttle::Operation;
 use crate::error::HubError;
 use crate::hub::Hub;
 use crate::limits;
@@ -83,6 +84,7 @@ fn device_response(hub: &Hub, device: &Device) -> Response {
 /// `GET /devices/{id}`.
 pub async fn get_device(State(hub): State<Arc<Hub>>, PathId(id): PathId, headers: HeaderMap) -> ApiResult {
     hub.authorize_service(authorization(&headers), &format!("devices/{id}"), Rights::REGISTRY_READ)?;
+    hub.admit(Operation::Registry, 1.0)?;
     let device = hub.get_device(&id)?;
     Ok(device_response(&hub, &device))
 }
@@ -95,6 +97,7 @@ pub async fn put_device(
     JsonBody(body): JsonBody<wire::Device>,
 ) -> ApiResult {
     hub.authorize_service(authorization(&headers), &format!("devices/{id}"), Rights::REGISTRY_WRITE)?;
+    hub.admit(Operation::Registry, 1.0)?;
     let spec = spec_from_wire(&id, &body)?;
     let device = hub.put_device(&id, &spec, if_match(&headers)?.as_ref()).await?;
     Ok(device_response(&hub, &device))
@@ -103,6 +106,7 @@ pub async fn put_device(
 /// `DELETE /devices/{id}`: 204; a missing `If-Match` deletes unconditionally.
 pub async fn delete_device(State(hub): State<Arc<Hub>>, PathId(id): PathId, headers: HeaderMap) -> ApiResult {
     hub.authorize_service(authorization(&headers), &format!("devices/{id}"), Rights::REGISTRY_WRITE)?;
+    hub.admit(Operation::Registry, 1.0)?;
     hub.delete_device(&id, if_match(&headers)?.as_ref()).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -110,6 +114,7 @@ pub async fn delete_device(State(hub): State<Arc<Hub>>, PathId(id): PathId, head
 /// `GET /devices[?top=n]`: up to `top` devices (1..=1000, otherwise 1000), in id order.
 pub async fn list_devices(State(hub): State<Arc<Hub>>, RawQuery(query): RawQuery, headers: HeaderMap) -> ApiResult {
     hub.authorize_service(authorization(&headers), "devices", Rights::REGISTRY_READ)?;
+    hub.admit(Operation::Registry, 1.0)?;
     let top = match form_pairs(query.as_deref().unwrap_or("")).find(|(k, _)| k.eq_ignore_ascii_case("top")) {
         None => limits::MAX_DEVICES_LIST,
         Some((_, v)) => {

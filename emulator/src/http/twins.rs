@@ -11,6 +11,7 @@ use super::request::{JsonBody, PathId, authorization, if_match};
 use super::response::{ApiError, ok_json};
 use crate::auth::Rights;
 use crate::domain::methods;
+use crate::domain::throttle::Operation;
 use crate::domain::twin::{WriteMode, parse_twin_write};
 use crate::hub::Hub;
 
@@ -24,6 +25,7 @@ const TWIN_WRITE: Rights = Rights::SERVICE_CONNECT.union(Rights::REGISTRY_WRITE)
 /// `GET /twins/{id}`: the full twin document.
 pub async fn get_twin(State(hub): State<Arc<Hub>>, PathId(id): PathId, headers: HeaderMap) -> ApiResult {
     hub.authorize_service(authorization(&headers), &format!("twins/{id}"), TWIN_READ)?;
+    hub.admit(Operation::TwinRead, 1.0)?;
     Ok(ok_json(&hub.twin_document(&id)?))
 }
 
@@ -49,6 +51,7 @@ pub async fn replace_twin(
 
 async fn write(hub: &Hub, id: &str, headers: &HeaderMap, body: &Value, mode: WriteMode) -> ApiResult {
     hub.authorize_service(authorization(headers), &format!("twins/{id}"), TWIN_WRITE)?;
+    hub.admit(Operation::TwinUpdate, 1.0)?;
     let twin_write = parse_twin_write(body)?;
     let document = hub.write_twin(id, &twin_write, mode, if_match(headers)?.as_ref()).await?;
     Ok(ok_json(&document))
@@ -64,6 +67,8 @@ pub async fn invoke_method(
 ) -> ApiResult {
     hub.authorize_service(authorization(&headers), &format!("twins/{id}/methods"), Rights::SERVICE_CONNECT)?;
     let call = methods::parse_call(&body)?;
+    // Metered in 4 KB units of payload, as the hub meters direct methods.
+    hub.admit(Operation::DirectMethod, (call.payload.len() as f64 / 4096.0).ceil().max(1.0))?;
     let response = hub.invoke_method(&id, &call).await?;
     Ok(ok_json(&json!({ "status": response.status, "payload": response.payload })))
 }

@@ -30,6 +30,7 @@ use crate::domain::jobs::{
 use crate::domain::methods::MethodCall;
 use crate::domain::query::parse_condition;
 use crate::domain::registry::IfMatch;
+use crate::domain::throttle::Operation;
 use crate::domain::twin::{TwinWrite, WriteMode};
 use crate::error::HubError;
 use crate::store::{Pending, Write};
@@ -490,6 +491,7 @@ impl Hub {
     /// A method job's work on one device: `running` (durably, before the call), the call, then `completed`
     /// with the device's answer (any status) or `failed` with the hub's reason (offline, timeout, deleted).
     async fn run_method_on(&self, job_id: &str, device_id: &str, call: &MethodCall) {
+        self.admit_wait(Operation::JobDeviceOperation, 1.0).await;
         let started = self.update_record(job_id, device_id, |record, now| {
             let pending = record.status == DeviceJobStatus::Pending;
             if pending {
@@ -527,6 +529,7 @@ impl Hub {
     /// A twin job's work on one device: the patch goes through the same code as `PATCH /twins/{id}` (versions,
     /// `$metadata`, desired notifications), and the record's `completed` is committed with the twin.
     async fn run_twin_update_on(&self, job_id: &str, device_id: &str, write: &TwinWrite, if_match: Option<&IfMatch>) {
+        self.admit_wait(Operation::JobDeviceOperation, 1.0).await;
         let now = self.clock.now();
         let (outcome, pending) = {
             let mut state = self.write();

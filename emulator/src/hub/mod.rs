@@ -80,6 +80,8 @@ pub struct Hub {
     pending_calls: PendingCalls,
     telemetry_feed: broadcast::Sender<Arc<TelemetryMessage>>,
     jobs: jobs::Jobs,
+    /// The throttling profile, when one is on.
+    throttle: Option<crate::domain::throttle::Throttle>,
 }
 
 impl Hub {
@@ -106,6 +108,41 @@ impl Hub {
             pending_calls: PendingCalls::default(),
             telemetry_feed: broadcast::channel(telemetry::FEED_CAPACITY).0,
             jobs,
+            throttle: None,
+        }
+    }
+
+    /// The same hub with the real hub's operation rates for one unit of `tier` (`--throttle`).
+    pub fn with_throttle(mut self, tier: Option<crate::domain::throttle::Tier>) -> Self {
+        self.throttle = tier.map(crate::domain::throttle::Throttle::new);
+        self
+    }
+
+    /// The tier whose rates are applied, if any.
+    pub fn throttle_tier(&self) -> Option<crate::domain::throttle::Tier> {
+        self.throttle.as_ref().map(crate::domain::throttle::Throttle::tier)
+    }
+
+    /// Lets one operation of `cost` units through the throttling profile, or refuses it with 429
+    /// ThrottlingException, as the hub does past its rates. Always admits when no profile is on.
+    pub fn admit(&self, operation: crate::domain::throttle::Operation, cost: f64) -> Result<(), HubError> {
+        let Some(throttle) = &self.throttle else { return Ok(()) };
+        throttle.try_take(operation, cost, self.clock.now()).map_err(|wait| {
+            HubError::Throttled(format!(
+                "The hub's {} rate for one {:?} unit is exceeded; retry in {} ms",
+                operation.name(),
+                throttle.tier(),
+                wait.as_millis().max(1)
+            ))
+        })
+    }
+
+    /// Waits until one operation is let through the throttling profile: device-to-cloud messages and jobs'
+    /// device operations are slowed down, not refused.
+    pub async fn admit_wait(&self, operation: crate::domain::throttle::Operation, cost: f64) {
+        let Some(throttle) = &self.throttle else { return };
+        while let Err(wait) = throttle.try_take(operation, cost, self.clock.now()) {
+            tokio::time::sleep(wait).await;
         }
     }
 

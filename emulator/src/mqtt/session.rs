@@ -25,6 +25,7 @@ use super::connect::{self, Accepted};
 use super::topics::{self, Inbound};
 use crate::domain::methods;
 use crate::domain::telemetry::{self, TelemetryMessage};
+use crate::domain::throttle::Operation;
 use crate::error::HubError;
 use crate::hub::{Hub, Subscriptions, ToDevice};
 use crate::limits;
@@ -80,6 +81,12 @@ where
             return;
         }
     };
+    if hub.admit(Operation::DeviceConnect, 1.0).is_err() {
+        // The hub answers connections past its rate with "server unavailable"; the SDKs retry with back-off.
+        tracing::debug!(%peer, device_id = %accepted.device_id, "connection refused by the throttling profile");
+        refuse(&mut transport, ConnectReturnCode::ServiceUnavailable).await;
+        return;
+    }
     let connected = hub.device_connected(&accepted.device_id, accepted.clean_session);
     let ack = ConnAck { session_present: connected.session_present, code: ConnectReturnCode::Success };
     let connection = connected.lease.id;
@@ -270,7 +277,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Session<'_, IO> {
         self.hub.touch(self.device_id());
         let reply = match topics::parse_device_publish(&publish.topic, self.device_id()) {
             Inbound::TwinGet { rid } => {
-                let (status, body) = match self.hub.device_twin_view(self.device_id()) {
+                let view =
+                    self.hub.admit(Operation::TwinRead, 1.0).and_then(|()| self.hub.device_twin_view(self.device_id()));
+                let (status, body) = match view {
                     Ok(view) => (200, view.to_string()),
                     Err(error) => self.error_reply(&error),
                 };
@@ -278,7 +287,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Session<'_, IO> {
             }
             Inbound::ReportedPatch { rid } => {
                 let outcome = match serde_json::from_slice::<Value>(&publish.payload) {
-                    Ok(Value::Object(patch)) => self.hub.patch_reported(self.device_id(), &patch).await,
+                    Ok(Value::Object(patch)) => match self.hub.admit(Operation::TwinUpdate, 1.0) {
+                        Ok(()) => self.hub.patch_reported(self.device_id(), &patch).await,
+                        Err(throttled) => Err(throttled),
+                    },
                     Ok(_) => Err(HubError::ArgumentInvalid("A reported-properties patch must be a JSON object".into())),
                     Err(e) => {
                         Err(HubError::FormatError(format!("The reported-properties patch is not valid JSON: {e}")))
@@ -313,6 +325,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Session<'_, IO> {
                 if publish.payload.len() > telemetry::MAX_BODY_BYTES {
                     return Flow::Close("device-to-cloud message larger than 256 KB");
                 }
+                // Past the rate the hub slows the sender down rather than dropping its messages.
+                self.hub.admit_wait(Operation::DeviceToCloud, 1.0).await;
                 let (system_properties, mut properties) = iothub_proto::property_bag::decode(property_bag);
                 if publish.retain {
                     properties.insert("mqtt-retain".into(), "true".into());
