@@ -17,6 +17,9 @@ pub const MAX_HTTP_BODY_BYTES: usize = 256 * 1024;
 pub const HANDSHAKE_TIMEOUT_SECS: u64 = 10;
 /// Longest accepted `Authorization` header.
 pub const MAX_AUTH_HEADER_LEN: usize = iothub_proto::sas::MAX_TOKEN_LEN;
+/// A device that leaves a packet unread this long is disconnected: a client that stops reading its socket must
+/// not pin a session (and its queue) forever, nor hold up a graceful shutdown.
+pub const MQTT_WRITE_TIMEOUT_SECS: u64 = 30;
 /// Largest MQTT packet accepted: a 256 KB device-to-cloud message plus room for its topic and property bag.
 pub const MAX_MQTT_PACKET_BYTES: usize = 256 * 1024 + 8 * 1024;
 /// Clients get 1.5 times their keep-alive before they are considered gone (wire-spec B.3), capped like the hub.
