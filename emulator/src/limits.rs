@@ -15,6 +15,10 @@ pub const MAX_DEVICES_LIST: usize = 1000;
 pub const MAX_HTTP_BODY_BYTES: usize = 256 * 1024;
 /// A TLS handshake (or the first MQTT packet) that takes longer than this is dropped (slow-loris guard).
 pub const HANDSHAKE_TIMEOUT_SECS: u64 = 10;
+/// Time a client has to send a request's headers once TLS is up, which is also how long a kept-alive HTTPS
+/// connection may sit idle between requests: a client that opens a connection and trickles bytes must not
+/// hold it (and a slot under the connection ceiling) forever. hyper's own default; clients reconnect unnoticed.
+pub const HTTP_HEADER_TIMEOUT_SECS: u64 = 30;
 /// Longest accepted `Authorization` header.
 pub const MAX_AUTH_HEADER_LEN: usize = iothub_proto::sas::MAX_TOKEN_LEN;
 /// A device that leaves a packet unread this long is disconnected: a client that stops reading its socket must

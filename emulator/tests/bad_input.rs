@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::mqtt::{Mqtt, WAIT, connect_device, connect_with, device_token, next, tls, user_name};
+use common::mqtt::{Mqtt, WAIT, connect_device, connect_with, device_token, next, tls, tls_to, user_name};
 use common::{TestHub, expect_error, start, unix_now};
 use futures_util::{SinkExt as _, StreamExt as _};
 use reqwest::{Method, StatusCode};
@@ -214,6 +214,32 @@ async fn connections_that_never_finish_tls_or_connect_are_dropped() {
         waited >= Duration::from_secs(9) && waited < Duration::from_secs(15),
         "after the 10 s handshake limit: {waited:?}"
     );
+    assert_healthy(&hub).await;
+}
+
+#[tokio::test]
+async fn an_https_request_whose_headers_never_end_is_dropped() {
+    let hub = start().await;
+    hub.create_device("healthy").await;
+    let mut trickle = tls_to(&hub, hub.emulator.https_addr()).await;
+    trickle
+        .write_all(b"GET /statistics/devices?api-version=2021-04-12 HTTP/1.1\r\nHost: localhost\r\n")
+        .await
+        .expect("write");
+    let started = std::time::Instant::now();
+    let closed = tokio::time::timeout(Duration::from_secs(45), async {
+        let mut buffer = [0u8; 1024];
+        loop {
+            match trickle.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "a request whose headers never end holds its connection");
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_secs(29), "after the 30 s header limit, not before: {waited:?}");
     assert_healthy(&hub).await;
 }
 

@@ -10,6 +10,7 @@ mod twins;
 mod websocket;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use std::net::SocketAddr;
@@ -18,7 +19,7 @@ use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRef};
 use axum::http::Method;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpStream;
@@ -92,7 +93,8 @@ pub async fn serve_connection(
     app: Router,
     shutdown: CancellationToken,
 ) {
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(limits::HTTP_HEADER_TIMEOUT_SECS));
     let app = app.map_request(move |mut request: axum::http::Request<hyper::body::Incoming>| {
         request.extensions_mut().insert(ConnectInfo(peer));
         request

@@ -21,8 +21,13 @@ pub const WAIT: Duration = Duration::from_secs(5);
 
 /// A TLS connection to the MQTT port that trusts only the emulator's CA.
 pub async fn tls(hub: &TestHub) -> TlsStream<TcpStream> {
+    tls_to(hub, hub.emulator.mqtt_addr()).await
+}
+
+/// A TLS connection to one of the hub's ports, trusting only its CA.
+pub async fn tls_to(hub: &TestHub, addr: std::net::SocketAddr) -> TlsStream<TcpStream> {
     let config = super::client_tls(hub.emulator.ca_pem(), rustls::DEFAULT_VERSIONS);
-    let tcp = TcpStream::connect(hub.emulator.mqtt_addr()).await.expect("tcp");
+    let tcp = TcpStream::connect(addr).await.expect("tcp");
     let name = rustls_pki_types::ServerName::try_from("localhost").expect("name");
     TlsConnector::from(Arc::new(config)).connect(name, tcp).await.expect("TLS with only the emulator CA trusted")
 }

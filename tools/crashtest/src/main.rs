@@ -195,10 +195,14 @@ async fn load(
                 }
                 if n % 3 == 0 {
                     let victim = format!("tmp-{round}-{}", n - 1);
+                    // From the moment the delete is sent, the device may or may not exist after a crash: an
+                    // unacknowledged delete can still have been committed. Only an acknowledged one is a promise.
+                    if let Ok(mut ledger) = ledger.lock() {
+                        ledger.created.remove(&victim);
+                    }
                     if registry.delete_device(&victim, Etag::Any).await.is_ok()
                         && let Ok(mut ledger) = ledger.lock()
                     {
-                        ledger.created.remove(&victim);
                         ledger.deleted.insert(victim);
                     }
                 }
