@@ -118,6 +118,32 @@ fn assert_within_limits(kind: SectionKind, section: &Map<String, Value>) {
     );
 }
 
+/// A hub (in memory, real clock) with one device, and the encoded MQTT CONNECT that device logs in with: the
+/// start of every session-level fuzz input and test, so they reach the session proper rather than the login.
+pub fn hub_with_connected_device(device_id: &str) -> (Arc<crate::hub::Hub>, Vec<u8>) {
+    use rumqttc::mqttbytes::v4::{Connect, Packet};
+    let now = Timestamp::now();
+    let device = create_device(device_id, &DeviceSpec::default(), now, 1).expect("a valid fixed device id");
+    let key = device.authentication.primary_key.clone().expect("a new device has keys");
+    let loaded = crate::store::Loaded { devices: vec![device], ..crate::store::Loaded::default() };
+    let hub = Arc::new(crate::hub::Hub::new(
+        "localhost".into(),
+        Policies::generate(),
+        Arc::new(crate::clock::SystemClock),
+        crate::store::Store::memory(),
+        loaded,
+    ));
+    let expiry = u64::try_from(now.as_second()).unwrap_or(0) + 365 * 24 * 3600;
+    let resource = format!("localhost/devices/{device_id}");
+    let token = iothub_proto::generate_token(&resource, &key, None, expiry).expect("a generated key signs");
+    let mut connect = Connect::new(device_id);
+    connect.keep_alive = 600;
+    connect.set_login(format!("localhost/{device_id}/?api-version=2021-04-12"), token);
+    let mut bytes = bytes::BytesMut::new();
+    Packet::Connect(connect).write(&mut bytes, 1 << 20).expect("a CONNECT encodes");
+    (hub, bytes.to_vec())
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;

@@ -214,6 +214,25 @@ mod wire {
     pub type Mqtt = Framed<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, Codec>;
 
     /// Connects `device_id` with `password` and returns the stream and the CONNACK code (0 = accepted).
+    /// Creates `device_id` over the service API on `https` and returns the device the hub answered.
+    pub async fn create_device(http: &reqwest::Client, https: u16, token: &str, device_id: &str) -> serde_json::Value {
+        http.put(format!("https://localhost:{https}/devices/{device_id}?api-version=2021-04-12"))
+            .header("Authorization", token)
+            .json(&serde_json::json!({"deviceId": device_id}))
+            .send()
+            .await
+            .expect("put")
+            .json()
+            .await
+            .expect("json")
+    }
+
+    /// A device SAS token for `device_id`, valid for ten minutes.
+    pub fn device_token(device_id: &str, key: &str) -> String {
+        let expiry = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() + 600;
+        iothub_proto::generate_token(&format!("localhost/devices/{device_id}"), key, None, expiry).expect("token")
+    }
+
     pub async fn connect(ca_pem: &str, port: u16, device_id: &str, password: &str) -> (Mqtt, u8) {
         let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("tcp");
         let name = rustls_pki_types::ServerName::try_from("localhost").expect("name");
@@ -255,16 +274,7 @@ async fn sigterm_commits_acknowledged_writes_and_closes_devices_cleanly() {
     let (token, _) = owner(dir.path());
     let http = wire::http(&ca, https);
     let url = |path: &str| format!("https://localhost:{https}{path}?api-version=2021-04-12");
-    let created: serde_json::Value = http
-        .put(url("/devices/keep"))
-        .header("Authorization", &token)
-        .json(&serde_json::json!({"deviceId": "keep"}))
-        .send()
-        .await
-        .expect("put")
-        .json()
-        .await
-        .expect("json");
+    let created = wire::create_device(&http, https, &token, "keep").await;
     let key = created["authentication"]["symmetricKey"]["primaryKey"].as_str().expect("key").to_owned();
     let patch = serde_json::json!({"properties": {"desired": {"kept": true}}});
     let answer = http
@@ -276,8 +286,7 @@ async fn sigterm_commits_acknowledged_writes_and_closes_devices_cleanly() {
         .await
         .expect("patch");
     assert_eq!(answer.status(), 200);
-    let expiry = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() + 600;
-    let device_token = iothub_proto::generate_token("localhost/devices/keep", &key, None, expiry).expect("token");
+    let device_token = wire::device_token("keep", &key);
     let (mut device, code) = wire::connect(&ca, mqtt_port, "keep", &device_token).await;
     assert_eq!(code, 0);
 
@@ -304,22 +313,12 @@ async fn keys_and_tokens_never_reach_the_logs() {
     let (token, _) = owner(dir.path());
     let http = wire::http(&ca, https);
     let url = |path: &str| format!("https://localhost:{https}{path}?api-version=2021-04-12");
-    let created: serde_json::Value = http
-        .put(url("/devices/secret"))
-        .header("Authorization", &token)
-        .json(&serde_json::json!({"deviceId": "secret"}))
-        .send()
-        .await
-        .expect("put")
-        .json()
-        .await
-        .expect("json");
+    let created = wire::create_device(&http, https, &token, "secret").await;
     let key = created["authentication"]["symmetricKey"]["primaryKey"].as_str().expect("key").to_owned();
     let secondary = created["authentication"]["symmetricKey"]["secondaryKey"].as_str().expect("key").to_owned();
     let bad = token.replace("sig=", "sig=AAAA");
     assert_eq!(http.get(url("/devices/secret")).header("Authorization", &bad).send().await.expect("get").status(), 401);
-    let expiry = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() + 600;
-    let device_token = iothub_proto::generate_token("localhost/devices/secret", &key, None, expiry).expect("token");
+    let device_token = wire::device_token("secret", &key);
     let (mut device, code) = wire::connect(&ca, mqtt_port, "secret", &device_token).await;
     assert_eq!(code, 0);
     device.close().await.ok();

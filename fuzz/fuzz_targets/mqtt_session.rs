@@ -5,13 +5,8 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use iothub_emulator::auth::Policies;
-use iothub_emulator::clock::SystemClock;
-use iothub_emulator::domain::registry::{DeviceSpec, create_device};
 use iothub_emulator::hub::Hub;
-use iothub_emulator::store::{Loaded, Store};
 use libfuzzer_sys::fuzz_target;
-use rumqttc::mqttbytes::v4::{Connect, Packet};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio_util::sync::CancellationToken;
 
@@ -24,26 +19,9 @@ struct Setup {
 fn setup() -> &'static Setup {
     static SETUP: OnceLock<Setup> = OnceLock::new();
     SETUP.get_or_init(|| {
-        let now = jiff::Timestamp::now();
-        let device = create_device("fuzz", &DeviceSpec::default(), now, 1).expect("device");
-        let key = device.authentication.primary_key.clone().expect("key");
-        let loaded = Loaded { devices: vec![device], ..Loaded::default() };
-        let hub = Arc::new(Hub::new(
-            "localhost".into(),
-            Policies::generate(),
-            Arc::new(SystemClock),
-            Store::memory(),
-            loaded,
-        ));
-        let expiry = u64::try_from(now.as_second()).unwrap_or(0) + 365 * 24 * 3600;
-        let token = iothub_proto::generate_token("localhost/devices/fuzz", &key, None, expiry).expect("token");
-        let mut packet = Connect::new("fuzz");
-        packet.keep_alive = 60;
-        packet.set_login("localhost/fuzz/?api-version=2021-04-12", token);
-        let mut connect = bytes::BytesMut::new();
-        Packet::Connect(packet).write(&mut connect, 1 << 20).expect("encode");
+        let (hub, connect) = iothub_emulator::fuzzing::hub_with_connected_device("fuzz");
         let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("runtime");
-        Setup { runtime, hub, connect: connect.to_vec() }
+        Setup { runtime, hub, connect }
     })
 }
 

@@ -387,35 +387,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Session<'_, IO> {
 mod tests {
     use super::*;
 
-    use crate::auth::Policies;
-    use crate::clock::SystemClock;
-    use crate::domain::registry::{DeviceSpec, create_device};
-    use crate::store::{Loaded, Store};
-    use rumqttc::mqttbytes::v4::Connect;
     use tokio::io::AsyncWriteExt as _;
-
-    /// A hub with one device, and the encoded CONNECT that device logs in with.
-    fn hub_and_connect() -> (Arc<Hub>, Vec<u8>) {
-        let now = jiff::Timestamp::now();
-        let device = create_device("reader", &DeviceSpec::default(), now, 1).expect("device");
-        let key = device.authentication.primary_key.clone().expect("key");
-        let loaded = Loaded { devices: vec![device], ..Loaded::default() };
-        let hub = Arc::new(Hub::new(
-            "localhost".into(),
-            Policies::generate(),
-            Arc::new(SystemClock),
-            Store::memory(),
-            loaded,
-        ));
-        let expiry = u64::try_from(now.as_second()).unwrap_or(0) + 3600;
-        let token = iothub_proto::generate_token("localhost/devices/reader", &key, None, expiry).expect("token");
-        let mut connect = Connect::new("reader");
-        connect.keep_alive = 600;
-        connect.set_login("localhost/reader/?api-version=2021-04-12", token);
-        let mut bytes = bytes::BytesMut::new();
-        Packet::Connect(connect).write(&mut bytes, 1 << 20).expect("encode");
-        (hub, bytes.to_vec())
-    }
 
     fn encode(packet: Packet) -> Vec<u8> {
         let mut bytes = bytes::BytesMut::new();
@@ -427,7 +399,7 @@ mod tests {
     /// must give up on it after the write timeout instead of waiting forever.
     #[tokio::test(start_paused = true)]
     async fn a_device_that_stops_reading_is_disconnected() {
-        let (hub, connect) = hub_and_connect();
+        let (hub, connect) = crate::fuzzing::hub_with_connected_device("reader");
         let (mut device, server) = tokio::io::duplex(4096);
         let peer = "127.0.0.1:1".parse().expect("addr");
         let session = tokio::spawn(serve_connection(server, hub, CancellationToken::new(), peer));
