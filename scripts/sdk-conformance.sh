@@ -30,18 +30,29 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Start the emulator on the default ports with a throw-away data dir, and wait for its banner.
-"$bin" --data-dir "$work/data" --seed "$root/fixtures/tutorial-seed.json" >"$work/banner.txt" 2>"$work/emulator.log" &
-emulator_pid=$!
-for _ in $(seq 1 100); do
-  if grep -q "Python" "$work/banner.txt" 2>/dev/null; then break; fi
-  if ! kill -0 "$emulator_pid" 2>/dev/null; then
-    echo "the emulator did not start:" >&2
-    cat "$work/emulator.log" >&2
-    exit 1
-  fi
-  sleep 0.1
-done
+# Starts the emulator on the default ports with the throw-away data dir (and any extra flags), and waits for its
+# banner.
+start_emulator() {
+  "$bin" --data-dir "$work/data" --seed "$root/fixtures/tutorial-seed.json" "$@" >"$work/banner.txt" 2>"$work/emulator.log" &
+  emulator_pid=$!
+  for _ in $(seq 1 100); do
+    if grep -q "Python" "$work/banner.txt" 2>/dev/null; then return; fi
+    if ! kill -0 "$emulator_pid" 2>/dev/null; then
+      echo "the emulator did not start:" >&2
+      cat "$work/emulator.log" >&2
+      exit 1
+    fi
+    sleep 0.1
+  done
+}
+
+stop_emulator() {
+  kill -TERM "$emulator_pid" 2>/dev/null || true
+  wait "$emulator_pid" 2>/dev/null || true
+  emulator_pid=""
+}
+
+start_emulator
 connection_string="$(grep -o 'HostName=[^ ]*' "$work/banner.txt" | head -n 1)"
 ca="$work/data/ca.pem"
 if [ -z "$connection_string" ] || [ ! -f "$ca" ]; then
@@ -117,6 +128,18 @@ if [ ! -x target/debug/examples/sim_device ] || [ ! -x target/debug/examples/sch
 fi
 run_suite rust-tutorial env IOTHUB_CONNECTION_STRING="$connection_string" IOTHUB_CA_FILE="$ca" \
   conformance/rust/tutorial.sh
+
+# Throttling: the same hub restarted with one S1 unit's rates; past them the SDKs get their own throttling errors.
+stop_emulator
+start_emulator --throttle s1
+if ! grep -q "throttled like one S1 unit" "$work/banner.txt"; then
+  echo "FAIL throttle: the banner does not say the hub is throttled" >>"$table"
+  failed=$((failed + 1))
+fi
+run_suite node-throttle env IOTHUB_CONNECTION_STRING="$connection_string" NODE_EXTRA_CA_CERTS="$ca" \
+  IOTHUB_THROTTLE_TIER=s1 node conformance/node/throttle.js
+run_suite python-throttle env IOTHUB_CONNECTION_STRING="$connection_string" REQUESTS_CA_BUNDLE="$ca" \
+  IOTHUB_THROTTLE_TIER=s1 "$venv/bin/python" conformance/python/throttle_conformance.py
 
 echo "SDK conformance against the emulator ($connection_string)" | sed 's/SharedAccessKey=[^;)]*/SharedAccessKey=***/'
 cat "$table"
