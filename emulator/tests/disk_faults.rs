@@ -15,20 +15,25 @@ use iothub_emulator::store::Store;
 use redb::StorageBackend;
 use serde_json::json;
 
-/// An in-memory disk whose writes can be made to fail as a full disk does.
-#[derive(Debug, Clone, Default)]
+/// An in-memory disk whose writes can be made to fail as a full disk (or one remounted read-only) does.
+#[derive(Debug, Clone)]
 struct FlakyDisk {
     data: Arc<Mutex<Vec<u8>>>,
-    full: Arc<AtomicBool>,
+    failing: Arc<AtomicBool>,
+    failure: io::ErrorKind,
 }
 
 impl FlakyDisk {
+    fn new(failure: io::ErrorKind) -> Self {
+        Self { data: Arc::default(), failing: Arc::default(), failure }
+    }
+
+    fn fail(&self, failing: bool) {
+        self.failing.store(failing, Ordering::SeqCst);
+    }
+
     fn check(&self) -> io::Result<()> {
-        if self.full.load(Ordering::SeqCst) {
-            Err(io::Error::new(io::ErrorKind::StorageFull, "no space left on device"))
-        } else {
-            Ok(())
-        }
+        if self.failing.load(Ordering::SeqCst) { Err(io::Error::from(self.failure)) } else { Ok(()) }
     }
 
     fn bytes(&self) -> std::sync::MutexGuard<'_, Vec<u8>> {
@@ -86,12 +91,20 @@ fn desired(value: serde_json::Value) -> TwinWrite {
 
 #[tokio::test]
 async fn a_full_disk_fails_writes_cleanly_and_the_hub_recovers_when_it_empties() {
-    let disk = FlakyDisk::default();
+    writes_fail_cleanly_and_recover(FlakyDisk::new(io::ErrorKind::StorageFull)).await;
+}
+
+#[tokio::test]
+async fn a_disk_remounted_read_only_fails_writes_cleanly_and_the_hub_recovers_when_it_is_writable() {
+    writes_fail_cleanly_and_recover(FlakyDisk::new(io::ErrorKind::ReadOnlyFilesystem)).await;
+}
+
+async fn writes_fail_cleanly_and_recover(disk: FlakyDisk) {
     let hub = open(&disk);
     hub.put_device("d1", &DeviceSpec::default(), None).await.expect("device");
     hub.write_twin("d1", &desired(json!({"n": 1})), WriteMode::Merge, Some(&IfMatch::Any)).await.expect("first patch");
 
-    disk.full.store(true, Ordering::SeqCst);
+    disk.fail(true);
     let err = hub
         .write_twin("d1", &desired(json!({"n": 2})), WriteMode::Merge, Some(&IfMatch::Any))
         .await
@@ -108,7 +121,7 @@ async fn a_full_disk_fails_writes_cleanly_and_the_hub_recovers_when_it_empties()
     ));
     assert_eq!(hub.twin_document("d1").expect("twin")["properties"]["reported"]["$version"], 1);
 
-    disk.full.store(false, Ordering::SeqCst);
+    disk.fail(false);
     hub.write_twin("d1", &desired(json!({"n": 3})), WriteMode::Merge, Some(&IfMatch::Any))
         .await
         .expect("the disk is back");
