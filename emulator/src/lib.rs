@@ -169,6 +169,7 @@ pub struct RunningEmulator {
     ca_path: Option<PathBuf>,
     data_dir: Option<PathBuf>,
     durable: bool,
+    read_only: bool,
     open_file_limit: u64,
     max_connections: usize,
     shutdown: CancellationToken,
@@ -191,6 +192,10 @@ async fn start(config: Config) -> Result<RunningEmulator, StartError> {
         None => (LocalCa::generate()?, Policies::generate(), Store::memory(), Loaded::default()),
     };
     let durable = store.is_durable();
+    let read_only = store.is_read_only();
+    if read_only {
+        tracing::warn!("the data file is read-only: the hub serves what it holds and refuses every change");
+    }
     let hub = Arc::new(
         Hub::new(config.host_name.clone(), policies, config.clock.clone(), store, loaded)
             .with_job_settings(config.jobs)
@@ -254,6 +259,7 @@ async fn start(config: Config) -> Result<RunningEmulator, StartError> {
         ca_path: ca.cert_path().map(Path::to_path_buf),
         data_dir: config.data_dir.clone(),
         durable,
+        read_only,
         open_file_limit,
         max_connections: gate.ceiling(),
         shutdown,
@@ -334,6 +340,11 @@ impl RunningEmulator {
     /// True when the registry survives a restart.
     pub fn is_durable(&self) -> bool {
         self.durable
+    }
+
+    /// True when the data file could only be opened read-only: reads are served, every change fails.
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
     }
 
     /// The hub's host name.

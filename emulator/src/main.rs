@@ -143,6 +143,9 @@ fn banner(emulator: &RunningEmulator, startup_ms: f64) -> String {
     let mqtt = emulator.mqtt_addr();
     let ca = emulator.ca_path().map(|p| p.display().to_string()).unwrap_or_default();
     let storage = match (emulator.data_dir(), emulator.is_durable()) {
+        (Some(dir), _) if emulator.is_read_only() => {
+            format!("{} (READ-ONLY: its devices are served, every change fails)", dir.display())
+        }
         (Some(dir), true) => format!("{} (devices kept across restarts)", dir.display()),
         (Some(dir), false) => format!("{} (CA and keys only; devices in memory)", dir.display()),
         (None, _) => "in memory".to_owned(),

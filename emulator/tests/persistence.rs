@@ -104,3 +104,93 @@ async fn a_bad_seed_file_stops_the_start_with_a_reason() {
         assert!(text.contains(expected), "{text}");
     }
 }
+
+/// Makes `dir` read-only for this process until dropped: a read-only bind mount when running as root (where
+/// file modes do not stop writes), file modes otherwise. `None` when neither works here.
+struct ReadOnly {
+    dir: std::path::PathBuf,
+    mounted: bool,
+}
+
+impl ReadOnly {
+    fn make(dir: &std::path::Path) -> Option<Self> {
+        use std::os::unix::fs::PermissionsExt as _;
+        let set_mode = |mode| {
+            for entry in std::fs::read_dir(dir).expect("dir").flatten() {
+                let _ = std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(mode));
+            }
+        };
+        set_mode(0o444);
+        let probe = std::fs::OpenOptions::new().write(true).open(dir.join("hub.redb"));
+        if probe.is_err() {
+            return Some(Self { dir: dir.to_owned(), mounted: false });
+        }
+        set_mode(0o600);
+        let run = |args: &[&str]| {
+            std::process::Command::new("mount").args(args).status().map(|s| s.success()).unwrap_or(false)
+        };
+        let path = dir.to_str()?;
+        if run(&["--bind", path, path]) {
+            if run(&["-o", "remount,ro,bind", path]) {
+                return Some(Self { dir: dir.to_owned(), mounted: true });
+            }
+            let _ = std::process::Command::new("umount").arg(path).status();
+        }
+        None
+    }
+}
+
+impl Drop for ReadOnly {
+    fn drop(&mut self) {
+        if self.mounted {
+            let _ = std::process::Command::new("umount").arg(&self.dir).status();
+        } else {
+            use std::os::unix::fs::PermissionsExt as _;
+            for entry in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
+                let _ = std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(0o600));
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_read_only_data_dir_serves_its_devices_and_refuses_changes() {
+    use common::mqtt::{connect_device, next_publish, publish, subscribe};
+    use rumqttc::mqttbytes::QoS;
+
+    let parent = tempfile::tempdir().expect("tempdir");
+    let dir = parent.path().join("data");
+    let hub = start_with(Emulator::builder().data_dir(&dir)).await;
+    let created = hub.create_device("kept").await;
+    let patch = json!({"properties": {"desired": {"mode": "eco"}}});
+    let answer = hub.request(Method::PATCH, "/twins/kept").json(&patch).send().await.expect("send");
+    assert_eq!(answer.status(), StatusCode::OK);
+    hub.emulator.shutdown().await;
+
+    let Some(_read_only) = ReadOnly::make(&dir) else {
+        eprintln!("skipped: this machine can make the data dir read-only neither by file modes nor by a mount");
+        return;
+    };
+    let hub = start_with(Emulator::builder().data_dir(&dir)).await;
+    assert!(hub.emulator.is_read_only(), "opened read-only rather than refusing to start");
+    let fetched: Value = hub.get_json("/devices/kept").await;
+    assert_eq!(fetched, created, "what the file holds is served");
+    let twin: Value = hub.get_json("/twins/kept").await;
+    assert_eq!(twin["properties"]["desired"]["mode"], "eco");
+
+    let refused = hub.request(Method::PATCH, "/twins/kept").json(&patch).send().await.expect("send");
+    let message = common::expect_error(refused, StatusCode::INTERNAL_SERVER_ERROR, "ServerError").await;
+    assert!(message.contains("read-only"), "the error says why: {message}");
+    let refused = hub.request(Method::PUT, "/devices/new").json(&json!({"deviceId": "new"})).send().await;
+    assert_eq!(refused.expect("send").status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(hub.emulator.hub().get_device("new").is_err(), "a refused create leaves nothing behind");
+
+    let mut device = connect_device(&hub, "kept").await;
+    subscribe(&mut device, &["$iothub/twin/res/#"], QoS::AtMostOnce).await;
+    publish(&mut device, "$iothub/twin/PATCH/properties/reported/?$rid=1", QoS::AtMostOnce, b"{\"r\":1}").await;
+    let answer = next_publish(&mut device).await;
+    assert!(answer.topic.starts_with("$iothub/twin/res/500/"), "a device's reported patch too: {}", answer.topic);
+    let twin: Value = hub.get_json("/twins/kept").await;
+    assert_eq!(twin["properties"]["reported"]["$version"], 1, "and nothing of it was kept");
+    hub.emulator.shutdown().await;
+}

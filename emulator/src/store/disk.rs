@@ -43,7 +43,11 @@ impl DiskStore {
         let shown = path.display().to_string();
         let open_error = |detail: String| StoreError::Open { path: shown.clone(), detail };
         let db = if path.exists() {
-            Database::open(path).map_err(|e| open_error(describe_open_error(e)))?
+            match Database::open(path) {
+                Ok(db) => db,
+                Err(e) if is_not_writable(&e) => return Err(StoreError::ReadOnly { path: shown }),
+                Err(e) => return Err(open_error(describe_open_error(e))),
+            }
         } else {
             let db = Database::create(path).map_err(|e| open_error(describe_open_error(e)))?;
             initialise(&db).map_err(|e| open_error(e.to_string()))?;
@@ -95,6 +99,31 @@ impl DiskStore {
     }
 }
 
+/// True when opening failed only because this process may not write the file: a read-only mount or missing
+/// write permission. Such a file can still be read.
+fn is_not_writable(error: &DatabaseError) -> bool {
+    matches!(
+        error,
+        DatabaseError::Storage(redb::StorageError::Io(e))
+            if matches!(e.kind(), std::io::ErrorKind::ReadOnlyFilesystem | std::io::ErrorKind::PermissionDenied)
+    )
+}
+
+/// Reads everything in a data file this process cannot write, so a read-only data dir still serves its hub.
+pub(super) fn load_read_only(path: &Path) -> Result<Loaded, StoreError> {
+    let shown = path.display().to_string();
+    let db = redb::ReadOnlyDatabase::open(path).map_err(|e| StoreError::Open {
+        path: shown.clone(),
+        detail: match e {
+            DatabaseError::RepairAborted => {
+                "it is read-only and needs a repair after an unclean stop; start once with it writable".into()
+            }
+            other => describe_open_error(other),
+        },
+    })?;
+    load(&db, &shown)
+}
+
 fn describe_open_error(error: DatabaseError) -> String {
     match error {
         DatabaseError::DatabaseAlreadyOpen => {
@@ -139,7 +168,7 @@ fn device_job_key(job_id: &str, device_id: &str) -> String {
     format!("{job_id}/{device_id}")
 }
 
-fn load(db: &Database, shown: &str) -> Result<Loaded, StoreError> {
+fn load(db: &impl redb::ReadableDatabase, shown: &str) -> Result<Loaded, StoreError> {
     let corrupt = |detail: String| StoreError::Corrupt(format!("{shown}: {detail}"));
     let read = db.begin_read().map_err(|e| corrupt(e.to_string()))?;
     let meta = read

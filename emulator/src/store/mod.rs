@@ -59,6 +59,10 @@ pub enum StoreError {
     Write(String),
     #[error("the store has shut down")]
     Closed,
+    /// The data file could not be opened for writing (read-only mount, no permission): the hub serves what it
+    /// holds and refuses changes.
+    #[error("the data file {path} is read-only, so changes cannot be saved")]
+    ReadOnly { path: String },
 }
 
 /// Everything read back at start-up.
@@ -77,6 +81,8 @@ pub struct Store {
 enum Kind {
     Memory,
     Disk(disk::DiskStore),
+    /// A data file opened read-only: every write is refused with the reason.
+    ReadOnly(StoreError),
 }
 
 impl Store {
@@ -86,9 +92,16 @@ impl Store {
     }
 
     /// Opens (or creates) the data file at `path` and reads everything in it.
+    /// A file that cannot be written (a read-only mount) is read, and the store then refuses every write.
     pub fn open(path: &Path) -> Result<(Self, Loaded), StoreError> {
-        let (disk, loaded) = disk::DiskStore::open(path)?;
-        Ok((Self { kind: Kind::Disk(disk) }, loaded))
+        match disk::DiskStore::open(path) {
+            Ok((disk, loaded)) => Ok((Self { kind: Kind::Disk(disk) }, loaded)),
+            Err(read_only @ StoreError::ReadOnly { .. }) => {
+                let loaded = disk::load_read_only(path)?;
+                Ok((Self { kind: Kind::ReadOnly(read_only) }, loaded))
+            }
+            Err(other) => Err(other),
+        }
     }
 
     /// A durable store over a custom redb backend, opened (and after an I/O error reopened) by `opener`: how
@@ -106,6 +119,11 @@ impl Store {
         matches!(self.kind, Kind::Disk(_))
     }
 
+    /// True when the data file was opened read-only: reads are served, writes fail.
+    pub fn is_read_only(&self) -> bool {
+        matches!(self.kind, Kind::ReadOnly(_))
+    }
+
     /// Queues `writes` as one atomic unit and returns a future that resolves once they are durable.
     ///
     /// Queueing is synchronous so the caller can do it while holding the hub's state lock: changes then reach
@@ -114,6 +132,11 @@ impl Store {
         match &self.kind {
             Kind::Memory => Pending(None),
             Kind::Disk(disk) => Pending(Some(disk.submit(writes))),
+            Kind::ReadOnly(reason) => {
+                let (done, rx) = oneshot::channel();
+                let _ = done.send(Err(reason.clone()));
+                Pending(Some(rx))
+            }
         }
     }
 
