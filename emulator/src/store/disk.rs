@@ -211,9 +211,11 @@ fn read_all<T: serde::de::DeserializeOwned>(
 }
 
 /// Commits what is waiting, in groups. A group that cannot be committed (disk full, read-only file, I/O error)
-/// is rolled back as a whole, its writers get the error, and the database is opened again, so the store serves
-/// the next writes as soon as the disk allows: nothing half-written, no restart needed.
-fn run_writer(mut db: Database, opener: &Opener, mut rx: mpsc::UnboundedReceiver<Batch>) {
+/// is rolled back as a whole and its writers get the error. redb then needs the file opened again; that is tried
+/// when the next group arrives (and that group fails too if the disk is still not back), so writes succeed
+/// from the first one after the disk recovers: nothing half-written, no restart, no polling while idle.
+fn run_writer(db: Database, opener: &Opener, mut rx: mpsc::UnboundedReceiver<Batch>) {
+    let mut db = Some(db);
     while let Some(first) = rx.blocking_recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -222,30 +224,27 @@ fn run_writer(mut db: Database, opener: &Opener, mut rx: mpsc::UnboundedReceiver
                 Err(_) => break,
             }
         }
-        let result = commit_group(&db, &group).map_err(|e| StoreError::Write(e.to_string()));
-        let failed = result.is_err();
+        if db.is_none() {
+            match opener() {
+                Ok(reopened) => db = Some(reopened),
+                Err(error) => {
+                    tracing::error!(%error, "cannot reopen the data file; the affected requests get a server error");
+                    let detail = format!("the data file is unavailable: {error}");
+                    for batch in group {
+                        let _ = batch.done.send(Err(StoreError::Write(detail.clone())));
+                    }
+                    continue;
+                }
+            }
+        }
+        let Some(open) = &db else { continue };
+        let result = commit_group(open, &group).map_err(|e| StoreError::Write(e.to_string()));
         if let Err(error) = &result {
             tracing::error!(%error, "commit failed; the affected requests get a server error");
+            db = None;
         }
         for batch in group {
             let _ = batch.done.send(result.clone());
-        }
-        if failed {
-            drop(db);
-            db = loop {
-                match opener() {
-                    Ok(reopened) => break reopened,
-                    Err(error) => {
-                        tracing::error!(%error, "cannot reopen the data file; retrying in a second");
-                        // Fail whatever waits meanwhile instead of leaving it hanging.
-                        while let Ok(batch) = rx.try_recv() {
-                            let detail = format!("the data file is unavailable: {error}");
-                            let _ = batch.done.send(Err(StoreError::Write(detail)));
-                        }
-                        std::thread::sleep(std::time::Duration::from_secs(1));
-                    }
-                }
-            };
         }
     }
 }
