@@ -11,6 +11,8 @@ const crypto = require('crypto');
 const { Client: DeviceClient, Message } = require('azure-iot-device');
 const { Mqtt, MqttWs } = require('azure-iot-device-mqtt');
 const { Client: ServiceClient, Registry } = require('azure-iothub');
+const harness = require('./harness');
+const { check, fail, finish } = harness;
 
 const connectionString = process.env.IOTHUB_CONNECTION_STRING;
 if (!connectionString) {
@@ -23,30 +25,9 @@ const service = ServiceClient.fromConnectionString(connectionString);
 const suffix = crypto.randomBytes(5).toString('hex');
 const created = [];
 const clients = [];
-const results = [];
 
-function check(condition, message) {
-  if (!condition) throw new Error(message);
-}
-
-function withTimeout(promise, ms, what) {
-  let timer;
-  const timeout = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what}: no result within ${ms} ms`)), ms);
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
-}
-
-async function scenario(name, body) {
-  try {
-    await withTimeout(body(), 30000, name);
-    results.push(true);
-    console.log(`PASS ${name}`);
-  } catch (err) {
-    results.push(false);
-    console.log(`FAIL ${name}: ${err && err.message ? err.message : err}`);
-  }
-}
+// Device scenarios get 30 s each.
+const scenario = (name, body) => harness.scenario(name, body, 30000);
 
 async function createDevice(label) {
   const deviceId = `conf-node-${label}-${suffix}`;
@@ -171,8 +152,7 @@ const overall = setTimeout(() => {
 
 main()
   .catch((err) => {
-    results.push(false);
-    console.log(`FAIL unexpected: ${err && err.stack ? err.stack : err}`);
+    fail('unexpected', err);
   })
   .finally(async () => {
     for (const c of clients) {
@@ -182,8 +162,5 @@ main()
       try { await registry.delete(id); } catch (_) { /* already gone */ }
     }
     clearTimeout(overall);
-    const passed = results.filter(Boolean).length;
-    const failed = results.length - passed;
-    console.log(`${passed} passed, ${failed} failed`);
-    process.exit(failed === 0 ? 0 : 1);
+    finish();
   });

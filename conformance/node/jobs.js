@@ -14,6 +14,7 @@ const crypto = require('crypto');
 const { Client } = require('azure-iot-device');
 const { Mqtt: Protocol } = require('azure-iot-device-mqtt');
 const { JobClient, Registry } = require('azure-iothub');
+const { check, scenario, fail, finish } = require('./harness');
 
 const ownerString = process.env.IOTHUB_CONNECTION_STRING;
 if (!ownerString) {
@@ -27,30 +28,8 @@ const jobClient = JobClient.fromConnectionString(connectionString);
 const suffix = crypto.randomBytes(5).toString('hex');
 const deviceId = `conf-node-jobs-${suffix}`;
 const queryCondition = `deviceId IN ['${deviceId}']`;
-const results = [];
 let client;
 let registered = false;
-
-function check(condition, message) {
-  if (!condition) throw new Error(message);
-}
-
-async function scenario(name, body) {
-  let timer;
-  const timeout = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`no result within 60 s`)), 60000);
-  });
-  try {
-    await Promise.race([body(), timeout]);
-    results.push(true);
-    console.log(`PASS ${name}`);
-  } catch (err) {
-    results.push(false);
-    console.log(`FAIL ${name}: ${err && err.message ? err.message : err}`);
-  } finally {
-    clearTimeout(timer);
-  }
-}
 
 // The tutorial's monitorJob, polling more often than its 5 s so the run stays short.
 function monitorJob(jobId) {
@@ -210,8 +189,7 @@ async function main() {
 
 main()
   .catch((err) => {
-    results.push(false);
-    console.log(`FAIL unexpected: ${err && err.stack ? err.stack : err}`);
+    fail('unexpected', err);
   })
   .finally(async () => {
     if (client) {
@@ -220,8 +198,5 @@ main()
     if (registered) {
       try { await registry.delete(deviceId); } catch (_) { /* already gone */ }
     }
-    const passed = results.filter(Boolean).length;
-    const failed = results.length - passed;
-    console.log(`${passed} passed, ${failed} failed`);
-    process.exit(failed === 0 ? 0 : 1);
+    finish();
   });

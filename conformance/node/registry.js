@@ -8,6 +8,7 @@
 
 const crypto = require('crypto');
 const { Registry } = require('azure-iothub');
+const { check, scenario, fail, finish } = require('./harness');
 
 const connectionString = process.env.IOTHUB_CONNECTION_STRING;
 if (!connectionString) {
@@ -15,25 +16,9 @@ if (!connectionString) {
   process.exit(2);
 }
 
-const results = [];
 const extraDevices = [];
 const deviceId = `conf-node-${crypto.randomBytes(6).toString('hex')}`;
 const registry = Registry.fromConnectionString(connectionString);
-
-function check(condition, message) {
-  if (!condition) throw new Error(message);
-}
-
-async function scenario(name, body) {
-  try {
-    await body();
-    results.push(true);
-    console.log(`PASS ${name}`);
-  } catch (err) {
-    results.push(false);
-    console.log(`FAIL ${name}: ${err && err.message ? err.message : err}`);
-  }
-}
 
 async function expectRejection(promise, errorName) {
   try {
@@ -147,8 +132,7 @@ const timer = setTimeout(() => {
 
 main()
   .catch((err) => {
-    results.push(false);
-    console.log(`FAIL unexpected: ${err && err.stack ? err.stack : err}`);
+    fail('unexpected', err);
   })
   .finally(async () => {
     for (const id of [deviceId, ...extraDevices]) {
@@ -159,8 +143,5 @@ main()
       }
     }
     clearTimeout(timer);
-    const passed = results.filter(Boolean).length;
-    const failed = results.length - passed;
-    console.log(`${passed} passed, ${failed} failed`);
-    process.exit(failed === 0 ? 0 : 1);
+    finish();
   });

@@ -8,6 +8,7 @@
 // Prints "PASS <name>" / "FAIL <name>: <why>", then "N passed, M failed"; exits 0 only when nothing failed.
 
 const { Registry } = require('azure-iothub');
+const { check, scenario, finish } = require('./harness');
 
 const connectionString = process.env.IOTHUB_CONNECTION_STRING;
 if (!connectionString || (process.env.IOTHUB_THROTTLE_TIER || '').toLowerCase() !== 's1') {
@@ -16,23 +17,6 @@ if (!connectionString || (process.env.IOTHUB_THROTTLE_TIER || '').toLowerCase() 
 }
 
 const registry = Registry.fromConnectionString(connectionString);
-const results = [];
-
-function check(condition, message) {
-  if (!condition) throw new Error(message);
-}
-
-async function scenario(name, body) {
-  try {
-    await body();
-    results.push(true);
-    console.log(`PASS ${name}`);
-  } catch (err) {
-    results.push(false);
-    console.log(`FAIL ${name}: ${err && err.message ? err.message : err}`);
-  }
-}
-
 // Calls `operation` until it is refused (at most `limit` times); returns how many succeeded and the refusal.
 async function untilRefused(operation, limit) {
   for (let done = 0; done < limit; done++) {
@@ -79,9 +63,7 @@ async function main() {
     check(responseBody.deviceId === deviceId, `twin of ${responseBody.deviceId}`);
   });
 
-  const passed = results.filter(Boolean).length;
-  console.log(`${passed} passed, ${results.length - passed} failed`);
-  process.exit(passed === results.length ? 0 : 1);
+  finish();
 }
 
 main().catch((err) => {

@@ -26,6 +26,8 @@ from azure.iot.hub import IoTHubJobManager, IoTHubRegistryManager
 from azure.iot.hub.models import CloudToDeviceMethod, JobRequest, QuerySpecification, Twin, TwinProperties
 from msrest.exceptions import HttpOperationError
 
+from harness import check, scenario, summary
+
 CONNECTION_STRING = os.environ.get("IOTHUB_CONNECTION_STRING")
 if not CONNECTION_STRING:
     print("IOTHUB_CONNECTION_STRING is not set: give the hub owner connection string (the emulator prints it).",
@@ -40,25 +42,6 @@ jobs = IoTHubJobManager.from_connection_string(os.environ.get("IOTHUB_JOBS_CONNE
 suffix = secrets.token_hex(5)
 created = []
 clients = []
-results = []
-
-
-def check(condition, message):
-    if not condition:
-        raise AssertionError(message)
-
-
-def scenario(name):
-    def run(body):
-        try:
-            body()
-            results.append(True)
-            print(f"PASS {name}", flush=True)
-        except Exception as error:  # report every failure and go on
-            results.append(False)
-            print(f"FAIL {name}: {type(error).__name__}: {error}", flush=True)
-        return body
-    return run
 
 
 def create_device(label):
@@ -267,10 +250,7 @@ def finish(code):
             registry.delete_device(device_id)
         except Exception:
             pass
-    passed = sum(results)
-    failed = len(results) - passed + code
-    print(f"{passed} passed, {failed} failed", flush=True)
-    os._exit(0 if failed == 0 else 1)
+    os._exit(0 if summary(code) == 0 else 1)
 
 
 def on_timeout(signum, frame):

@@ -17,6 +17,8 @@ from azure.iot.hub import IoTHubRegistryManager
 from azure.iot.hub.models import QuerySpecification
 from msrest.exceptions import HttpOperationError
 
+from harness import check, scenario, summary
+
 CONNECTION_STRING = os.environ.get("IOTHUB_CONNECTION_STRING")
 if not CONNECTION_STRING or os.environ.get("IOTHUB_THROTTLE_TIER", "").lower() != "s1":
     print("needs IOTHUB_CONNECTION_STRING and IOTHUB_THROTTLE_TIER=s1 (an emulator started with --throttle s1)",
@@ -24,25 +26,6 @@ if not CONNECTION_STRING or os.environ.get("IOTHUB_THROTTLE_TIER", "").lower() !
     sys.exit(2)
 
 registry = IoTHubRegistryManager.from_connection_string(CONNECTION_STRING)
-results = []
-
-
-def check(condition, message):
-    if not condition:
-        raise AssertionError(message)
-
-
-def scenario(name):
-    def run(body):
-        try:
-            body()
-            results.append(True)
-            print(f"PASS {name}", flush=True)
-        except Exception as error:  # report every failure and go on
-            results.append(False)
-            print(f"FAIL {name}: {type(error).__name__}: {error}", flush=True)
-        return body
-    return run
 
 
 def until_refused(operation, limit):
@@ -80,6 +63,4 @@ def _():
     check(succeeded <= 21, f"{succeeded} queries passed, more than one S1 unit's minute")
 
 
-passed = sum(results)
-print(f"{passed} passed, {len(results) - passed} failed")
-sys.exit(0 if passed == len(results) else 1)
+sys.exit(0 if summary() == 0 else 1)
