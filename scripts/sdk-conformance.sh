@@ -76,14 +76,9 @@ failed=0
 table="$work/table.txt"
 : >"$table"
 
-# Runs one conformance script; its lines "PASS name" / "FAIL name: why" go into the table.
-run_suite() {
-  local label="$1"; shift
-  local out="$work/$label.out"
-  set +e
-  "$@" >"$out" 2>&1
-  local code=$?
-  set -e
+# Adds the "PASS name" / "FAIL name: why" lines of one conformance script's output to the table.
+record() {
+  local label="$1" out="$2" code="$3"
   local lines
   lines="$(grep -E '^(PASS|FAIL) ' "$out" || true)"
   if [ -z "$lines" ]; then
@@ -103,6 +98,57 @@ run_suite() {
     echo "FAIL $label: exited with $code" >>"$table"
     failed=$((failed + 1))
   fi
+}
+
+# Runs one conformance script to its end and records its results.
+run_suite() {
+  local label="$1"; shift
+  local out="$work/$label.out"
+  set +e
+  "$@" >"$out" 2>&1
+  local code=$?
+  set -e
+  record "$label" "$out" "$code"
+}
+
+# Runs restart scripts side by side: each connects its devices, makes its writes, prints READY and waits for a
+# line on stdin. Once all are ready (or gone) the emulator is stopped with SIGTERM and started again on the same
+# data dir and ports; then they are told to go on, and their results are recorded.
+# Usage: run_restart_suites label1 'command 1' label2 'command 2' ...
+run_restart_suites() {
+  local labels=() pids=() fds=()
+  while [ $# -gt 0 ]; do
+    local label="$1" command="$2"; shift 2
+    mkfifo "$work/$label.fifo"
+    bash -c "$command" <"$work/$label.fifo" >"$work/$label.out" 2>&1 &
+    pids+=($!)
+    local fd
+    exec {fd}>"$work/$label.fifo"
+    fds+=("$fd")
+    labels+=("$label")
+  done
+  local i
+  for i in "${!labels[@]}"; do
+    for _ in $(seq 1 600); do
+      grep -q '^READY' "$work/${labels[$i]}.out" 2>/dev/null && break
+      kill -0 "${pids[$i]}" 2>/dev/null || break
+      sleep 0.1
+    done
+  done
+  stop_emulator
+  start_emulator
+  for i in "${!labels[@]}"; do
+    local fd="${fds[$i]}"
+    echo go >&"$fd" || true
+    exec {fd}>&-
+  done
+  for i in "${!labels[@]}"; do
+    set +e
+    wait "${pids[$i]}"
+    local code=$?
+    set -e
+    record "${labels[$i]}" "$work/${labels[$i]}.out" "$code"
+  done
 }
 
 (cd conformance/node && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
@@ -128,6 +174,12 @@ if [ ! -x target/debug/examples/sim_device ] || [ ! -x target/debug/examples/sch
 fi
 run_suite rust-tutorial env IOTHUB_CONNECTION_STRING="$connection_string" IOTHUB_CA_FILE="$ca" \
   conformance/rust/tutorial.sh
+
+# Restarts: devices of both SDKs stay connected while the hub stops (SIGTERM) and starts again on the same data
+# dir; they reconnect by themselves and find everything that was acknowledged.
+run_restart_suites \
+  node-restart "IOTHUB_CONNECTION_STRING='$connection_string' NODE_EXTRA_CA_CERTS='$ca' node conformance/node/restart.js" \
+  python-restart "IOTHUB_CONNECTION_STRING='$connection_string' REQUESTS_CA_BUNDLE='$ca' IOTHUB_CA_FILE='$ca' '$venv/bin/python' conformance/python/restart_conformance.py"
 
 # Throttling: the same hub restarted with one S1 unit's rates; past them the SDKs get their own throttling errors.
 stop_emulator

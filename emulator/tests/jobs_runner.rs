@@ -56,7 +56,8 @@ enum Answer {
 fn connect(hub: &Arc<Hub>, id: &str, answer: Answer) -> mpsc::UnboundedReceiver<Value> {
     let mut connected = hub.device_connected(id, false);
     let subscriptions = Subscriptions { methods: true, desired: true, twin_responses: true, ..Default::default() };
-    hub.set_subscriptions(id, connected.lease.id, subscriptions);
+    // An in-memory hub stores nothing, so the returned future has nothing to wait for.
+    drop(hub.set_subscriptions(id, connected.lease.id, subscriptions, false));
     let (desired_tx, desired_rx) = mpsc::unbounded_channel();
     let (hub, id) = (hub.clone(), id.to_owned());
     tokio::spawn(async move {

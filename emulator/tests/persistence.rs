@@ -194,3 +194,38 @@ async fn a_read_only_data_dir_serves_its_devices_and_refuses_changes() {
     assert_eq!(twin["properties"]["reported"]["$version"], 1, "and nothing of it was kept");
     hub.emulator.shutdown().await;
 }
+
+/// The SDKs connect with clean session 0 and never subscribe again after a reconnect: the hub keeps their
+/// subscriptions, across its own restarts too. A clean-session connect ends the stored session.
+#[tokio::test]
+async fn a_devices_session_survives_a_restart_until_it_connects_clean() {
+    use common::mqtt::{connect_with, device_token, next_publish, subscribe, user_name};
+    use common::unix_now;
+    use rumqttc::mqttbytes::QoS;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hub = start_with(Emulator::builder().data_dir(dir.path())).await;
+    hub.create_device("lasting").await;
+    let token = device_token(&hub, "lasting", "lasting", unix_now() + 600);
+    let (mut device, ack) = connect_with(&hub, "lasting", &user_name("lasting"), &token, false).await;
+    assert!(!ack.session_present, "a first connection has no session");
+    subscribe(&mut device, &["$iothub/methods/POST/#"], QoS::AtMostOnce).await;
+    hub.emulator.shutdown().await;
+
+    let hub = start_with(Emulator::builder().data_dir(dir.path())).await;
+    let (mut device, ack) = connect_with(&hub, "lasting", &user_name("lasting"), &token, false).await;
+    assert!(ack.session_present, "the stored session is resumed after the restart");
+    let call = json!({"methodName": "ping", "payload": {}, "responseTimeoutInSeconds": 5});
+    let invoke = tokio::spawn(hub.request(Method::POST, "/twins/lasting/methods").json(&call).send());
+    let request = next_publish(&mut device).await;
+    assert!(request.topic.starts_with("$iothub/methods/POST/ping/"), "reached without subscribing: {}", request.topic);
+    invoke.abort();
+    drop(device);
+
+    let (_device, ack) = connect_with(&hub, "lasting", &user_name("lasting"), &token, true).await;
+    assert!(!ack.session_present, "a clean session starts empty");
+    hub.emulator.shutdown().await;
+    let hub = start_with(Emulator::builder().data_dir(dir.path())).await;
+    let (_device, ack) = connect_with(&hub, "lasting", &user_name("lasting"), &token, false).await;
+    assert!(!ack.session_present, "and the stored one is gone, after a restart too");
+}

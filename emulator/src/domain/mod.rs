@@ -5,6 +5,7 @@ pub mod methods;
 pub mod properties;
 pub mod query;
 pub mod registry;
+pub mod sessions;
 pub mod telemetry;
 pub mod throttle;
 pub mod twin;

@@ -89,7 +89,9 @@ impl Hub {
     pub fn new(host_name: String, policies: Policies, clock: SharedClock, store: Store, loaded: Loaded) -> Self {
         let next_version = loaded.devices.iter().map(|d| d.identity_version).max().unwrap_or(0) + 1;
         let jobs = jobs::Jobs::new(loaded.jobs, loaded.device_jobs);
-        let devices = loaded.devices.into_iter().map(|d| (d.device_id.clone(), Arc::new(d))).collect();
+        let devices: BTreeMap<String, Arc<Device>> =
+            loaded.devices.into_iter().map(|d| (d.device_id.clone(), Arc::new(d))).collect();
+        let sessions = loaded.sessions.into_iter().filter(|(id, _)| devices.contains_key(id)).collect();
         Self {
             host_name,
             policies,
@@ -100,7 +102,7 @@ impl Hub {
                 next_version,
                 connected: HashMap::new(),
                 next_connection: 1,
-                sessions: HashMap::new(),
+                sessions,
                 last_activity: HashMap::new(),
                 telemetry: HashMap::new(),
             }),

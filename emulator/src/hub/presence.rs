@@ -8,22 +8,13 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::Hub;
+use crate::error::HubError;
+use crate::store::Write;
 
 /// Messages waiting per connection before the hub considers the device too slow.
 const OUTBOUND_CAPACITY: usize = 1024;
 
-/// What a device listens to. Kept across reconnects for clean-session-0 clients.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Subscriptions {
-    /// `$iothub/methods/POST/#`
-    pub methods: bool,
-    /// `$iothub/twin/res/#`
-    pub twin_responses: bool,
-    /// `$iothub/twin/PATCH/properties/desired/#`
-    pub desired: bool,
-    /// `devices/<id>/messages/devicebound/#`
-    pub cloud_to_device: bool,
-}
+pub use crate::domain::sessions::Subscriptions;
 
 /// What the hub sends a connected device on its own initiative.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,7 +88,12 @@ impl Hub {
             }
             state.last_activity.remove(device_id);
             let resumed = if clean_session {
-                state.sessions.remove(device_id).and(None)
+                if state.sessions.remove(device_id).is_some() {
+                    // Queued in order behind earlier writes; nothing waits on it (a lost delete only means the
+                    // next clean-session connect deletes again).
+                    let _ = self.store.submit(vec![Write::DeleteSession { device_id: device_id.to_owned() }]);
+                }
+                None
             } else {
                 state.sessions.get(device_id).copied()
             };
@@ -112,16 +108,39 @@ impl Hub {
         connected
     }
 
-    /// Records what connection `connection` of `device_id` now subscribes to.
-    pub fn set_subscriptions(&self, device_id: &str, connection: u64, subscriptions: Subscriptions) {
-        {
+    /// Records what connection `connection` of `device_id` now subscribes to. A `persistent` session (clean
+    /// session 0) is stored, as the hub keeps it, so it outlives a restart too: the SDKs never subscribe again
+    /// after a reconnect. They are in force at once; the returned future resolves once they are durable. If they
+    /// cannot be saved they still hold for this run, and the future gives the error for the caller to log.
+    pub fn set_subscriptions(
+        &self,
+        device_id: &str,
+        connection: u64,
+        subscriptions: Subscriptions,
+        persistent: bool,
+    ) -> impl Future<Output = Result<(), HubError>> + use<> {
+        let pending = {
             let mut state = self.write();
             if state.connected.get(device_id).is_none_or(|p| p.connection != connection) {
-                return;
+                None
+            } else {
+                let previous = state.sessions.insert(device_id.to_owned(), subscriptions);
+                (persistent && previous != Some(subscriptions)).then(|| {
+                    let device_id = device_id.to_owned();
+                    self.store.submit(vec![Write::PutSession { device_id, subscriptions }])
+                })
             }
-            state.sessions.insert(device_id.to_owned(), subscriptions);
-        }
+        };
         self.presence_changed.notify_waiters();
+        async move {
+            match pending {
+                Some(pending) => pending
+                    .durable()
+                    .await
+                    .map_err(|e| HubError::ServerError(format!("The session could not be saved: {e}"))),
+                None => Ok(()),
+            }
+        }
     }
 
     /// Records the end of connection `connection` of `device_id` (ignored if a newer one replaced it). A clean

@@ -272,8 +272,18 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Session<'_, IO> {
             }
         }
         // Recorded before the SUBACK, so a method call can reach the device as soon as it knows it subscribed.
-        self.hub.set_subscriptions(self.device_id(), self.connection, self.subscriptions);
+        self.record_subscriptions().await;
         self.send(Packet::SubAck(SubAck { pkid: subscribe.pkid, return_codes })).await
+    }
+
+    /// Hands the hub this connection's subscriptions (stored for a clean-session-0 client). If they cannot be
+    /// stored they still hold until the hub stops, so the device is answered as usual and the error is logged.
+    async fn record_subscriptions(&self) {
+        let persistent = !self.accepted.clean_session;
+        let recorded = self.hub.set_subscriptions(self.device_id(), self.connection, self.subscriptions, persistent);
+        if let Err(error) = recorded.await {
+            tracing::warn!(device_id = self.device_id(), %error, "subscriptions will not survive a restart");
+        }
     }
 
     async fn unsubscribe(&mut self, unsubscribe: Unsubscribe) -> Flow {
@@ -282,7 +292,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Session<'_, IO> {
                 kind.set(&mut self.subscriptions, false);
             }
         }
-        self.hub.set_subscriptions(self.device_id(), self.connection, self.subscriptions);
+        self.record_subscriptions().await;
         self.send(Packet::UnsubAck(UnsubAck { pkid: unsubscribe.pkid })).await
     }
 

@@ -15,11 +15,13 @@ const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs");
 /// Device records of jobs, keyed `<jobId>/<deviceId>` (job ids cannot contain `/`), so one job's records are a
 /// key range.
 const DEVICE_JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("device_jobs");
+/// Stored MQTT sessions (clean session 0), by device id.
+const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
 
-/// The file format this build writes and reads. Version 2 added the job tables; a version 1 file is upgraded
-/// in place by creating them.
-const SCHEMA_VERSION: &[u8] = b"2";
-const UPGRADABLE_VERSIONS: [&[u8]; 1] = [b"1"];
+/// The file format this build writes and reads. Version 2 added the job tables, version 3 the MQTT sessions; an
+/// older file is upgraded in place by creating the tables it lacks.
+const SCHEMA_VERSION: &[u8] = b"3";
+const UPGRADABLE_VERSIONS: [&[u8]; 2] = [b"1", b"2"];
 const SCHEMA_KEY: &str = "schema_version";
 
 /// Most batches folded into one transaction.
@@ -144,6 +146,7 @@ fn initialise(db: &Database) -> Result<(), redb::Error> {
         txn.open_table(DEVICES)?;
         txn.open_table(JOBS)?;
         txn.open_table(DEVICE_JOBS)?;
+        txn.open_table(SESSIONS)?;
     }
     txn.commit()?;
     Ok(())
@@ -190,7 +193,27 @@ fn load(db: &impl redb::ReadableDatabase, shown: &str) -> Result<Loaded, StoreEr
         devices: read_all(&read, DEVICES, "device", shown)?,
         jobs: read_all(&read, JOBS, "job", shown)?,
         device_jobs: read_all(&read, DEVICE_JOBS, "device job", shown)?,
+        sessions: read_keyed(&read, SESSIONS, "session", shown)?,
     })
+}
+
+/// Every record of `table` with its key; `what` names one in errors.
+fn read_keyed<T: serde::de::DeserializeOwned>(
+    read: &redb::ReadTransaction,
+    table: TableDefinition<&str, &[u8]>,
+    what: &str,
+    shown: &str,
+) -> Result<Vec<(String, T)>, StoreError> {
+    let corrupt = |detail: String| StoreError::Corrupt(format!("{shown}: {detail}"));
+    let table = read.open_table(table).map_err(|e| corrupt(e.to_string()))?;
+    let mut records = Vec::new();
+    for entry in table.iter().map_err(|e| corrupt(e.to_string()))? {
+        let (key, value) = entry.map_err(|e| corrupt(e.to_string()))?;
+        let key = key.value().to_owned();
+        let record = decode(&format!("{what} '{key}'"), value.value())?;
+        records.push((key, record));
+    }
+    Ok(records)
 }
 
 /// Every record of `table`; `what` names one in errors.
@@ -200,14 +223,7 @@ fn read_all<T: serde::de::DeserializeOwned>(
     what: &str,
     shown: &str,
 ) -> Result<Vec<T>, StoreError> {
-    let corrupt = |detail: String| StoreError::Corrupt(format!("{shown}: {detail}"));
-    let table = read.open_table(table).map_err(|e| corrupt(e.to_string()))?;
-    let mut records = Vec::new();
-    for entry in table.iter().map_err(|e| corrupt(e.to_string()))? {
-        let (key, value) = entry.map_err(|e| corrupt(e.to_string()))?;
-        records.push(decode(&format!("{what} '{}'", key.value()), value.value())?);
-    }
-    Ok(records)
+    Ok(read_keyed(read, table, what, shown)?.into_iter().map(|(_, record)| record).collect())
 }
 
 /// Commits what is waiting, in groups. A group that cannot be committed (disk full, read-only file, I/O error)
@@ -255,6 +271,7 @@ fn commit_group(db: &Database, group: &[Batch]) -> Result<(), redb::Error> {
         let mut devices = txn.open_table(DEVICES)?;
         let mut jobs = txn.open_table(JOBS)?;
         let mut device_jobs = txn.open_table(DEVICE_JOBS)?;
+        let mut sessions = txn.open_table(SESSIONS)?;
         for write in group.iter().flat_map(|b| &b.writes) {
             match write {
                 Write::PutDevice(device) => {
@@ -262,6 +279,13 @@ fn commit_group(db: &Database, group: &[Batch]) -> Result<(), redb::Error> {
                 }
                 Write::DeleteDevice { id } => {
                     devices.remove(id.as_str())?;
+                    sessions.remove(id.as_str())?;
+                }
+                Write::PutSession { device_id, subscriptions } => {
+                    sessions.insert(device_id.as_str(), encode(subscriptions).as_slice())?;
+                }
+                Write::DeleteSession { device_id } => {
+                    sessions.remove(device_id.as_str())?;
                 }
                 Write::PutJob(job) => {
                     jobs.insert(job.job_id.as_str(), encode(&**job).as_slice())?;
@@ -327,6 +351,8 @@ mod tests {
         assert_eq!(loaded.devices, vec![device]);
         assert!(loaded.jobs.is_empty() && loaded.device_jobs.is_empty());
         store.submit(vec![Write::DeleteJob { id: "none".into() }]).durable().await.expect("job tables exist");
+        let session = Write::PutSession { device_id: "old".into(), subscriptions: Default::default() };
+        store.submit(vec![session]).durable().await.expect("the sessions table exists");
         store.close().await;
         drop(store);
         let db = Database::open(&path).expect("open");

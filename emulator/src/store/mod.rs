@@ -14,6 +14,7 @@ use tokio::sync::oneshot;
 
 use crate::domain::jobs::{DeviceJob, Job};
 use crate::domain::registry::Device;
+use crate::domain::sessions::Subscriptions;
 
 /// One change to persist. Records travel as values and are encoded by the store's writer thread, so the
 /// hub's state lock is never held while a record is serialised (and an in-memory hub never serialises).
@@ -29,6 +30,10 @@ pub enum Write {
     PutDeviceJob(Box<DeviceJob>),
     /// Remove a job and all its device records (retention).
     DeleteJob { id: String },
+    /// Insert or replace the stored MQTT session (clean session 0) of a device.
+    PutSession { device_id: String, subscriptions: Subscriptions },
+    /// Remove a device's stored session (it connected with clean session 1).
+    DeleteSession { device_id: String },
 }
 
 impl Write {
@@ -71,6 +76,8 @@ pub struct Loaded {
     pub devices: Vec<Device>,
     pub jobs: Vec<Job>,
     pub device_jobs: Vec<DeviceJob>,
+    /// Stored MQTT sessions, by device id.
+    pub sessions: Vec<(String, Subscriptions)>,
 }
 
 /// The hub's persistence.

@@ -1,0 +1,127 @@
+'use strict';
+// Restart conformance with Microsoft's unmodified Node SDKs: a device connected with `azure-iot-device-mqtt`
+// while the hub stops (SIGTERM) and starts again on the same data dir finds, without any help from its code,
+// that it is connected again: what was acknowledged before is there, methods reach it, desired changes reach
+// it, its reported patches land.
+//
+// Needs IOTHUB_CONNECTION_STRING (hub owner), NODE_EXTRA_CA_CERTS=<ca.pem>, and someone to restart the hub: the
+// script prints "READY" once its writes are acknowledged and waits for a line on stdin, which must come after
+// the hub is back (scripts/sdk-conformance.sh does this). Prints "PASS <name>" / "FAIL <name>: <why>", then
+// "N passed, M failed"; exits 0 only when nothing failed.
+
+const crypto = require('crypto');
+const readline = require('readline');
+const { Client: DeviceClient } = require('azure-iot-device');
+const { Mqtt } = require('azure-iot-device-mqtt');
+const { Client: ServiceClient, Registry } = require('azure-iothub');
+const { check, scenario, fail, finish } = require('./harness');
+
+const connectionString = process.env.IOTHUB_CONNECTION_STRING;
+if (!connectionString) {
+  console.error('IOTHUB_CONNECTION_STRING is not set: give the hub owner connection string (the emulator prints it).');
+  process.exit(2);
+}
+const hostName = /HostName=([^;]+)/.exec(connectionString)[1];
+const registry = Registry.fromConnectionString(connectionString);
+const service = ServiceClient.fromConnectionString(connectionString);
+const deviceId = `conf-node-restart-${crypto.randomBytes(5).toString('hex')}`;
+let client;
+
+function sleep(ms) {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+function waitForStdinLine() {
+  return new Promise((resolve) => {
+    const lines = readline.createInterface({ input: process.stdin });
+    lines.once('line', () => {
+      lines.close();
+      resolve();
+    });
+    lines.once('close', resolve);
+  });
+}
+
+function updateReported(twin, patch) {
+  return new Promise((resolve, reject) => twin.properties.reported.update(patch, (err) => (err ? reject(err) : resolve())));
+}
+
+// Invokes `ping` until the device answers (it may still be reconnecting), for at most `seconds`.
+async function pingUntilAnswered(seconds) {
+  const deadline = Date.now() + seconds * 1000;
+  let last;
+  while (Date.now() < deadline) {
+    try {
+      const { result } = await service.invokeDeviceMethod(deviceId, {
+        methodName: 'ping',
+        payload: { n: 2 },
+        responseTimeoutInSeconds: 5,
+        connectTimeoutInSeconds: 5,
+      });
+      return result;
+    } catch (err) {
+      last = err;
+      await sleep(250);
+    }
+  }
+  throw new Error(`the device did not answer within ${seconds} s: ${last && last.message}`);
+}
+
+async function main() {
+  const { responseBody } = await registry.create({ deviceId });
+  const key = responseBody.authentication.symmetricKey.primaryKey;
+  client = DeviceClient.fromConnectionString(`HostName=${hostName};DeviceId=${deviceId};SharedAccessKey=${key}`, Mqtt);
+  await client.open();
+  client.onDeviceMethod('ping', (request, response) => {
+    response.send(200, { pong: request.payload.n }, (err) => {
+      if (err) console.error(`ping response failed: ${err.message}`);
+    });
+  });
+  const twin = await client.getTwin();
+  const desired = [];
+  twin.on('properties.desired', (delta) => desired.push(delta));
+
+  await scenario('before-restart-writes-acknowledged', async () => {
+    await registry.updateTwin(deviceId, { tags: { site: 'lab' }, properties: { desired: { before: 1 } } }, '*');
+    await updateReported(twin, { beforeRestart: true });
+    const result = await pingUntilAnswered(10);
+    check(result.status === 200, `ping status ${result.status}`);
+  });
+
+  console.log('READY');
+  await waitForStdinLine();
+
+  await scenario('acknowledged-writes-survive-the-restart', async () => {
+    const { responseBody: after } = await registry.getTwin(deviceId);
+    check(after.tags.site === 'lab', `tags ${JSON.stringify(after.tags)}`);
+    check(after.properties.desired.before === 1, `desired ${JSON.stringify(after.properties.desired)}`);
+    check(after.properties.reported.beforeRestart === true, `reported ${JSON.stringify(after.properties.reported)}`);
+  });
+
+  await scenario('device-reconnects-by-itself-and-answers-methods', async () => {
+    const result = await pingUntilAnswered(40);
+    check(result.status === 200 && result.payload.pong === 2, `ping ${JSON.stringify(result)}`);
+  });
+
+  await scenario('desired-change-after-the-restart-reaches-the-device', async () => {
+    await registry.updateTwin(deviceId, { properties: { desired: { after: 2 } } }, '*');
+    for (let waited = 0; waited < 100 && !desired.some((d) => d.after === 2); waited++) await sleep(100);
+    check(desired.some((d) => d.after === 2), `desired patches seen: ${JSON.stringify(desired)}`);
+  });
+
+  await scenario('reported-patch-after-the-restart-lands', async () => {
+    await updateReported(twin, { afterRestart: true });
+    const { responseBody: after } = await registry.getTwin(deviceId);
+    check(after.properties.reported.afterRestart === true, `reported ${JSON.stringify(after.properties.reported)}`);
+  });
+}
+
+main()
+  .catch((err) => fail('unexpected', err))
+  .finally(async () => {
+    if (client) {
+      try { await client.close(); } catch (_) { /* already closed */ }
+    }
+    try { await registry.delete(deviceId); } catch (_) { /* already gone */ }
+    finish();
+  });
