@@ -14,12 +14,7 @@ const { Client: ServiceClient, Registry } = require('azure-iothub');
 const harness = require('./harness');
 const { check, fail, finish } = harness;
 
-const connectionString = process.env.IOTHUB_CONNECTION_STRING;
-if (!connectionString) {
-  console.error('IOTHUB_CONNECTION_STRING is not set: give the hub owner connection string (the emulator prints it).');
-  process.exit(2);
-}
-const hostName = /HostName=([^;]+)/.exec(connectionString)[1];
+const { connectionString, hostName } = harness.ownerConnection();
 const registry = Registry.fromConnectionString(connectionString);
 const service = ServiceClient.fromConnectionString(connectionString);
 const suffix = crypto.randomBytes(5).toString('hex');

@@ -5,6 +5,16 @@
 
 const results = [];
 
+// The hub owner connection string from IOTHUB_CONNECTION_STRING (exit 2 when it is not set) and its host name.
+function ownerConnection() {
+  const connectionString = process.env.IOTHUB_CONNECTION_STRING;
+  if (!connectionString) {
+    console.error('IOTHUB_CONNECTION_STRING is not set: give the hub owner connection string (the emulator prints it).');
+    process.exit(2);
+  }
+  return { connectionString, hostName: /HostName=([^;]+)/.exec(connectionString)[1] };
+}
+
 function check(condition, message) {
   if (!condition) throw new Error(message);
 }
@@ -42,4 +52,4 @@ function finish() {
   process.exit(failed === 0 ? 0 : 1);
 }
 
-module.exports = { check, scenario, withTimeout, fail, finish };
+module.exports = { ownerConnection, check, scenario, withTimeout, fail, finish };

@@ -14,15 +14,10 @@ const crypto = require('crypto');
 const { Client } = require('azure-iot-device');
 const { Mqtt: Protocol } = require('azure-iot-device-mqtt');
 const { JobClient, Registry } = require('azure-iothub');
-const { check, scenario, fail, finish } = require('./harness');
+const { ownerConnection, check, scenario, fail, finish } = require('./harness');
 
-const ownerString = process.env.IOTHUB_CONNECTION_STRING;
-if (!ownerString) {
-  console.error('IOTHUB_CONNECTION_STRING is not set: give the hub owner connection string (the emulator prints it).');
-  process.exit(2);
-}
+const { connectionString: ownerString, hostName } = ownerConnection();
 const connectionString = process.env.IOTHUB_JOBS_CONNECTION_STRING || ownerString;
-const hostName = /HostName=([^;]+)/.exec(ownerString)[1];
 const registry = Registry.fromConnectionString(ownerString);
 const jobClient = JobClient.fromConnectionString(connectionString);
 const suffix = crypto.randomBytes(5).toString('hex');

@@ -8,13 +8,9 @@
 
 const crypto = require('crypto');
 const { Registry } = require('azure-iothub');
-const { check, scenario, fail, finish } = require('./harness');
+const { ownerConnection, check, scenario, fail, finish } = require('./harness');
 
-const connectionString = process.env.IOTHUB_CONNECTION_STRING;
-if (!connectionString) {
-  console.error('IOTHUB_CONNECTION_STRING is not set: give the hub owner connection string (the emulator prints it).');
-  process.exit(2);
-}
+const { connectionString } = ownerConnection();
 
 const extraDevices = [];
 const deviceId = `conf-node-${crypto.randomBytes(6).toString('hex')}`;

@@ -14,14 +14,9 @@ const readline = require('readline');
 const { Client: DeviceClient } = require('azure-iot-device');
 const { Mqtt } = require('azure-iot-device-mqtt');
 const { Client: ServiceClient, Registry } = require('azure-iothub');
-const { check, scenario, fail, finish } = require('./harness');
+const { ownerConnection, check, scenario, fail, finish } = require('./harness');
 
-const connectionString = process.env.IOTHUB_CONNECTION_STRING;
-if (!connectionString) {
-  console.error('IOTHUB_CONNECTION_STRING is not set: give the hub owner connection string (the emulator prints it).');
-  process.exit(2);
-}
-const hostName = /HostName=([^;]+)/.exec(connectionString)[1];
+const { connectionString, hostName } = ownerConnection();
 const registry = Registry.fromConnectionString(connectionString);
 const service = ServiceClient.fromConnectionString(connectionString);
 const deviceId = `conf-node-restart-${crypto.randomBytes(5).toString('hex')}`;

@@ -1,7 +1,24 @@
 """What every Python conformance script shares: `check`, the `scenario` decorator (one "PASS <name>" or
 "FAIL <name>: <why>" line per scenario, every failure reported and the run going on) and `summary`."""
 
+import os
+import sys
+
 results = []
+
+
+def hub_settings():
+    """(owner connection string, host name, CA PEM or None) from IOTHUB_CONNECTION_STRING and IOTHUB_CA_FILE;
+    exits 2 when the connection string is not set."""
+    connection_string = os.environ.get("IOTHUB_CONNECTION_STRING")
+    if not connection_string:
+        print("IOTHUB_CONNECTION_STRING is not set: give the hub owner connection string (the emulator prints it).",
+              file=sys.stderr)
+        sys.exit(2)
+    host = dict(part.split("=", 1) for part in connection_string.split(";"))["HostName"]
+    ca_file = os.environ.get("IOTHUB_CA_FILE")
+    ca_pem = open(ca_file).read() if ca_file else None
+    return connection_string, host, ca_pem
 
 
 def check(condition, message):

@@ -20,16 +20,9 @@ from azure.iot.device import IoTHubDeviceClient, MethodResponse
 from azure.iot.hub import IoTHubRegistryManager
 from azure.iot.hub.models import CloudToDeviceMethod, Twin, TwinProperties
 
-from harness import check, scenario, summary
+from harness import check, hub_settings, scenario, summary
 
-CONNECTION_STRING = os.environ.get("IOTHUB_CONNECTION_STRING")
-if not CONNECTION_STRING:
-    print("IOTHUB_CONNECTION_STRING is not set: give the hub owner connection string (the emulator prints it).",
-          file=sys.stderr)
-    sys.exit(2)
-HOST = dict(part.split("=", 1) for part in CONNECTION_STRING.split(";"))["HostName"]
-CA_FILE = os.environ.get("IOTHUB_CA_FILE")
-CA_PEM = open(CA_FILE).read() if CA_FILE else None
+CONNECTION_STRING, HOST, CA_PEM = hub_settings()
 
 registry = IoTHubRegistryManager.from_connection_string(CONNECTION_STRING)
 device_id = f"conf-py-restart-{secrets.token_hex(5)}"
