@@ -62,6 +62,28 @@ struct Cli {
     command: Command,
 }
 
+/// Load from back-end callers over HTTPS.
+#[derive(Debug, clap::Args)]
+struct CallerLoad {
+    #[arg(long, default_value_t = 64)]
+    callers: usize,
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Requests per second in all (default: each caller back to back).
+    #[arg(long)]
+    rate: Option<f64>,
+}
+
+/// Load from every connected device, one request in flight per device.
+#[derive(Debug, clap::Args)]
+struct DeviceLoad {
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Requests per second per device (default: back to back).
+    #[arg(long)]
+    rate_per_device: Option<f64>,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Connects the devices and serves them until stdin closes, then prints what they received.
@@ -73,41 +95,13 @@ enum Command {
         hold: u64,
     },
     /// Direct-method round trips from keep-alive HTTPS callers to the connected devices.
-    Methods {
-        #[arg(long, default_value_t = 64)]
-        callers: usize,
-        #[arg(long, default_value_t = 10)]
-        seconds: u64,
-        /// Calls per second in all (default: each caller back to back).
-        #[arg(long)]
-        rate: Option<f64>,
-    },
+    Methods(CallerLoad),
     /// Reported-property patches from every device, one in flight per device.
-    Reported {
-        #[arg(long, default_value_t = 10)]
-        seconds: u64,
-        /// Patches per second per device (default: back to back).
-        #[arg(long)]
-        rate_per_device: Option<f64>,
-    },
+    Reported(DeviceLoad),
     /// QoS 1 telemetry from every device, one in flight per device.
-    Telemetry {
-        #[arg(long, default_value_t = 10)]
-        seconds: u64,
-        /// Messages per second per device (default: back to back).
-        #[arg(long)]
-        rate_per_device: Option<f64>,
-    },
+    Telemetry(DeviceLoad),
     /// `PATCH /twins/{id}` (desired) from keep-alive HTTPS callers; the devices are not connected.
-    TwinPatch {
-        #[arg(long, default_value_t = 64)]
-        callers: usize,
-        #[arg(long, default_value_t = 10)]
-        seconds: u64,
-        /// Patches per second in all (default: each caller back to back).
-        #[arg(long)]
-        rate: Option<f64>,
-    },
+    TwinPatch(CallerLoad),
     /// A method job and a twin job over every connected device, `runs` times each.
     Jobs {
         #[arg(long, default_value_t = 3)]
@@ -181,6 +175,28 @@ fn peak_rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
+/// Runs `load.callers` HTTPS callers making `call`s on `ids` and reports their latencies as scenario `name`.
+async fn caller_load(
+    service: Arc<callers::Service>,
+    ids: Vec<String>,
+    call: callers::Call,
+    name: &str,
+    load: &CallerLoad,
+) -> anyhow::Result<()> {
+    let seconds = Duration::from_secs(load.seconds);
+    let (latencies, failures, took) =
+        callers::run(service, Arc::new(ids), call, load.callers, seconds, load.rate).await?;
+    latencies.report(name, took, &[("callers", load.callers.to_string()), ("failures", failures.to_string())]);
+    Ok(())
+}
+
+/// Has every device of `fleet` do `work` and reports the latencies as scenario `name`.
+async fn device_load(mut fleet: fleet::Fleet, work: Work, name: &str, load: &DeviceLoad) {
+    let every = load.rate_per_device.filter(|r| *r > 0.0).map(|r| Duration::from_secs_f64(1.0 / r));
+    let (latencies, took) = fleet.run(work, Duration::from_secs(load.seconds), every).await;
+    latencies.report(name, took, &[("devices", fleet.connected.to_string())]);
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -235,44 +251,18 @@ async fn main() -> anyhow::Result<()> {
                 fleet.connected
             );
         }
-        Command::Methods { callers, seconds, rate } => {
+        Command::Methods(load) => {
+            // The fleet stays connected (and answering) while the callers run.
             let fleet = connect_fleet().await?;
-            let ids = Arc::new(fleet.ids.clone());
-            let (latencies, failures, took) =
-                callers::run(service()?, ids, callers::Call::Method, callers, Duration::from_secs(seconds), rate)
-                    .await?;
-            latencies.report("methods", took, &[("callers", callers.to_string()), ("failures", failures.to_string())]);
+            caller_load(service()?, fleet.ids.clone(), callers::Call::Method, "methods", &load).await?;
         }
-        Command::Reported { seconds, rate_per_device } => {
-            let mut fleet = connect_fleet().await?;
-            let every = rate_per_device.filter(|r| *r > 0.0).map(|r| Duration::from_secs_f64(1.0 / r));
-            let (latencies, took) = fleet.run(Work::Reported, Duration::from_secs(seconds), every).await;
-            latencies.report("reported", took, &[("devices", fleet.connected.to_string())]);
+        Command::TwinPatch(load) => {
+            // Twin patches need no connected devices.
+            let ids = identities(cli.devices.as_ref(), cli.count)?.into_iter().map(|i| i.device_id).collect();
+            caller_load(service()?, ids, callers::Call::TwinPatch, "twin-patch", &load).await?;
         }
-        Command::Telemetry { seconds, rate_per_device } => {
-            let mut fleet = connect_fleet().await?;
-            let every = rate_per_device.filter(|r| *r > 0.0).map(|r| Duration::from_secs_f64(1.0 / r));
-            let (latencies, took) = fleet.run(Work::Telemetry, Duration::from_secs(seconds), every).await;
-            latencies.report("telemetry", took, &[("devices", fleet.connected.to_string())]);
-        }
-        Command::TwinPatch { callers, seconds, rate } => {
-            let ids: Vec<String> =
-                identities(cli.devices.as_ref(), cli.count)?.into_iter().map(|i| i.device_id).collect();
-            let (latencies, failures, took) = callers::run(
-                service()?,
-                Arc::new(ids),
-                callers::Call::TwinPatch,
-                callers,
-                Duration::from_secs(seconds),
-                rate,
-            )
-            .await?;
-            latencies.report(
-                "twin-patch",
-                took,
-                &[("callers", callers.to_string()), ("failures", failures.to_string())],
-            );
-        }
+        Command::Reported(load) => device_load(connect_fleet().await?, Work::Reported, "reported", &load).await,
+        Command::Telemetry(load) => device_load(connect_fleet().await?, Work::Telemetry, "telemetry", &load).await,
         Command::Jobs { runs, condition } => {
             let fleet = connect_fleet().await?;
             let service = service()?;

@@ -53,24 +53,14 @@ impl Latencies {
 
     /// Prints the human line and the machine line of scenario `name` over `elapsed`, with `extra` fields.
     pub fn report(&self, name: &str, elapsed: Duration, extra: &[(&str, String)]) {
-        let rate = self.count() as f64 / elapsed.as_secs_f64().max(1e-9);
+        let (ops, seconds) = (self.count(), elapsed.as_secs_f64());
+        let rate = ops as f64 / seconds.max(1e-9);
+        let (p50, p90, p99, max) = (self.ms(0.5), self.ms(0.9), self.ms(0.99), self.max_ms());
         println!(
-            "{name}: {} ops in {:.2} s = {rate:.0}/s; latency p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
-            self.count(),
-            elapsed.as_secs_f64(),
-            self.ms(0.5),
-            self.ms(0.9),
-            self.ms(0.99),
-            self.max_ms()
+            "{name}: {ops} ops in {seconds:.2} s = {rate:.0}/s; latency p50 {p50:.3} ms, p90 {p90:.3} ms, p99 {p99:.3} ms, max {max:.3} ms"
         );
         let mut line = format!(
-            "RESULT scenario={name} ops={} seconds={:.3} rate={rate:.0} p50_ms={:.3} p90_ms={:.3} p99_ms={:.3} max_ms={:.3}",
-            self.count(),
-            elapsed.as_secs_f64(),
-            self.ms(0.5),
-            self.ms(0.9),
-            self.ms(0.99),
-            self.max_ms()
+            "RESULT scenario={name} ops={ops} seconds={seconds:.3} rate={rate:.0} p50_ms={p50:.3} p90_ms={p90:.3} p99_ms={p99:.3} max_ms={max:.3}"
         );
         for (key, value) in extra {
             line.push_str(&format!(" {key}={value}"));
