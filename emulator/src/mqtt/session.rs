@@ -6,7 +6,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -217,24 +216,13 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Session<'_, IO> {
     }
 
     async fn send(&mut self, packet: Packet) -> Flow {
-        let send = self.transport.send(packet);
-        tokio::pin!(send);
-        // Almost every send completes at once (the socket takes it); only one that has to wait for the device
-        // to read gets a timer, so the hot path (a PUBACK per telemetry message) pays nothing for the limit.
-        let first = std::future::poll_fn(|cx| Poll::Ready(send.as_mut().poll(cx))).await;
-        let sent = match first {
-            Poll::Ready(sent) => sent,
-            Poll::Pending => {
-                let limit = Duration::from_secs(limits::MQTT_WRITE_TIMEOUT_SECS);
-                match tokio::time::timeout(limit, send).await {
-                    Ok(sent) => sent,
-                    Err(_) => return Flow::Close("the device stopped reading"),
-                }
-            }
-        };
-        match sent {
-            Ok(()) => Flow::Continue,
-            Err(_) => Flow::Close("write failed"),
+        // tokio polls the send before its timer, and arms the timer only when the send has to wait, so the hot
+        // path (a PUBACK per telemetry message) does not touch the timer wheel.
+        let limit = Duration::from_secs(limits::MQTT_WRITE_TIMEOUT_SECS);
+        match tokio::time::timeout(limit, self.transport.send(packet)).await {
+            Ok(Ok(())) => Flow::Continue,
+            Ok(Err(_)) => Flow::Close("write failed"),
+            Err(_) => Flow::Close("the device stopped reading"),
         }
     }
 
