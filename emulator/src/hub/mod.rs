@@ -27,6 +27,7 @@ use crate::clock::SharedClock;
 use crate::domain::methods::PendingCalls;
 use crate::domain::registry::{self, Device, DeviceSpec, DeviceStatus, IfMatch, Liveness};
 use crate::domain::telemetry::{DeviceBuffer, TelemetryMessage};
+use crate::domain::throttle::{Operation, Throttle, Tier};
 use crate::error::HubError;
 use crate::store::{Loaded, Pending, Store, Write};
 
@@ -81,7 +82,7 @@ pub struct Hub {
     telemetry_feed: broadcast::Sender<Arc<TelemetryMessage>>,
     jobs: jobs::Jobs,
     /// The throttling profile, when one is on.
-    throttle: Option<crate::domain::throttle::Throttle>,
+    throttle: Option<Throttle>,
 }
 
 impl Hub {
@@ -115,19 +116,19 @@ impl Hub {
     }
 
     /// The same hub with the real hub's operation rates for one unit of `tier` (`--throttle`).
-    pub fn with_throttle(mut self, tier: Option<crate::domain::throttle::Tier>) -> Self {
-        self.throttle = tier.map(crate::domain::throttle::Throttle::new);
+    pub fn with_throttle(mut self, tier: Option<Tier>) -> Self {
+        self.throttle = tier.map(Throttle::new);
         self
     }
 
     /// The tier whose rates are applied, if any.
-    pub fn throttle_tier(&self) -> Option<crate::domain::throttle::Tier> {
-        self.throttle.as_ref().map(crate::domain::throttle::Throttle::tier)
+    pub fn throttle_tier(&self) -> Option<Tier> {
+        self.throttle.as_ref().map(Throttle::tier)
     }
 
     /// Lets one operation of `cost` units through the throttling profile, or refuses it with 429
     /// ThrottlingException, as the hub does past its rates. Always admits when no profile is on.
-    pub fn admit(&self, operation: crate::domain::throttle::Operation, cost: f64) -> Result<(), HubError> {
+    pub fn admit(&self, operation: Operation, cost: f64) -> Result<(), HubError> {
         let Some(throttle) = &self.throttle else { return Ok(()) };
         throttle.try_take(operation, cost, self.clock.now()).map_err(|wait| {
             HubError::Throttled(format!(
@@ -141,7 +142,7 @@ impl Hub {
 
     /// Waits until one operation is let through the throttling profile: device-to-cloud messages and jobs'
     /// device operations are slowed down, not refused.
-    pub async fn admit_wait(&self, operation: crate::domain::throttle::Operation, cost: f64) {
+    pub async fn admit_wait(&self, operation: Operation, cost: f64) {
         let Some(throttle) = &self.throttle else { return };
         while let Err(wait) = throttle.try_take(operation, cost, self.clock.now()) {
             tokio::time::sleep(wait).await;

@@ -89,8 +89,8 @@ impl Hub {
             state.last_activity.remove(device_id);
             let resumed = if clean_session {
                 if state.sessions.remove(device_id).is_some() {
-                    // Queued in order behind earlier writes; nothing waits on it (a lost delete only means the
-                    // next clean-session connect deletes again).
+                    // Queued in order behind earlier writes; nothing waits on it. If it cannot be saved, a
+                    // restart brings the old session back until the device next connects clean.
                     let _ = self.store.submit(vec![Write::DeleteSession { device_id: device_id.to_owned() }]);
                 }
                 None
