@@ -39,6 +39,19 @@ async function connect(device, transport) {
   return client;
 }
 
+// What echoOrder handlers received, as the device's JSON.stringify saw it.
+const echoed = [];
+
+/// Registers echoOrder, which answers 200 with exactly the payload it was sent.
+function answerEchoOrder(client) {
+  client.onDeviceMethod('echoOrder', (request, response) => {
+    echoed.push(JSON.stringify(request.payload));
+    response.send(200, request.payload, (err) => {
+      if (err) console.error(`echoOrder response failed: ${err.message}`);
+    });
+  });
+}
+
 /// Registers lockDoor, which answers 200 with what it was sent and where it ran.
 function answerLockDoor(client, deviceId) {
   client.onDeviceMethod('lockDoor', (request, response) => {
@@ -58,6 +71,7 @@ async function main() {
   await scenario('connect-mqtt', async () => {
     client = await connect(mqttDevice, Mqtt);
     answerLockDoor(client, mqttDevice.deviceId);
+    answerEchoOrder(client);
   });
 
   await scenario('direct-method-round-trip', async () => {
@@ -71,6 +85,20 @@ async function main() {
     check(result.status === 200, `status ${result.status}`);
     check(result.payload.locked === true, `payload ${JSON.stringify(result.payload)}`);
     check(result.payload.echo.door === 'front' && result.payload.echo.pin === 1234, 'payload reached the device intact');
+  });
+
+  await scenario('method-payload-keeps-its-key-order', async () => {
+    // Keys deliberately not in alphabetical order, nested ones too: a hub that sorts them fails this.
+    const payload = { nonce: crypto.randomBytes(4).toString('hex'), n: 42, list: [3, 1, { z: 1, a: 2 }], flag: true };
+    const sent = JSON.stringify(payload);
+    const { result } = await service.invokeDeviceMethod(mqttDevice.deviceId, {
+      methodName: 'echoOrder',
+      payload,
+      responseTimeoutInSeconds: 10,
+      connectTimeoutInSeconds: 5,
+    });
+    check(echoed[echoed.length - 1] === sent, `the device received ${echoed[echoed.length - 1]}, sent ${sent}`);
+    check(JSON.stringify(result.payload) === sent, `the service got back ${JSON.stringify(result.payload)}, sent ${sent}`);
   });
 
   await scenario('reported-properties-read-by-service', async () => {

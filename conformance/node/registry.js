@@ -73,6 +73,22 @@ async function main() {
     check(responseBody.tags && typeof responseBody.tags === 'object', 'tags is an object');
   });
 
+  await scenario('twin-keeps-the-order-keys-were-written-in', async () => {
+    const written = { zulu: 1, bravo: { y: 1, x: 2 } };
+    await registry.updateTwin(deviceId, { tags: written, properties: { desired: written } }, '*');
+    const { responseBody } = await registry.getTwin(deviceId);
+    const keys = (o) => JSON.stringify(Object.keys(o));
+    const { desired } = responseBody.properties;
+    check(keys(desired) === '["zulu","bravo","$metadata","$version"]', `desired keys ${keys(desired)}`);
+    check(keys(desired.bravo) === '["y","x"]', `desired.bravo keys ${keys(desired.bravo)}`);
+    check(keys(desired.$metadata) === '["$lastUpdated","$lastUpdatedVersion","zulu","bravo"]',
+      `desired.$metadata keys ${keys(desired.$metadata)}`);
+    check(keys(desired.$metadata.bravo) === '["$lastUpdated","$lastUpdatedVersion","y","x"]',
+      `desired.$metadata.bravo keys ${keys(desired.$metadata.bravo)}`);
+    check(keys(responseBody.tags) === '["zulu","bravo"]', `tags keys ${keys(responseBody.tags)}`);
+    check(keys(responseBody.tags.bravo) === '["y","x"]', `tags.bravo keys ${keys(responseBody.tags.bravo)}`);
+  });
+
   await scenario('registry-statistics', async () => {
     const { responseBody } = await registry.getRegistryStatistics();
     check(typeof responseBody.totalDeviceCount === 'number' && responseBody.totalDeviceCount >= 1,

@@ -55,8 +55,16 @@ def connect(device_connection_string, websockets=False):
     return client
 
 
+# What echoOrder handlers received, as the device's json.dumps saw it.
+echoed = []
+
+
 def answer_methods(client, device_id):
     def handler(request):
+        if request.name == "echoOrder":
+            echoed.append(json.dumps(request.payload))
+            client.send_method_response(MethodResponse.create_from_method_request(request, 200, request.payload))
+            return
         payload = {"echo": request.payload, "from": device_id, "method": request.name}
         client.send_method_response(MethodResponse.create_from_method_request(request, 299, payload))
     client.on_method_request_received = handler
@@ -119,6 +127,29 @@ def main():
         check(result.status == 299, f"status {result.status}")
         check(result.payload == {"echo": {"door": "back"}, "from": device_id, "method": "lockDoor"},
               f"payload {result.payload}")
+
+    @scenario("method-payload-keeps-its-key-order")
+    def _():
+        # Keys deliberately not in alphabetical order, nested ones too: a hub that sorts them fails this.
+        payload = {"nonce": secrets.token_hex(4), "n": 42, "list": [3, 1, {"z": 1, "a": 2}], "flag": True}
+        sent = json.dumps(payload)
+        result = invoke(device_id, "echoOrder", payload)
+        check(echoed and echoed[-1] == sent, f"the device received {echoed[-1:]}, sent {sent}")
+        check(json.dumps(result.payload) == sent, f"the service got back {json.dumps(result.payload)}, sent {sent}")
+
+    @scenario("twin-keeps-the-order-keys-were-written-in")
+    def _():
+        written = {"zulu": 1, "bravo": {"y": 1, "x": 2}}
+        registry.update_twin(ws_id, Twin(tags=written, properties=TwinProperties(desired=written)), "*")
+        twin = registry.get_twin(ws_id)
+        desired = twin.properties.desired
+        check(list(desired)[-4:] == ["zulu", "bravo", "$metadata", "$version"], f"desired keys {list(desired)}")
+        check(list(desired["bravo"]) == ["y", "x"], f"desired.bravo keys {list(desired['bravo'])}")
+        metadata = desired["$metadata"]
+        check(list(metadata)[:2] == ["$lastUpdated", "$lastUpdatedVersion"], f"$metadata keys {list(metadata)}")
+        check(list(metadata)[-2:] == ["zulu", "bravo"], f"$metadata keys {list(metadata)}")
+        check(list(twin.tags)[-2:] == ["zulu", "bravo"], f"tags keys {list(twin.tags)}")
+        check(list(twin.tags["bravo"]) == ["y", "x"], f"tags.bravo keys {list(twin.tags['bravo'])}")
 
     @scenario("reported-properties-read-by-service")
     def _():

@@ -8,6 +8,7 @@ use iothub_emulator::domain::query::eval::matches;
 use iothub_emulator::domain::query::parse_query;
 use iothub_emulator::domain::query::twin_doc::{LivenessSource, TwinView};
 use iothub_emulator::domain::registry::{DeviceSpec, Liveness, create_device};
+use iothub_emulator::domain::twin::json::object_from_json;
 use iothub_emulator::domain::twin::{TwinWrite, WriteMode};
 use serde_json::json;
 
@@ -34,10 +35,10 @@ fn evaluate_typical_condition_on_one_twin(bencher: divan::Bencher) {
     let now = jiff::Timestamp::now();
     let mut device = create_device("d1", &DeviceSpec::default(), now, 1).expect("device");
     let tags = json!({"location": "x", "floor": 3}).as_object().cloned().expect("object");
-    let write = TwinWrite { tags: Some(Some(tags)), desired: None };
+    let write = TwinWrite { tags: Some(Some(object_from_json(&tags))), desired: None };
     device.twin = device.twin.apply_service_write(&write, WriteMode::Merge, now).expect("tags").twin;
     let reported = json!({"temp": 72}).as_object().cloned().expect("object");
-    device.twin = device.twin.apply_reported_patch(&reported, now).expect("reported");
+    device.twin = device.twin.apply_reported_patch(&object_from_json(&reported), now).expect("reported");
     let condition = parse_query(TYPICAL).expect("parse").condition.expect("where");
     bencher.bench_local(|| {
         matches(

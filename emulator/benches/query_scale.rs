@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use iothub_emulator::auth::Policies;
 use iothub_emulator::clock::SystemClock;
 use iothub_emulator::domain::registry::{Device, DeviceSpec, create_device};
+use iothub_emulator::domain::twin::json::object_from_json;
 use iothub_emulator::domain::twin::{TwinWrite, WriteMode};
 use iothub_emulator::hub::Hub;
 use iothub_emulator::store::{Loaded, Store};
@@ -46,10 +47,10 @@ fn devices(count: usize) -> Vec<Device> {
             let mut device =
                 create_device(&format!("device-{i:07}"), &DeviceSpec::default(), now, i as u64 + 1).expect("device");
             let tags = object(json!({"location": LOCATIONS[(seed % 8) as usize], "floor": (seed >> 8) % 20}));
-            let write = TwinWrite { tags: Some(Some(tags)), desired: None };
+            let write = TwinWrite { tags: Some(Some(object_from_json(&tags))), desired: None };
             device.twin = device.twin.apply_service_write(&write, WriteMode::Merge, now).expect("tags").twin;
             let reported = object(json!({"temp": (seed >> 16) % 100}));
-            device.twin = device.twin.apply_reported_patch(&reported, now).expect("reported");
+            device.twin = device.twin.apply_reported_patch(&object_from_json(&reported), now).expect("reported");
             device
         })
         .collect()

@@ -6,17 +6,18 @@
 use std::sync::{Arc, OnceLock};
 
 use jiff::Timestamp;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::auth::{self, Policies, Rights};
-use crate::domain::jobs::request::parse_request;
-use crate::domain::properties::{self, SectionKind};
 use crate::domain::query::Query;
 use crate::domain::query::eval::matches;
 use crate::domain::query::run::{self, Groups};
 use crate::domain::query::twin_doc::{LivenessSource, TwinView};
 use crate::domain::registry::{Device, DeviceSpec, Liveness, create_device};
-use crate::domain::twin::{TwinWrite, WriteMode, parse_twin_write};
+use crate::domain::twin::json::object_from_json;
+use crate::domain::twin::{Object, SectionKind, TwinWrite, WriteMode, rules};
+use crate::wire::jobs::parse_request;
+use crate::wire::twin::{parse_reported_patch, parse_write};
 
 fn now() -> Timestamp {
     Timestamp::from_second(1_800_000_000).unwrap_or(Timestamp::UNIX_EPOCH)
@@ -36,10 +37,10 @@ fn sample() -> &'static [Device] {
             .enumerate()
             .filter_map(|(i, tags)| {
                 let mut device = create_device(&format!("d{i}"), &DeviceSpec::default(), now(), i as u64 + 1).ok()?;
-                let write = TwinWrite { tags: Some(tags.as_object().cloned()), desired: None };
+                let write = TwinWrite { tags: Some(tags.as_object().map(object_from_json)), desired: None };
                 device.twin = device.twin.apply_service_write(&write, WriteMode::Merge, now()).ok()?.twin;
                 let reported = serde_json::json!({"temp": i * 30, "status": "ok"});
-                device.twin = device.twin.apply_reported_patch(reported.as_object()?, now()).ok()?;
+                device.twin = device.twin.apply_reported_patch(&object_from_json(reported.as_object()?), now()).ok()?;
                 Some(device)
             })
             .collect()
@@ -89,9 +90,15 @@ pub fn authorize(token: &str) {
 /// Runs untrusted JSON through every twin write: a service PATCH and PUT, a reported patch, and a twin-job
 /// request. Whatever is accepted must leave a twin within the hub's limits.
 pub fn twin_writes(data: &[u8]) {
-    let Ok(body) = serde_json::from_slice::<Value>(data) else { return };
     let Some(device) = sample().get(1) else { return };
-    if let Ok(write) = parse_twin_write(&body) {
+    if let Ok(patch) = parse_reported_patch(data)
+        && let Ok(twin) = device.twin.apply_reported_patch(&patch, now())
+    {
+        assert_within_limits(SectionKind::Reported, &twin.reported.properties);
+        assert_eq!(twin.reported.version, device.twin.reported.version + 1);
+    }
+    let Ok(body) = serde_json::from_slice::<Value>(data) else { return };
+    if let Ok(write) = parse_write(&body) {
         for mode in [WriteMode::Merge, WriteMode::Replace] {
             if let Ok(change) = device.twin.apply_service_write(&write, mode, now()) {
                 assert_within_limits(SectionKind::Tags, &change.twin.tags);
@@ -100,22 +107,12 @@ pub fn twin_writes(data: &[u8]) {
             }
         }
     }
-    if let Value::Object(patch) = &body
-        && let Ok(twin) = device.twin.apply_reported_patch(patch, now())
-    {
-        assert_within_limits(SectionKind::Reported, &twin.reported.properties);
-        assert_eq!(twin.reported.version, device.twin.reported.version + 1);
-    }
     let _ = parse_request("fuzz-job", &body, now());
 }
 
-fn assert_within_limits(kind: SectionKind, section: &Map<String, Value>) {
-    assert!(properties::validate(kind, section, false).is_ok(), "an accepted write left an invalid {}", kind.name());
-    assert!(
-        properties::check_size(kind, section).is_ok(),
-        "an accepted write left {} over its size limit",
-        kind.name()
-    );
+fn assert_within_limits(kind: SectionKind, section: &Object) {
+    assert!(rules::validate(kind, section, false).is_ok(), "an accepted write left an invalid {}", kind.name());
+    assert!(rules::check_size(kind, section).is_ok(), "an accepted write left {} over its size limit", kind.name());
 }
 
 /// A hub (in memory, real clock) with one device, and the encoded MQTT CONNECT that device logs in with: the

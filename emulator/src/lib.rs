@@ -25,6 +25,7 @@ pub mod mqtt;
 mod seed;
 pub mod store;
 pub mod tls;
+pub mod wire;
 
 use std::io;
 use std::net::SocketAddr;

@@ -9,8 +9,8 @@ use futures_util::{StreamExt as _, TryStreamExt as _};
 use iothub_proto::registry as wire;
 use serde::Deserialize;
 
-use crate::http::spec_from_wire;
 use crate::hub::Hub;
+use crate::wire::registry::device_spec;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -37,7 +37,7 @@ pub async fn apply(hub: &Hub, path: &Path) -> Result<(), String> {
         if hub.get_device(id).is_ok() {
             continue;
         }
-        let spec = spec_from_wire(id, entry).map_err(|e| format!("device '{id}': {e}"))?;
+        let spec = device_spec(id, entry).map_err(|e| format!("device '{id}': {e}"))?;
         missing.push((id, spec));
     }
     let created = missing.len();

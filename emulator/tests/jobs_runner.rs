@@ -11,8 +11,9 @@ use iothub_emulator::auth::Policies;
 use iothub_emulator::clock::{SharedClock, TokioClock};
 use iothub_emulator::domain::methods::MethodResponse;
 use iothub_emulator::domain::registry::DeviceSpec;
-use iothub_emulator::hub::{Hub, JobSettings, Subscriptions, ToDevice};
+use iothub_emulator::hub::{Hub, JobSettings, JobSnapshot, Subscriptions, ToDevice};
 use iothub_emulator::store::{Loaded, Store};
+use iothub_emulator::wire;
 use jiff::Timestamp;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -72,13 +73,39 @@ fn connect(hub: &Arc<Hub>, id: &str, answer: Answer) -> mpsc::UnboundedReceiver<
                         hub.complete_method(&id, rid, MethodResponse { status, payload });
                     });
                 }
-                ToDevice::DesiredChanged { body, .. } => {
+                ToDevice::DesiredChanged(notification) => {
+                    let body = wire::twin::desired_notification(&notification);
                     let _ = desired_tx.send(serde_json::from_str(&body).expect("JSON"));
                 }
             }
         }
     });
     desired_rx
+}
+
+/// `PUT /jobs/v2/{id}` as the endpoint does it: the request read by the wire layer, the job document answered.
+async fn create_job(hub: &Arc<Hub>, id: &str, body: &Value) -> Result<Value, HubError> {
+    let job = wire::jobs::parse_request(id, body, hub.clock().now())?;
+    hub.create_job(job).await.map(|job| document(&job))
+}
+
+/// `GET /jobs/v2/{id}`.
+fn get_job(hub: &Hub, id: &str) -> Result<Value, HubError> {
+    hub.get_job(id).map(|job| document(&job))
+}
+
+/// `POST /jobs/v2/{id}/cancel`.
+async fn cancel_job(hub: &Hub, id: &str) -> Result<Value, HubError> {
+    hub.cancel_job(id).await.map(|job| document(&job))
+}
+
+/// `GET /twins/{id}`.
+fn twin_of(hub: &Hub, id: &str) -> Result<Value, HubError> {
+    hub.twin(id).map(|twin| serde_json::to_value(wire::twin::TwinDocument::of(&twin)).expect("JSON"))
+}
+
+fn document(job: &JobSnapshot) -> Value {
+    serde_json::to_value(wire::jobs::document(job)).expect("JSON")
 }
 
 fn method_job(condition: &str, timeout: u64) -> Value {
@@ -101,7 +128,7 @@ fn records(hub: &Hub, job_id: &str) -> Vec<Value> {
     let mut token: Option<String> = None;
     loop {
         let page = hub.query(&text, 100, token.as_deref()).expect("query");
-        items.extend(page.items);
+        items.extend(page.items.iter().map(|item| serde_json::to_value(wire::query::Item(item)).expect("JSON")));
         match page.continuation {
             Some(next) => token = Some(next),
             None => return items,
@@ -111,7 +138,7 @@ fn records(hub: &Hub, job_id: &str) -> Vec<Value> {
 
 /// Checks that the job's statistics are exactly the counts of its records.
 fn assert_statistics_agree(hub: &Hub, job_id: &str) -> Value {
-    let job = hub.get_job(job_id).expect("job");
+    let job = get_job(hub, job_id).expect("job");
     let records = records(hub, job_id);
     let count = |status: &str| records.iter().filter(|r| r["status"] == status).count() as u64;
     let stats = &job["deviceJobStatistics"];
@@ -146,10 +173,10 @@ async fn a_method_job_records_every_devices_own_outcome() {
     connect(&hub, "errs", Answer::After(Duration::from_secs(1), 500));
     connect(&hub, "silent", Answer::Silent);
     connect(&hub, "untargeted", Answer::After(Duration::ZERO, 200));
-    let created = hub
-        .create_job("job-1", &method_job("deviceId IN ['answers', 'errs', 'offline', 'silent', 'gone']", 5))
-        .await
-        .expect("create");
+    let created =
+        create_job(&hub, "job-1", &method_job("deviceId IN ['answers', 'errs', 'offline', 'silent', 'gone']", 5))
+            .await
+            .expect("create");
     assert_eq!(created["status"], "queued");
     assert_eq!(created["deviceJobStatistics"]["deviceCount"], 0);
 
@@ -185,7 +212,7 @@ async fn a_device_deleted_before_its_turn_fails_with_its_own_reason() {
     let hub = hub_with_settings(JobSettings { device_window: 1, ..JobSettings::default() }, &["a", "b"]).await;
     connect(&hub, "a", Answer::After(Duration::from_secs(2), 200));
     connect(&hub, "b", Answer::After(Duration::ZERO, 200));
-    hub.create_job("del", &method_job("*", 10)).await.expect("create");
+    create_job(&hub, "del", &method_job("*", 10)).await.expect("create");
     tokio::time::sleep(Duration::from_secs(1)).await;
     hub.delete_device("b", None).await.expect("delete");
     let job = wait_finished(&hub, "del", Duration::from_millis(250)).await;
@@ -201,15 +228,15 @@ async fn a_future_job_is_scheduled_then_runs_at_its_start_time() {
     connect(&hub, "d1", Answer::After(Duration::ZERO, 200));
     let mut body = method_job("deviceId = 'd1'", 30);
     body["startTime"] = json!(at(3600));
-    let created = hub.create_job("later", &body).await.expect("create");
+    let created = create_job(&hub, "later", &body).await.expect("create");
     assert_eq!(created["status"], "queued", "the PUT answers queued even for a future start");
     assert_eq!(created["startTime"], "2030-01-01T01:00:00.0000000Z");
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let waiting = hub.get_job("later").expect("job");
+    let waiting = get_job(&hub, "later").expect("job");
     assert_eq!(waiting["status"], "scheduled");
     assert!(records(&hub, "later").is_empty(), "targets are picked when the job starts");
     tokio::time::sleep(Duration::from_secs(3598)).await;
-    assert_eq!(hub.get_job("later").expect("job")["status"], "scheduled");
+    assert_eq!(get_job(&hub, "later").expect("job")["status"], "scheduled");
     let job = wait_finished(&hub, "later", Duration::from_millis(100)).await;
     assert_eq!(job["status"], "completed");
     let ended: Timestamp = job["endTime"].as_str().expect("end").parse().expect("time");
@@ -222,7 +249,7 @@ async fn a_start_time_in_the_past_runs_now() {
     connect(&hub, "d1", Answer::After(Duration::ZERO, 200));
     let mut body = method_job("*", 30);
     body["startTime"] = json!("2001-01-01T00:00:00Z");
-    hub.create_job("past", &body).await.expect("create");
+    create_job(&hub, "past", &body).await.expect("create");
     let job = wait_finished(&hub, "past", Duration::from_millis(10)).await;
     assert_eq!(
         (job["status"].as_str(), job["deviceJobStatistics"]["succeededCount"].as_u64()),
@@ -237,23 +264,23 @@ async fn cancel_works_at_every_stage() {
         connect(&hub, id, Answer::After(Duration::from_secs(3), 200));
     }
     // Queued: cancelled before its runner even looked at it.
-    let queued = hub.create_job("queued", &method_job("*", 30)).await.expect("create");
+    let queued = create_job(&hub, "queued", &method_job("*", 30)).await.expect("create");
     assert_eq!(queued["status"], "queued");
-    assert_eq!(hub.cancel_job("queued").await.expect("cancel")["status"], "cancelled");
+    assert_eq!(cancel_job(&hub, "queued").await.expect("cancel")["status"], "cancelled");
     tokio::time::sleep(Duration::from_secs(10)).await;
-    assert_eq!(hub.get_job("queued").expect("job")["status"], "cancelled");
+    assert_eq!(get_job(&hub, "queued").expect("job")["status"], "cancelled");
     assert!(records(&hub, "queued").is_empty(), "a job cancelled while queued never picks targets");
 
     // Scheduled: nothing ran, nothing will.
     let mut future = method_job("*", 30);
     future["startTime"] = json!(at(600));
-    hub.create_job("scheduled", &future).await.expect("create");
+    create_job(&hub, "scheduled", &future).await.expect("create");
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let cancelled = hub.cancel_job("scheduled").await.expect("cancel");
+    let cancelled = cancel_job(&hub, "scheduled").await.expect("cancel");
     assert_eq!(cancelled["status"], "cancelled");
     assert!(cancelled["endTime"].is_string());
     tokio::time::sleep(Duration::from_secs(700)).await;
-    assert_eq!(hub.get_job("scheduled").expect("job")["status"], "cancelled");
+    assert_eq!(get_job(&hub, "scheduled").expect("job")["status"], "cancelled");
     assert!(records(&hub, "scheduled").is_empty(), "a job cancelled before its start never picks targets");
 
     // Running with a window of one device: the one in flight finishes, the others are canceled.
@@ -263,12 +290,12 @@ async fn cancel_works_at_every_stage() {
     for id in ["slow1", "slow2", "slow3"] {
         connect(&hub, id, Answer::After(Duration::from_secs(3), 200));
     }
-    hub.create_job("running", &method_job("*", 30)).await.expect("create");
+    create_job(&hub, "running", &method_job("*", 30)).await.expect("create");
     tokio::time::sleep(Duration::from_secs(1)).await;
     let running = assert_statistics_agree(&hub, "running");
     assert_eq!(running["status"], "running");
     assert_eq!(running["deviceJobStatistics"]["runningCount"], 1);
-    let cancelled = hub.cancel_job("running").await.expect("cancel");
+    let cancelled = cancel_job(&hub, "running").await.expect("cancel");
     assert_eq!(cancelled["status"], "cancelled");
     assert_eq!(cancelled["deviceJobStatistics"]["runningCount"], 1, "the call in flight may finish");
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -281,9 +308,9 @@ async fn cancel_works_at_every_stage() {
     assert_eq!(record_of(&records, "slow3")["status"], "canceled");
 
     // Finished: cancelling again changes nothing.
-    let again = hub.cancel_job("running").await.expect("cancel again");
+    let again = cancel_job(&hub, "running").await.expect("cancel again");
     assert_eq!(again, job);
-    assert!(matches!(hub.cancel_job("nope").await, Err(HubError::JobNotFound(_))));
+    assert!(matches!(cancel_job(&hub, "nope").await, Err(HubError::JobNotFound(_))));
 }
 
 #[tokio::test(start_paused = true)]
@@ -295,7 +322,7 @@ async fn the_maximum_execution_time_fails_the_devices_not_done() {
     }
     let mut body = method_job("*", 300);
     body["maxExecutionTimeInSeconds"] = json!(10);
-    hub.create_job("short", &body).await.expect("create");
+    create_job(&hub, "short", &body).await.expect("create");
     let job = wait_finished(&hub, "short", Duration::from_millis(500)).await;
     assert_eq!(job["status"], "failed");
     let reason = job["failureReason"].as_str().expect("reason");
@@ -318,7 +345,7 @@ async fn devices_run_within_the_window_and_do_not_wait_for_each_other() {
             hub.put_device(id, &DeviceSpec::default(), None).await.expect("device");
             connect(&hub, id, Answer::After(Duration::from_secs(2), 200));
         }
-        hub.create_job("fan", &method_job("*", 30)).await.expect("create");
+        create_job(&hub, "fan", &method_job("*", 30)).await.expect("create");
         let job = wait_finished(&hub, "fan", Duration::from_millis(100)).await;
         assert_eq!(job["deviceJobStatistics"]["succeededCount"], 40);
         let started: Timestamp = job["startTime"].as_str().expect("start").parse().expect("time");
@@ -331,18 +358,18 @@ async fn devices_run_within_the_window_and_do_not_wait_for_each_other() {
 async fn a_twin_job_updates_every_target_like_a_twin_patch() {
     let hub = hub_with_devices(&["t1", "t2", "t3"]).await;
     let mut desired = connect(&hub, "t1", Answer::Silent);
-    let before = hub.twin_document("t1").expect("twin");
+    let before = twin_of(&hub, "t1").expect("twin");
     let body = json!({
         "type": "scheduleUpdateTwin",
         "queryCondition": "deviceId IN ['t1', 't2']",
         "updateTwin": {"etag": "*", "tags": {"site": "lab"}, "properties": {"desired": {"building": "43", "floor": 3}}},
         "startTime": null,
     });
-    assert_eq!(hub.create_job("twin", &body).await.expect("create")["updateTwin"], body["updateTwin"]);
+    assert_eq!(create_job(&hub, "twin", &body).await.expect("create")["updateTwin"], body["updateTwin"]);
     let job = wait_finished(&hub, "twin", Duration::from_millis(10)).await;
     assert_eq!(job["status"], "completed");
     assert_eq!(job["deviceJobStatistics"]["succeededCount"], 2);
-    let twin = hub.twin_document("t1").expect("twin");
+    let twin = twin_of(&hub, "t1").expect("twin");
     assert_eq!(twin["properties"]["desired"]["building"], "43");
     assert_eq!(twin["properties"]["desired"]["floor"], 3);
     assert_eq!(twin["tags"]["site"], "lab");
@@ -351,23 +378,23 @@ async fn a_twin_job_updates_every_target_like_a_twin_patch() {
     assert!(twin["properties"]["desired"]["$metadata"]["building"]["$lastUpdated"].is_string());
     let notification = desired.recv().await.expect("desired notification");
     assert_eq!(notification, json!({"building": "43", "floor": 3, "$version": 2}));
-    assert!(hub.twin_document("t3").expect("twin")["properties"]["desired"].get("building").is_none());
+    assert!(twin_of(&hub, "t3").expect("twin")["properties"]["desired"].get("building").is_none());
     let record = &records(&hub, "twin")[0];
     assert_eq!(record["jobType"], "scheduleUpdateTwin");
     assert_eq!(record["outcome"], json!({"deviceMethodResponse": null}));
 
     // A concrete etag is a per-device precondition: t1's twin moved on, t3's did not.
-    let t3_etag = hub.twin_document("t3").expect("twin")["etag"].as_str().expect("etag").to_owned();
+    let t3_etag = twin_of(&hub, "t3").expect("twin")["etag"].as_str().expect("etag").to_owned();
     let body = json!({
         "type": "scheduleUpdateTwin", "queryCondition": "deviceId IN ['t1', 't3']",
         "updateTwin": {"etag": t3_etag, "tags": {"checked": true}},
     });
-    hub.create_job("etag", &body).await.expect("create");
+    create_job(&hub, "etag", &body).await.expect("create");
     wait_finished(&hub, "etag", Duration::from_millis(10)).await;
     let records = records(&hub, "etag");
     assert_eq!(record_of(&records, "t1")["error"]["code"], "PreconditionFailed");
     assert_eq!(record_of(&records, "t3")["status"], "completed");
-    assert_eq!(hub.twin_document("t3").expect("twin")["tags"]["checked"], true);
+    assert_eq!(twin_of(&hub, "t3").expect("twin")["tags"]["checked"], true);
 }
 
 #[tokio::test(start_paused = true)]
@@ -375,23 +402,23 @@ async fn limits_duplicates_and_retention() {
     let hub = hub_with_settings(JobSettings { max_active_jobs: 1, ..JobSettings::default() }, &["d1"]).await;
     let mut future = method_job("*", 30);
     future["startTime"] = json!(at(60));
-    hub.create_job("first", &future).await.expect("create");
-    let err = hub.create_job("second", &method_job("*", 30)).await.expect_err("over the limit");
+    create_job(&hub, "first", &future).await.expect("create");
+    let err = create_job(&hub, "second", &method_job("*", 30)).await.expect_err("over the limit");
     assert_eq!(err.wire().number, 429004, "{err}");
-    let err = hub.create_job("first", &method_job("*", 30)).await.expect_err("duplicate");
+    let err = create_job(&hub, "first", &method_job("*", 30)).await.expect_err("duplicate");
     assert_eq!(err.wire().number, 409104, "{err}");
-    let err = hub.create_job("bad", &json!({"type": "scheduleDeviceMethod"})).await.expect_err("bad body");
+    let err = create_job(&hub, "bad", &json!({"type": "scheduleDeviceMethod"})).await.expect_err("bad body");
     assert_eq!(err.wire().status, 400);
-    assert!(matches!(hub.get_job("bad"), Err(HubError::JobNotFound(_))), "a refused job leaves nothing behind");
+    assert!(matches!(get_job(&hub, "bad"), Err(HubError::JobNotFound(_))), "a refused job leaves nothing behind");
 
     let job = wait_finished(&hub, "first", Duration::from_secs(1)).await;
     assert_eq!(job["status"], "completed");
-    hub.create_job("second", &method_job("*", 30)).await.expect("a slot is free again");
+    create_job(&hub, "second", &method_job("*", 30)).await.expect("a slot is free again");
     wait_finished(&hub, "second", Duration::from_secs(1)).await;
     tokio::time::sleep(Duration::from_secs(29 * 24 * 3600)).await;
-    assert!(hub.get_job("first").is_ok(), "kept for 30 days");
+    assert!(get_job(&hub, "first").is_ok(), "kept for 30 days");
     tokio::time::sleep(Duration::from_secs(2 * 24 * 3600)).await;
-    assert!(matches!(hub.get_job("first"), Err(HubError::JobNotFound(_))), "gone after 30 days");
+    assert!(matches!(get_job(&hub, "first"), Err(HubError::JobNotFound(_))), "gone after 30 days");
     assert!(records(&hub, "first").is_empty());
 }
 
@@ -401,27 +428,27 @@ async fn the_job_query_filters_and_pages() {
     for i in 0..5 {
         let mut body = method_job("*", 30);
         body["startTime"] = json!(at(3600));
-        hub.create_job(&format!("m{i}"), &body).await.expect("create");
+        create_job(&hub, &format!("m{i}"), &body).await.expect("create");
     }
     let twin = json!({"type": "scheduleUpdateTwin", "queryCondition": "*", "updateTwin": {"tags": {"a": 1}}});
-    hub.create_job("t0", &twin).await.expect("create");
+    create_job(&hub, "t0", &twin).await.expect("create");
     wait_finished(&hub, "t0", Duration::from_millis(10)).await;
 
     let (page, token) = hub
         .query_jobs(Some(iothub_emulator::domain::jobs::JobType::ScheduleDeviceMethod), None, 2, None)
         .expect("query");
-    assert_eq!(page.iter().map(|j| j["jobId"].clone()).collect::<Vec<_>>(), vec![json!("m0"), json!("m1")]);
+    assert_eq!(page.iter().map(|j| json!(j.job.job_id)).collect::<Vec<_>>(), vec![json!("m0"), json!("m1")]);
     let (page, token) = hub
         .query_jobs(Some(iothub_emulator::domain::jobs::JobType::ScheduleDeviceMethod), None, 2, token.as_deref())
         .expect("page 2");
-    assert_eq!(page.iter().map(|j| j["jobId"].clone()).collect::<Vec<_>>(), vec![json!("m2"), json!("m3")]);
+    assert_eq!(page.iter().map(|j| json!(j.job.job_id)).collect::<Vec<_>>(), vec![json!("m2"), json!("m3")]);
     let (page, token) = hub
         .query_jobs(Some(iothub_emulator::domain::jobs::JobType::ScheduleDeviceMethod), None, 2, token.as_deref())
         .expect("page 3");
     assert_eq!((page.len(), token), (1, None), "no continuation on the last page");
     let (completed, _) =
         hub.query_jobs(None, Some(iothub_emulator::domain::jobs::JobStatus::Completed), 100, None).expect("query");
-    assert_eq!(completed.iter().map(|j| j["jobId"].clone()).collect::<Vec<_>>(), vec![json!("t0")]);
+    assert_eq!(completed.iter().map(|j| json!(j.job.job_id)).collect::<Vec<_>>(), vec![json!("t0")]);
     assert!(hub.query_jobs(None, None, 100, Some("not a token!")).is_err());
 }
 
@@ -457,7 +484,7 @@ async fn after_a_restart_in_flight_devices_fail_and_pending_ones_run() {
     }
     connect(&hub, "done", Answer::After(Duration::ZERO, 200));
     connect(&hub, "inflight", Answer::Silent);
-    hub.create_job("resume", &method_job("*", 60)).await.expect("create");
+    create_job(&hub, "resume", &method_job("*", 60)).await.expect("create");
     let mut before = Vec::new();
     for _ in 0..200 {
         before = records(&hub, "resume");
@@ -486,7 +513,7 @@ async fn after_a_restart_in_flight_devices_fail_and_pending_ones_run() {
 
     // Finished jobs read the same after another restart.
     let again = open(&path, JobSettings::default());
-    assert_eq!(again.get_job("resume").expect("job"), job);
+    assert_eq!(get_job(&again, "resume").expect("job"), job);
     assert_eq!(records(&again, "resume"), after);
 }
 
@@ -500,14 +527,14 @@ async fn a_scheduled_job_survives_a_restart() {
     let mut body = method_job("*", 30);
     let start = Timestamp::now().checked_add(jiff::SignedDuration::from_millis(800)).expect("time");
     body["startTime"] = json!(start.to_string());
-    hub.create_job("later", &body).await.expect("create");
+    create_job(&hub, "later", &body).await.expect("create");
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(hub.get_job("later").expect("job")["status"], "scheduled");
+    assert_eq!(get_job(&hub, "later").expect("job")["status"], "scheduled");
     hub.close().await;
     drop(hub);
     let hub = open(&path, JobSettings::default());
     connect(&hub, "d1", Answer::After(Duration::ZERO, 200));
-    assert_eq!(hub.get_job("later").expect("job")["status"], "scheduled");
+    assert_eq!(get_job(&hub, "later").expect("job")["status"], "scheduled");
     let job = wait_finished(&hub, "later", Duration::from_millis(20)).await;
     assert_eq!(
         (job["status"].as_str(), job["deviceJobStatistics"]["succeededCount"].as_u64()),

@@ -3,6 +3,7 @@
 mod common;
 
 use common::{TestHub, expect_error, start};
+use iothub_emulator::domain::twin::json::object_from_json;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -66,7 +67,7 @@ async fn fleet(hub: &TestHub) {
         assert_eq!(response.status(), StatusCode::OK);
         let device = hub.emulator.hub().clone();
         let reported = serde_json::Map::from_iter([("temp".to_owned(), json!(i * 10))]);
-        device.patch_reported(&id, &reported).await.expect("reported");
+        device.patch_reported(&id, &object_from_json(&reported)).await.expect("reported");
     }
 }
 

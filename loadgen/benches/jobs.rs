@@ -43,10 +43,11 @@ async fn create_devices(hub: &Arc<Hub>, count: usize) -> Vec<Value> {
 /// returns the latter.
 async fn run_job(hub: &Arc<Hub>, job_id: &str, body: &Value, kind: &str) -> Duration {
     let started = Instant::now();
-    hub.create_job(job_id, body).await.expect("create job");
+    let request = iothub_emulator::wire::jobs::parse_request(job_id, body, hub.clock().now()).expect("request");
+    hub.create_job(request).await.expect("create job");
     let job = loop {
         let job = hub.get_job(job_id).expect("job");
-        if matches!(job["status"].as_str(), Some("completed" | "failed" | "cancelled")) {
+        if job.job.status.is_finished() {
             break job;
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
@@ -54,15 +55,15 @@ async fn run_job(hub: &Arc<Hub>, job_id: &str, body: &Value, kind: &str) -> Dura
     let completed = started.elapsed();
     hub.sync().await.expect("sync");
     let durable = started.elapsed();
-    let stats = &job["deviceJobStatistics"];
+    let stats = &job.stats;
     println!(
         "{kind:>6} job over {} devices: {} in {:.0} ms, durable in {:.0} ms (succeeded {}, failed {})",
-        stats["deviceCount"],
-        job["status"],
+        stats.device_count,
+        job.job.status.as_str(),
         completed.as_secs_f64() * 1e3,
         durable.as_secs_f64() * 1e3,
-        stats["succeededCount"],
-        stats["failedCount"]
+        stats.succeeded,
+        stats.failed
     );
     durable
 }

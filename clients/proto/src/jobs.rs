@@ -28,6 +28,16 @@ impl JobType {
             Self::Unknown => "unknown",
         }
     }
+
+    /// Reads a type name case-insensitively (C# sends enum names such as `ScheduleDeviceMethod`); the spelling
+    /// `scheduleTwinUpdate` of the Node SDK's doc comments and older docs is read too. `None` for other types.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text.to_ascii_lowercase().as_str() {
+            "scheduledevicemethod" => Some(Self::ScheduleDeviceMethod),
+            "scheduleupdatetwin" | "scheduletwinupdate" => Some(Self::ScheduleUpdateTwin),
+            _ => None,
+        }
+    }
 }
 
 /// A job's status (`cancelled` with two l's).
@@ -72,6 +82,21 @@ impl JobStatus {
     pub fn is_finished(self) -> bool {
         matches!(self, Self::Completed | Self::Failed | Self::Cancelled)
     }
+
+    /// Reads a status name case-insensitively (C# sends enum names); `canceled` is read as `cancelled`. `None`
+    /// for anything else.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text.to_ascii_lowercase().as_str() {
+            "queued" => Some(Self::Queued),
+            "scheduled" => Some(Self::Scheduled),
+            "running" => Some(Self::Running),
+            "completed" => Some(Self::Completed),
+            "failed" => Some(Self::Failed),
+            "cancelled" | "canceled" => Some(Self::Cancelled),
+            "enqueued" => Some(Self::Enqueued),
+            _ => None,
+        }
+    }
 }
 
 /// The body of `PUT /jobs/v2/{jobId}`.
@@ -115,46 +140,47 @@ pub struct DeviceJobStatistics {
     pub pending_count: u64,
 }
 
-/// A job as the hub reports it.
+/// A job as the hub reports it, its members in the hub's order (wire-spec C.6.2). Members without a value are
+/// left out, as the hub leaves out `endTime` until the job ends.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct JobResponse {
     /// `jobId`: the job's id.
     pub job_id: String,
     /// `queryCondition`: the WHERE condition that picks the target devices.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub query_condition: Option<String>,
     /// `createdTime`: when the hub accepted the job (ISO 8601 UTC).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_time: Option<String>,
     /// `startTime`: when the job starts or started (ISO 8601 UTC).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_time: Option<String>,
     /// `endTime`: when the job finished (ISO 8601 UTC); absent until then.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end_time: Option<String>,
     /// `maxExecutionTimeInSeconds`: how long the job may run.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_execution_time_in_seconds: Option<u64>,
     /// `type`: what the job does.
     #[serde(rename = "type")]
     pub job_type: JobType,
     /// `cloudToDeviceMethod`: the method a `scheduleDeviceMethod` job calls.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cloud_to_device_method: Option<CloudToDeviceMethod>,
     /// `updateTwin`: the twin update a `scheduleUpdateTwin` job writes.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub update_twin: Option<Twin>,
     /// `status`: where the job is in its life.
     pub status: JobStatus,
-    /// `failureReason`: why the job failed; absent unless it did.
-    #[serde(default)]
-    pub failure_reason: Option<String>,
     /// `statusMessage`: free text about the job's status.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status_message: Option<String>,
+    /// `failureReason`: why the job failed; absent unless it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_reason: Option<String>,
     /// `deviceJobStatistics`: counts of the job's device records by status.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_job_statistics: Option<DeviceJobStatistics>,
 }
 
@@ -177,6 +203,26 @@ pub enum DeviceJobStatus {
     /// A status this client does not know.
     #[serde(other)]
     Unknown,
+}
+
+impl DeviceJobStatus {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Scheduled => "scheduled",
+            Self::Running => "running",
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+            Self::Canceled => "canceled",
+            Self::Unknown => "unknown",
+        }
+    }
+
+    /// True once the device's part is over.
+    pub fn is_finished(self) -> bool {
+        matches!(self, Self::Completed | Self::Failed | Self::Canceled)
+    }
 }
 
 /// What a device's part produced.
@@ -224,7 +270,7 @@ pub struct DeviceJob {
     #[serde(default)]
     pub outcome: Option<DeviceJobOutcome>,
     /// `error`: why this device's part failed; absent unless it did.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<DeviceJobError>,
     /// Members this client does not know.
     #[serde(flatten)]
@@ -260,5 +306,16 @@ mod tests {
         let job: JobResponse =
             serde_json::from_str(r#"{"jobId":"j","type":"export","status":"enqueued"}"#).expect("parse");
         assert_eq!((job.job_type, job.status), (JobType::Unknown, JobStatus::Enqueued));
+    }
+
+    #[test]
+    fn names_read_as_the_sdks_write_them() {
+        assert_eq!(JobType::parse("ScheduleDeviceMethod"), Some(JobType::ScheduleDeviceMethod));
+        assert_eq!(JobType::parse("scheduleTwinUpdate"), Some(JobType::ScheduleUpdateTwin));
+        assert_eq!(JobType::parse("export"), None);
+        assert_eq!(JobStatus::parse("Completed"), Some(JobStatus::Completed));
+        assert_eq!(JobStatus::parse("canceled"), Some(JobStatus::Cancelled));
+        assert_eq!(serde_json::to_value(JobType::ScheduleUpdateTwin).expect("json"), "scheduleUpdateTwin");
+        assert_eq!(serde_json::to_value(DeviceJobStatus::Canceled).expect("json"), DeviceJobStatus::Canceled.as_str());
     }
 }

@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 
 use crate::registry::{DeviceCapabilities, X509Thumbprint};
 
-/// A device twin.
+/// A device twin, its members in the hub's order (wire-spec D.1).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct Twin {
@@ -24,9 +24,6 @@ pub struct Twin {
     /// `deviceEtag`: the `etag` of the device identity.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub device_etag: Option<String>,
-    /// `version`: the twin's version number, which grows with every change.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub version: Option<u64>,
     /// `status`: the device's status, `enabled` or `disabled`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<String>,
@@ -54,15 +51,18 @@ pub struct Twin {
     /// `modelId`: the IoT Plug and Play model the device announced; empty when none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub model_id: Option<String>,
-    /// `capabilities`: what kind of device this is, e.g. an IoT Edge device.
+    /// `version`: the twin's version number, which grows with every change.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub capabilities: Option<DeviceCapabilities>,
+    pub version: Option<u64>,
     /// `tags`: metadata the service sets and reads; devices do not see it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tags: Option<Map<String, Value>>,
     /// `properties`: the desired and reported properties.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub properties: Option<TwinProperties>,
+    /// `capabilities`: what kind of device this is, e.g. an IoT Edge device.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capabilities: Option<DeviceCapabilities>,
 }
 
 /// The desired and reported property sections.

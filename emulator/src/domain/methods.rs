@@ -1,10 +1,11 @@
-//! Direct methods: request validation, the device's answer, and the table of calls waiting for an answer.
+//! Direct methods: the call and its limits, the device's answer, and the table of calls waiting for an answer.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::oneshot;
 
@@ -22,10 +23,10 @@ pub const MAX_CONNECT_TIMEOUT_SECS: u64 = 300;
 pub const MAX_METHOD_NAME_LEN: usize = 256;
 
 /// A validated invocation.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MethodCall {
     pub name: String,
-    /// The payload as JSON text, exactly what the device receives (`null` when none).
+    /// The payload as JSON text, as the caller wrote it: exactly what the device receives (`null` when none).
     pub payload: String,
     pub response_timeout: Duration,
     pub connect_timeout: Duration,
@@ -36,54 +37,6 @@ pub struct MethodCall {
 pub struct MethodResponse {
     pub status: i64,
     pub payload: Value,
-}
-
-fn timeout(name: &str, given: Option<&Value>, default: u64, min: u64, max: u64) -> Result<Duration, HubError> {
-    let secs = match given {
-        None | Some(Value::Null) => default,
-        Some(value) => value.as_u64().filter(|s| (min..=max).contains(s)).ok_or_else(|| {
-            HubError::ArgumentInvalid(format!(
-                "{name} must be a whole number of seconds from {min} to {max}, not {value}"
-            ))
-        })?,
-    };
-    Ok(Duration::from_secs(secs))
-}
-
-/// Checks a `CloudToDeviceMethod` body (`methodName`, `payload`, `responseTimeoutInSeconds`,
-/// `connectTimeoutInSeconds`), filling in the hub's defaults.
-pub fn parse_call(body: &Value) -> Result<MethodCall, HubError> {
-    let Value::Object(body) = body else {
-        return Err(HubError::ArgumentInvalid("The method request must be a JSON object".into()));
-    };
-    let name = match body.get("methodName") {
-        None | Some(Value::Null) => return Err(HubError::ArgumentNull("methodName is required".into())),
-        Some(Value::String(name)) => name.clone(),
-        Some(other) => return Err(HubError::ArgumentInvalid(format!("methodName must be a string, not {other}"))),
-    };
-    validate_name(&name)?;
-    let payload = body.get("payload").cloned().unwrap_or(Value::Null).to_string();
-    if payload.len() > MAX_PAYLOAD_BYTES {
-        return Err(HubError::MessageTooLarge(format!("The method payload is larger than {MAX_PAYLOAD_BYTES} bytes")));
-    }
-    Ok(MethodCall {
-        name,
-        payload,
-        response_timeout: timeout(
-            "responseTimeoutInSeconds",
-            body.get("responseTimeoutInSeconds"),
-            DEFAULT_RESPONSE_TIMEOUT_SECS,
-            MIN_RESPONSE_TIMEOUT_SECS,
-            MAX_RESPONSE_TIMEOUT_SECS,
-        )?,
-        connect_timeout: timeout(
-            "connectTimeoutInSeconds",
-            body.get("connectTimeoutInSeconds"),
-            0,
-            0,
-            MAX_CONNECT_TIMEOUT_SECS,
-        )?,
-    })
 }
 
 /// Checks a method name: non-empty, bounded, and safe as an MQTT topic level.
@@ -97,17 +50,6 @@ pub fn validate_name(name: &str) -> Result<(), HubError> {
         )));
     }
     Ok(())
-}
-
-/// Reads a device's answer: an empty body is `null`; a body that is not JSON is passed on as a JSON string
-/// (wire-spec H.25).
-pub fn parse_response(status: i64, body: &[u8]) -> MethodResponse {
-    let payload = if body.iter().all(u8::is_ascii_whitespace) {
-        Value::Null
-    } else {
-        serde_json::from_slice(body).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(body).into_owned()))
-    };
-    MethodResponse { status, payload }
 }
 
 struct Waiting {
@@ -164,41 +106,13 @@ impl PendingCalls {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     #[test]
-    fn defaults_and_ranges() {
-        let call = parse_call(&json!({"methodName":"lockDoor"})).expect("call");
-        assert_eq!(call.payload, "null");
-        assert_eq!(call.response_timeout, Duration::from_secs(30));
-        assert_eq!(call.connect_timeout, Duration::ZERO);
-        let call = parse_call(
-            &json!({"methodName":"m","payload":{"a":1},"responseTimeoutInSeconds":5,"connectTimeoutInSeconds":300}),
-        )
-        .expect("call");
-        assert_eq!(call.payload, r#"{"a":1}"#);
-        for bad in [
-            json!({"methodName":"m","responseTimeoutInSeconds":4}),
-            json!({"methodName":"m","responseTimeoutInSeconds":301}),
-            json!({"methodName":"m","connectTimeoutInSeconds":-1}),
-            json!({"methodName":"m","connectTimeoutInSeconds":1.5}),
-            json!({"methodName":"a/b"}),
-            json!({"methodName":7}),
-            json!([1]),
-        ] {
-            assert!(matches!(parse_call(&bad), Err(HubError::ArgumentInvalid(_))), "{bad}");
+    fn method_names_become_a_topic_level() {
+        validate_name("lockDoor").expect("plain name");
+        for bad in ["", "a/b", "a+b", "a#", "a?b", &"m".repeat(MAX_METHOD_NAME_LEN + 1)] {
+            assert!(validate_name(bad).is_err(), "{bad}");
         }
-        assert!(matches!(parse_call(&json!({})), Err(HubError::ArgumentNull(_))));
-        let big = json!({"methodName":"m","payload":"x".repeat(MAX_PAYLOAD_BYTES)});
-        assert!(matches!(parse_call(&big), Err(HubError::MessageTooLarge(_))));
-    }
-
-    #[test]
-    fn device_answers_of_every_shape() {
-        assert_eq!(parse_response(200, b"").payload, Value::Null);
-        assert_eq!(parse_response(200, b"null").payload, Value::Null);
-        assert_eq!(parse_response(299, br#"{"ok":true}"#), MethodResponse { status: 299, payload: json!({"ok":true}) });
-        assert_eq!(parse_response(500, b"not json").payload, json!("not json"));
     }
 
     #[tokio::test]

@@ -2,7 +2,6 @@
 
 pub mod jobs;
 pub mod methods;
-pub mod properties;
 pub mod query;
 pub mod registry;
 pub mod sessions;

@@ -20,6 +20,7 @@ use crate::domain::jobs::{JobStatus, JobType};
 use crate::domain::throttle::Operation;
 use crate::error::HubError;
 use crate::hub::{Hub, MAX_JOBS_PAGE};
+use crate::wire;
 
 type ApiResult = Result<Response, ApiError>;
 
@@ -32,21 +33,22 @@ pub async fn create_job(
 ) -> ApiResult {
     hub.authorize_service(authorization(&headers), &format!("jobs/v2/{id}"), Rights::REGISTRY_WRITE)?;
     hub.admit(Operation::JobOperation, 1.0)?;
-    Ok(ok_json(&hub.create_job(&id, &body).await?))
+    let job = wire::jobs::parse_request(&id, &body, hub.clock().now())?;
+    Ok(ok_json(&wire::jobs::document(&hub.create_job(job).await?)))
 }
 
 /// `GET /jobs/v2/{jobId}`: the job and its live statistics.
 pub async fn get_job(State(hub): State<Arc<Hub>>, PathId(id): PathId, headers: HeaderMap) -> ApiResult {
     hub.authorize_service(authorization(&headers), &format!("jobs/v2/{id}"), Rights::REGISTRY_READ)?;
     hub.admit(Operation::JobOperation, 1.0)?;
-    Ok(ok_json(&hub.get_job(&id)?))
+    Ok(ok_json(&wire::jobs::document(&hub.get_job(&id)?)))
 }
 
 /// `POST /jobs/v2/{jobId}/cancel` (no body; the Node SDK sends no Content-Type).
 pub async fn cancel_job(State(hub): State<Arc<Hub>>, PathId(id): PathId, headers: HeaderMap) -> ApiResult {
     hub.authorize_service(authorization(&headers), &format!("jobs/v2/{id}/cancel"), Rights::REGISTRY_WRITE)?;
     hub.admit(Operation::JobOperation, 1.0)?;
-    Ok(ok_json(&hub.cancel_job(&id).await?))
+    Ok(ok_json(&wire::jobs::document(&hub.cancel_job(&id).await?)))
 }
 
 /// `GET /jobs/v2/query[?jobType=..][&jobStatus=..]`: a page of jobs, paged with `x-ms-max-item-count` and
@@ -81,6 +83,7 @@ pub async fn query_jobs(State(hub): State<Arc<Hub>>, headers: HeaderMap, RawQuer
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let size = page_size(header(MAX_ITEM_COUNT).or(size).as_deref(), MAX_JOBS_PAGE)?;
     let token = header(CONTINUATION).or(token);
-    let (items, continuation) = hub.query_jobs(job_type, status, size, token.as_deref())?;
+    let (jobs, continuation) = hub.query_jobs(job_type, status, size, token.as_deref())?;
+    let items: Vec<_> = jobs.iter().map(wire::jobs::document).collect();
     Ok(page_response(&items, "JobResponse", continuation))
 }

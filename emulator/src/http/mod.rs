@@ -28,7 +28,6 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 use tower_http::trace::TraceLayer;
 
-pub use registry::{device_to_wire, spec_from_wire};
 pub use response::{ApiError, ERROR_CODE_HEADER, JSON_CONTENT_TYPE};
 
 use crate::error::HubError;

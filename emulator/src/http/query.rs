@@ -3,6 +3,7 @@
 
 use axum::http::{HeaderMap, HeaderValue};
 use axum::response::Response;
+use serde::Serialize;
 use serde_json::Value;
 
 use super::request::authorization;
@@ -10,6 +11,7 @@ use super::response::{ApiError, ok_json};
 use crate::auth::Rights;
 use crate::error::HubError;
 use crate::hub::{Hub, MAX_PAGE_SIZE};
+use crate::wire;
 
 /// Runs the query in `body` (`{"query": "SELECT ..."}`) and answers one page (see `page_response`).
 pub async fn run(hub: &Hub, headers: &HeaderMap, body: &Value) -> Result<Response, ApiError> {
@@ -31,7 +33,7 @@ pub async fn run(hub: &Hub, headers: &HeaderMap, body: &Value) -> Result<Respons
     let page_size = page_size(headers.get(MAX_ITEM_COUNT).map(|v| v.to_str().unwrap_or("")), MAX_PAGE_SIZE)?;
     let continuation = headers.get(CONTINUATION).and_then(|v| v.to_str().ok());
     let page = hub.query(text, page_size, continuation)?;
-    Ok(page_response(&page.items, page.item_type.as_str(), page.continuation))
+    Ok(page_response(&wire::query::items(&page.items), page.item_type.as_str(), page.continuation))
 }
 
 /// Paging headers of query answers (wire-spec F.6).
@@ -52,7 +54,7 @@ pub fn page_size(given: Option<&str>, max: usize) -> Result<usize, HubError> {
 
 /// One page as the hub answers it: a JSON array, `x-ms-item-type`, and `x-ms-continuation` only when more
 /// results exist (an empty one would make the Node SDK loop forever).
-pub fn page_response(items: &[Value], item_type: &'static str, continuation: Option<String>) -> Response {
+pub fn page_response<T: Serialize>(items: &[T], item_type: &'static str, continuation: Option<String>) -> Response {
     let mut response = ok_json(items);
     let headers = response.headers_mut();
     headers.insert("x-ms-item-type", HeaderValue::from_static(item_type));

@@ -5,15 +5,17 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::request::{JsonBody, PathId, authorization, if_match};
 use super::response::{ApiError, ok_json};
 use crate::auth::Rights;
-use crate::domain::methods;
 use crate::domain::throttle::Operation;
-use crate::domain::twin::{WriteMode, parse_twin_write};
+use crate::domain::twin::WriteMode;
 use crate::hub::Hub;
+use crate::wire;
+use crate::wire::methods::MethodBody;
+use crate::wire::twin::TwinDocument;
 
 type ApiResult = Result<Response, ApiError>;
 
@@ -26,7 +28,7 @@ const TWIN_WRITE: Rights = Rights::SERVICE_CONNECT.union(Rights::REGISTRY_WRITE)
 pub async fn get_twin(State(hub): State<Arc<Hub>>, PathId(id): PathId, headers: HeaderMap) -> ApiResult {
     hub.authorize_service(authorization(&headers), &format!("twins/{id}"), TWIN_READ)?;
     hub.admit(Operation::TwinRead, 1.0)?;
-    Ok(ok_json(&hub.twin_document(&id)?))
+    Ok(ok_json(&TwinDocument::of(&hub.twin(&id)?)))
 }
 
 /// `PATCH /twins/{id}`: merge tags and desired properties.
@@ -52,9 +54,9 @@ pub async fn replace_twin(
 async fn write(hub: &Hub, id: &str, headers: &HeaderMap, body: &Value, mode: WriteMode) -> ApiResult {
     hub.authorize_service(authorization(headers), &format!("twins/{id}"), TWIN_WRITE)?;
     hub.admit(Operation::TwinUpdate, 1.0)?;
-    let twin_write = parse_twin_write(body)?;
-    let document = hub.write_twin(id, &twin_write, mode, if_match(headers)?.as_ref()).await?;
-    Ok(ok_json(&document))
+    let twin_write = wire::twin::parse_write(body)?;
+    let written = hub.write_twin(id, &twin_write, mode, if_match(headers)?.as_ref()).await?;
+    Ok(ok_json(&TwinDocument::of(&written)))
 }
 
 /// `POST /twins/{id}/methods`: invoke a direct method and answer `{status, payload}` with HTTP 200 whatever
@@ -63,12 +65,12 @@ pub async fn invoke_method(
     State(hub): State<Arc<Hub>>,
     PathId(id): PathId,
     headers: HeaderMap,
-    JsonBody(body): JsonBody<Value>,
+    JsonBody(body): JsonBody<MethodBody>,
 ) -> ApiResult {
     hub.authorize_service(authorization(&headers), &format!("twins/{id}/methods"), Rights::SERVICE_CONNECT)?;
-    let call = methods::parse_call(&body)?;
+    let call = wire::methods::parse_call(&body)?;
     // Metered in 4 KB units of payload, as the hub meters direct methods.
     hub.admit(Operation::DirectMethod, (call.payload.len() as f64 / 4096.0).ceil().max(1.0))?;
     let response = hub.invoke_method(&id, &call).await?;
-    Ok(ok_json(&json!({ "status": response.status, "payload": response.payload })))
+    Ok(ok_json(&wire::methods::result(response)))
 }

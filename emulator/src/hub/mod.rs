@@ -18,9 +18,9 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use jiff::Timestamp;
 use tokio::sync::{Notify, broadcast};
 
-pub use jobs::{JobSettings, MAX_JOBS_PAGE};
+pub use jobs::{JobSettings, JobSnapshot, MAX_JOBS_PAGE};
 pub use presence::{Connected, ConnectionLease, Subscriptions, ToDevice};
-pub use query::{MAX_PAGE_SIZE, QueryPage};
+pub use query::{MAX_PAGE_SIZE, QueryItem, QueryPage};
 
 use crate::auth::{self, AuthFailure, Policies, Principal, Rights};
 use crate::clock::SharedClock;
@@ -30,6 +30,13 @@ use crate::domain::telemetry::{DeviceBuffer, TelemetryMessage};
 use crate::domain::throttle::{Operation, Throttle, Tier};
 use crate::error::HubError;
 use crate::store::{Loaded, Pending, Store, Write};
+
+/// A device as it is now, with its connection facts: what device and twin documents show.
+#[derive(Debug, Clone)]
+pub struct DeviceSnapshot {
+    pub device: Arc<Device>,
+    pub liveness: Liveness,
+}
 
 /// Device counts for `GET /statistics/devices`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

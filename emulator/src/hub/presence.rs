@@ -8,6 +8,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::Hub;
+use crate::domain::twin::DesiredNotification;
 use crate::error::HubError;
 use crate::store::Write;
 
@@ -17,12 +18,12 @@ const OUTBOUND_CAPACITY: usize = 1024;
 pub use crate::domain::sessions::Subscriptions;
 
 /// What the hub sends a connected device on its own initiative.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum ToDevice {
     /// A direct method call; `payload` is JSON text.
     MethodRequest { rid: u64, name: String, payload: String },
-    /// Desired properties changed; `body` is the JSON notification including `$version`.
-    DesiredChanged { version: u64, body: String },
+    /// Desired properties changed.
+    DesiredChanged(DesiredNotification),
 }
 
 pub(super) struct Presence {

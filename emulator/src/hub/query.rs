@@ -14,25 +14,32 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::sync::Arc;
 
-use super::Hub;
+use super::{DeviceSnapshot, Hub};
 use crate::domain::jobs::DeviceJob;
-use crate::domain::jobs::document::{DeviceJobView, device_job_document};
+use crate::domain::jobs::view::DeviceJobView;
 use crate::domain::query::ast::{CmpOp, Collection, Expr, Literal, Select};
 use crate::domain::query::eval::matches;
 use crate::domain::query::run::{self, Groups, ItemType};
 use crate::domain::query::twin_doc::{LivenessSource, TwinView};
 use crate::domain::query::{Query, parse_query};
 use crate::domain::registry::{Device, Liveness};
-use crate::domain::twin;
 use crate::error::HubError;
 
 /// Items per page: the default and the most the hub returns (wire-spec F.6, H.27).
 pub const MAX_PAGE_SIZE: usize = 100;
 
+/// One result: a twin (`SELECT *`), a device's record of a job (`FROM devices.jobs`), or a row of selected values.
+#[derive(Debug, Clone)]
+pub enum QueryItem {
+    Twin(DeviceSnapshot),
+    DeviceJob(DeviceJob),
+    Row(Value),
+}
+
 /// One page of results.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct QueryPage {
-    pub items: Vec<Value>,
+    pub items: Vec<QueryItem>,
     pub item_type: ItemType,
     /// Present only when more results exist.
     pub continuation: Option<String>,
@@ -137,7 +144,8 @@ impl Hub {
             let end = (start + page_size).min(total);
             let continuation =
                 (end < total).then(|| encode(&Cursor { q: cursor.q, after: None, job: None, n: end as u64 }));
-            return QueryPage { items: rows[start..end].to_vec(), item_type, continuation };
+            let items = rows[start..end].iter().cloned().map(QueryItem::Row).collect();
+            return QueryPage { items, item_type, continuation };
         }
 
         let remaining = query.top.map_or(usize::MAX, |top| (top.saturating_sub(cursor.n)) as usize);
@@ -170,11 +178,14 @@ impl Hub {
         }
         let more = matched.len() > limit;
         matched.truncate(limit);
-        let items: Vec<Value> = matched
+        let items: Vec<QueryItem> = matched
             .iter()
             .map(|device| match &query.select {
-                Select::All => twin::twin_document(device, &liveness(&device.device_id)),
-                Select::Items(items) => run::project(items, &view(device, &liveness)),
+                Select::All => QueryItem::Twin(DeviceSnapshot {
+                    device: Arc::clone(device),
+                    liveness: liveness(&device.device_id),
+                }),
+                Select::Items(items) => QueryItem::Row(run::project(items, &view(device, &liveness))),
             })
             .collect();
         let continuation = (more && limit > 0).then(|| {
@@ -216,7 +227,7 @@ impl Hub {
                 n: cursor.n + matched.len() as u64,
             })
         });
-        QueryPage { items: matched.iter().map(device_job_document).collect(), item_type, continuation }
+        QueryPage { items: matched.into_iter().map(QueryItem::DeviceJob).collect(), item_type, continuation }
     }
 
     /// The ids of every device `condition` selects (all devices for `None`), in id order: a job's targets.
@@ -322,6 +333,7 @@ mod tests {
                 let mut device =
                     create_device(&format!("d{i:06}"), &DeviceSpec::default(), now, i as u64 + 1).expect("device");
                 let tags = serde_json::json!({"n": i, "parity": i % 2}).as_object().cloned().expect("object");
+                let tags = crate::domain::twin::json::object_from_json(&tags);
                 let write = TwinWrite { tags: Some(Some(tags)), desired: None };
                 device.twin = device.twin.apply_service_write(&write, WriteMode::Merge, now).expect("tags").twin;
                 device
@@ -346,7 +358,10 @@ mod tests {
         let mut token: Option<String> = None;
         loop {
             let page = hub.query(text, 100, token.as_deref()).expect("query");
-            seen.extend(page.items.iter().map(|i| i["deviceId"].as_str().expect("id").to_owned()));
+            seen.extend(page.items.iter().map(|item| match item {
+                QueryItem::Row(row) => row["deviceId"].as_str().expect("id").to_owned(),
+                other => panic!("{other:?}"),
+            }));
             match page.continuation {
                 Some(next) => token = Some(next),
                 None => break,
@@ -357,10 +372,16 @@ mod tests {
         // A match only near the end is found past many batches.
         let page = hub.query("SELECT * FROM devices WHERE tags.n = 19999", 100, None).expect("query");
         assert_eq!(page.items.len(), 1);
-        let rows = hub
+        let rows: Vec<Value> = hub
             .query("SELECT tags.parity AS p, COUNT() AS n, SUM(tags.n) AS s, MIN(tags.n) AS lo, MAX(tags.n) AS hi FROM devices GROUP BY tags.parity", 100, None)
             .expect("query")
-            .items;
+            .items
+            .into_iter()
+            .map(|item| match item {
+                QueryItem::Row(row) => row,
+                other => panic!("{other:?}"),
+            })
+            .collect();
         assert_eq!(
             rows,
             vec![

@@ -3,37 +3,30 @@
 
 use std::sync::Arc;
 
-use serde_json::{Map, Value};
-
 use super::presence::ToDevice;
-use super::{Hub, State};
+use super::{DeviceSnapshot, Hub, State};
 use crate::domain::registry::{Device, IfMatch};
-use crate::domain::twin::{self, DesiredNotification, TwinWrite, WriteMode};
+use crate::domain::twin::{DesiredNotification, Object, TwinWrite, WriteMode};
 use crate::error::HubError;
 use crate::store::{Pending, Write};
 
 impl Hub {
-    /// The full twin document of a device (wire-spec D.1).
-    pub fn twin_document(&self, id: &str) -> Result<Value, HubError> {
+    /// A device with its twin and connection facts: what the twin document shows (wire-spec D.1).
+    pub fn twin(&self, id: &str) -> Result<DeviceSnapshot, HubError> {
         let state = self.read();
         let device = state.devices.get(id).ok_or_else(|| HubError::DeviceNotFound(id.to_owned()))?;
-        Ok(twin::twin_document(device, &Self::liveness_in(&state, id)))
-    }
-
-    /// What the device gets for `$iothub/twin/GET`.
-    pub fn device_twin_view(&self, id: &str) -> Result<Value, HubError> {
-        Ok(self.get_device(id)?.twin.device_view())
+        Ok(DeviceSnapshot { device: Arc::clone(device), liveness: Self::liveness_in(&state, id) })
     }
 
     /// A service write of the twin: checks `If-Match` against the twin etag, applies it, notifies the device
-    /// of desired changes, and answers with the new twin document once it is durable.
+    /// of desired changes, and answers with the new twin once it is durable.
     pub async fn write_twin(
         &self,
         id: &str,
         write: &TwinWrite,
         mode: WriteMode,
         if_match: Option<&IfMatch>,
-    ) -> Result<Value, HubError> {
+    ) -> Result<DeviceSnapshot, HubError> {
         let now = self.clock.now();
         let (device, previous, pending, liveness) = {
             let mut state = self.write();
@@ -41,10 +34,8 @@ impl Hub {
                 self.apply_twin_write(&mut state, id, write, mode, if_match, now, Vec::new())?;
             (device, previous, pending, Self::liveness_in(&state, id))
         };
-        // The answer is rendered outside the lock: other writers need not wait for it.
-        let document = twin::twin_document(&device, &liveness);
         self.settle(pending, id, Some(previous), Some(&device)).await?;
-        Ok(document)
+        Ok(DeviceSnapshot { device, liveness })
     }
 
     /// Applies a service write under the state lock: the `If-Match` check, the twin rules, the store write
@@ -79,17 +70,13 @@ impl Hub {
         if !state.sessions.get(device_id).is_some_and(|s| s.desired) {
             return;
         }
-        let message = ToDevice::DesiredChanged {
-            version: notification.version,
-            body: Value::Object(notification.body).to_string(),
-        };
-        if presence.outbound.try_send(message).is_err() {
+        if presence.outbound.try_send(ToDevice::DesiredChanged(notification)).is_err() {
             tracing::warn!(device_id, "desired-property notification dropped: the device is not reading");
         }
     }
 
     /// A device's reported-properties patch; returns the new reported `$version` once it is durable.
-    pub async fn patch_reported(&self, device_id: &str, patch: &Map<String, Value>) -> Result<u64, HubError> {
+    pub async fn patch_reported(&self, device_id: &str, patch: &Object) -> Result<u64, HubError> {
         let now = self.clock.now();
         let (device, previous, pending) = {
             let mut state = self.write();

@@ -15,7 +15,6 @@ use rumqttc::mqttbytes::v4::{
     Unsubscribe,
 };
 use rumqttc::mqttbytes::{Error as CodecError, QoS};
-use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio_util::codec::Framed;
@@ -29,6 +28,7 @@ use crate::domain::throttle::Operation;
 use crate::error::HubError;
 use crate::hub::{Hub, Subscriptions, ToDevice};
 use crate::limits;
+use crate::wire;
 
 type Transport<IO> = Framed<IO, Codec>;
 
@@ -291,24 +291,21 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Session<'_, IO> {
         self.hub.touch(self.device_id());
         let reply = match topics::parse_device_publish(&publish.topic, self.device_id()) {
             Inbound::TwinGet { rid } => {
-                let view =
-                    self.hub.admit(Operation::TwinRead, 1.0).and_then(|()| self.hub.device_twin_view(self.device_id()));
-                let (status, body) = match view {
-                    Ok(view) => (200, view.to_string()),
+                let device =
+                    self.hub.admit(Operation::TwinRead, 1.0).and_then(|()| self.hub.get_device(self.device_id()));
+                let (status, body) = match device {
+                    Ok(device) => (200, wire::twin::device_view(&device.twin)),
                     Err(error) => self.error_reply(&error),
                 };
                 Some((topics::twin_response(status, &rid, None), body))
             }
             Inbound::ReportedPatch { rid } => {
-                let outcome = match serde_json::from_slice::<Value>(&publish.payload) {
-                    Ok(Value::Object(patch)) => match self.hub.admit(Operation::TwinUpdate, 1.0) {
+                let outcome = match wire::twin::parse_reported_patch(&publish.payload) {
+                    Ok(patch) => match self.hub.admit(Operation::TwinUpdate, 1.0) {
                         Ok(()) => self.hub.patch_reported(self.device_id(), &patch).await,
                         Err(throttled) => Err(throttled),
                     },
-                    Ok(_) => Err(HubError::ArgumentInvalid("A reported-properties patch must be a JSON object".into())),
-                    Err(e) => {
-                        Err(HubError::FormatError(format!("The reported-properties patch is not valid JSON: {e}")))
-                    }
+                    Err(error) => Err(error),
                 };
                 Some(match outcome {
                     Ok(version) => (topics::twin_response(204, &rid, Some(version)), String::new()),
@@ -324,7 +321,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Session<'_, IO> {
                         if publish.payload.len() > methods::MAX_PAYLOAD_BYTES {
                             return Flow::Close("method response larger than 128 KB");
                         }
-                        let response = methods::parse_response(status, &publish.payload);
+                        let response = wire::methods::parse_response(status, &publish.payload);
                         self.hub.complete_method(self.device_id(), rid, response);
                     }
                     Err(_) => tracing::debug!(
@@ -387,8 +384,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Session<'_, IO> {
             ToDevice::MethodRequest { rid, name, payload } if self.subscriptions.methods => {
                 self.publish(topics::method_request(&name, &rid.to_string()), payload).await
             }
-            ToDevice::DesiredChanged { version, body } if self.subscriptions.desired => {
-                self.publish(topics::desired_patch(version), body).await
+            ToDevice::DesiredChanged(notification) if self.subscriptions.desired => {
+                let body = wire::twin::desired_notification(&notification);
+                self.publish(topics::desired_patch(notification.version), body).await
             }
             _ => Flow::Continue,
         }

@@ -7,7 +7,7 @@ use std::thread::JoinHandle;
 use redb::{Database, DatabaseError, ReadableDatabase as _, ReadableTable as _, TableDefinition};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Loaded, StoreError, Write, decode, encode};
+use super::{Loaded, StoreError, Write, decode, encode, legacy};
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const DEVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("devices");
@@ -18,10 +18,11 @@ const DEVICE_JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("device_j
 /// Stored MQTT sessions (clean session 0), by device id.
 const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
 
-/// The file format this build writes and reads. Version 2 added the job tables, version 3 the MQTT sessions; an
-/// older file is upgraded in place by creating the tables it lacks.
-const SCHEMA_VERSION: &[u8] = b"3";
-const UPGRADABLE_VERSIONS: [&[u8]; 2] = [b"1", b"2"];
+/// The file format this build writes and reads. Version 2 added the job tables, version 3 the MQTT sessions,
+/// version 4 typed twins and typed jobs (`legacy`). An older file is upgraded in place, in one transaction: the
+/// tables it lacks are created and its device and job records rewritten.
+const SCHEMA_VERSION: &[u8] = b"4";
+const UPGRADABLE_VERSIONS: [&[u8]; 3] = [b"1", b"2", b"3"];
 const SCHEMA_KEY: &str = "schema_version";
 
 /// Most batches folded into one transaction.
@@ -152,18 +153,51 @@ fn initialise(db: &Database) -> Result<(), redb::Error> {
     Ok(())
 }
 
+/// The schema version a file records, if any.
+fn schema_version(db: &impl redb::ReadableDatabase) -> Result<Option<Vec<u8>>, redb::Error> {
+    let read = db.begin_read()?;
+    let Ok(meta) = read.open_table(META) else { return Ok(None) };
+    Ok(meta.get(SCHEMA_KEY)?.map(|v| v.value().to_vec()))
+}
+
 /// Brings a file of an older, upgradable format to this one. Files of other versions are left for `load` to
 /// refuse with an explanation.
-fn upgrade(db: &Database) -> Result<(), redb::Error> {
-    let version = {
-        let read = db.begin_read()?;
-        let Ok(meta) = read.open_table(META) else { return Ok(()) };
-        meta.get(SCHEMA_KEY)?.map(|v| v.value().to_vec())
-    };
+fn upgrade(db: &Database) -> Result<(), String> {
+    let version = schema_version(db).map_err(|e| e.to_string())?;
     if !version.as_deref().is_some_and(|v| UPGRADABLE_VERSIONS.contains(&v)) {
         return Ok(());
     }
-    initialise(db)
+    let txn = db.begin_write().map_err(|e| e.to_string())?;
+    {
+        txn.open_table(DEVICE_JOBS).map_err(|e| e.to_string())?;
+        txn.open_table(SESSIONS).map_err(|e| e.to_string())?;
+        rewrite(&txn, DEVICES, "device", |bytes| legacy::device(bytes).map(|d| encode(&d)))?;
+        rewrite(&txn, JOBS, "job", |bytes| legacy::job(bytes).map(|j| encode(&j)))?;
+        let mut meta = txn.open_table(META).map_err(|e| e.to_string())?;
+        meta.insert(SCHEMA_KEY, SCHEMA_VERSION).map_err(|e| e.to_string())?;
+    }
+    txn.commit().map_err(|e| e.to_string())
+}
+
+/// Replaces every record of `table` with what `convert` makes of it.
+fn rewrite(
+    txn: &redb::WriteTransaction,
+    table: TableDefinition<&str, &[u8]>,
+    what: &str,
+    convert: impl Fn(&[u8]) -> Result<Vec<u8>, String>,
+) -> Result<(), String> {
+    let mut table = txn.open_table(table).map_err(|e| e.to_string())?;
+    let mut converted = Vec::new();
+    for entry in table.iter().map_err(|e| e.to_string())? {
+        let (key, value) = entry.map_err(|e| e.to_string())?;
+        let key = key.value().to_owned();
+        let record = convert(value.value()).map_err(|e| format!("{what} '{key}': {e}"))?;
+        converted.push((key, record));
+    }
+    for (key, record) in converted {
+        table.insert(key.as_str(), record.as_slice()).map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 /// The key of a device record of a job.
@@ -180,6 +214,8 @@ fn load(db: &impl redb::ReadableDatabase, shown: &str) -> Result<Loaded, StoreEr
     let version = meta.get(SCHEMA_KEY).map_err(|e| corrupt(e.to_string()))?.map(|v| v.value().to_vec());
     match version.as_deref() {
         Some(SCHEMA_VERSION) => {}
+        // Only a file this process cannot write is still in an older format here: it is read as it is.
+        Some(older) if UPGRADABLE_VERSIONS.contains(&older) => return load_legacy(&read, shown),
         Some(other) => {
             return Err(corrupt(format!(
                 "written with data format version {} but this emulator reads version {}; use a matching emulator release",
@@ -195,6 +231,38 @@ fn load(db: &impl redb::ReadableDatabase, shown: &str) -> Result<Loaded, StoreEr
         device_jobs: read_all(&read, DEVICE_JOBS, "device job", shown)?,
         sessions: read_keyed(&read, SESSIONS, "session", shown)?,
     })
+}
+
+/// Reads a file of an older format without changing it (a read-only data dir).
+fn load_legacy(read: &redb::ReadTransaction, shown: &str) -> Result<Loaded, StoreError> {
+    let corrupt = |detail: String| StoreError::Corrupt(format!("{shown}: {detail}"));
+    let records = |table: TableDefinition<&str, &[u8]>| -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let Ok(table) = read.open_table(table) else { return Ok(Vec::new()) };
+        let entries = table.iter().map_err(|e| corrupt(e.to_string()))?;
+        entries
+            .map(|entry| {
+                let (key, value) = entry.map_err(|e| corrupt(e.to_string()))?;
+                Ok((key.value().to_owned(), value.value().to_vec()))
+            })
+            .collect()
+    };
+    let devices = records(DEVICES)?
+        .into_iter()
+        .map(|(key, bytes)| legacy::device(&bytes).map_err(|e| corrupt(format!("device '{key}': {e}"))))
+        .collect::<Result<_, _>>()?;
+    let jobs = records(JOBS)?
+        .into_iter()
+        .map(|(key, bytes)| legacy::job(&bytes).map_err(|e| corrupt(format!("job '{key}': {e}"))))
+        .collect::<Result<_, _>>()?;
+    let device_jobs = match read.open_table(DEVICE_JOBS) {
+        Ok(_) => read_all(read, DEVICE_JOBS, "device job", shown)?,
+        Err(_) => Vec::new(),
+    };
+    let sessions = match read.open_table(SESSIONS) {
+        Ok(_) => read_keyed(read, SESSIONS, "session", shown)?,
+        Err(_) => Vec::new(),
+    };
+    Ok(Loaded { devices, jobs, device_jobs, sessions })
 }
 
 /// Every record of `table` with its key; `what` names one in errors.
@@ -339,11 +407,18 @@ mod tests {
         let now = "2026-01-01T00:00:00Z".parse().expect("time");
         let device = create_device("old", &DeviceSpec::default(), now, 1).expect("device");
         {
-            // What a release before jobs wrote: schema 1, a meta and a devices table only.
+            // What a release before jobs wrote: schema 1, a meta and a devices table only, the twin as JSON maps.
             let db = Database::create(&path).expect("create");
             let txn = db.begin_write().expect("txn");
             txn.open_table(META).expect("meta").insert(SCHEMA_KEY, b"1".as_slice()).expect("version");
-            let record = crate::store::encode(&device);
+            let mut record = serde_json::to_value(&device).expect("json");
+            let stamp = serde_json::json!({"$lastUpdated": "2026-01-01T00:00:00.0000000Z", "$lastUpdatedVersion": 1});
+            record["twin"] = serde_json::json!({
+                "version": 1, "tags": {},
+                "desired": {"properties": {}, "version": 1, "metadata": stamp},
+                "reported": {"properties": {}, "version": 1, "metadata": {"$lastUpdated": "2026-01-01T00:00:00.0000000Z"}},
+            });
+            let record = serde_json::to_vec(&record).expect("json");
             txn.open_table(DEVICES).expect("devices").insert("old", record.as_slice()).expect("device");
             txn.commit().expect("commit");
         }
@@ -366,10 +441,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("hub.redb");
         let now = "2026-01-01T00:00:00Z".parse().expect("time");
-        let body =
-            serde_json::json!({"type": "scheduleUpdateTwin", "queryCondition": "*", "updateTwin": {"tags": {"a": 1}}});
         let record = |job_id: &str, device: &str| {
-            let job = crate::domain::jobs::request::parse_request(job_id, &body, now).expect("job");
+            let job = crate::domain::jobs::tests::lock_door_job(job_id, "*");
             Write::put_device_job(&crate::domain::jobs::DeviceJob::pending(&job, device, now))
         };
         {

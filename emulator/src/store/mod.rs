@@ -6,6 +6,7 @@
 //! one fsync.
 
 mod disk;
+mod legacy;
 
 use std::path::Path;
 use std::sync::Arc;

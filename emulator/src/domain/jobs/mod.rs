@@ -1,180 +1,156 @@
 //! Jobs v2 (wire-spec C.6, E): scheduled direct-method and twin-update jobs over a query condition, the
 //! per-device records they leave (`devices.jobs`), and the statistics that summarise those records.
 //!
-//! Pure state: what a job is, which transitions it may take and what each leaves behind. Running a job (timers,
-//! fan-out, device calls, persistence) is the hub's business.
+//! Pure state: what a job is, which transitions it may take and what each leaves behind. A job holds its action
+//! and its condition typed and parsed from creation on, so the runner never reads the request again. Running a
+//! job (timers, fan-out, device calls, persistence) is the hub's business; reading and rendering job JSON is the
+//! wire layer's.
 
-pub mod document;
-pub mod request;
+mod records;
+pub mod view;
+
+use std::sync::Arc;
 
 use jiff::{SignedDuration, Timestamp};
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::methods::{self, MethodCall, MethodResponse};
+pub use iothub_proto::jobs::{DeviceJobStatus, JobStatus, JobType};
+pub use records::{DeviceJob, DeviceJobError, EXPIRED_CODE, INTERRUPTED_CODE, MethodOutcome, Statistics};
+
+use super::methods::MethodCall;
+use super::query::{Expr, parse_condition};
 use super::registry::IfMatch;
-use super::twin::{self, TwinWrite};
+use super::twin::{SectionKind, TwinWrite, rules};
 use crate::error::HubError;
 
-/// What a job does on each device.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub enum JobType {
-    ScheduleDeviceMethod,
-    ScheduleUpdateTwin,
-}
-
-impl JobType {
-    /// The wire name (`type` of a job, `jobType` of a device record).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::ScheduleDeviceMethod => "scheduleDeviceMethod",
-            Self::ScheduleUpdateTwin => "scheduleUpdateTwin",
-        }
-    }
-
-    /// Reads a type name, case-insensitively (C# sends enum names such as `ScheduleDeviceMethod`). The Node
-    /// SDK's doc comments and older docs say `scheduleTwinUpdate`, so that spelling is read too.
-    pub fn parse(text: &str) -> Option<Self> {
-        match text.to_ascii_lowercase().as_str() {
-            "scheduledevicemethod" => Some(Self::ScheduleDeviceMethod),
-            "scheduleupdatetwin" | "scheduletwinupdate" => Some(Self::ScheduleUpdateTwin),
-            _ => None,
-        }
-    }
-}
-
-/// A job's status. `cancelled` has two l's here, unlike a device record's `canceled` (wire-spec C.6.2).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub enum JobStatus {
-    Queued,
-    Scheduled,
-    Running,
-    Completed,
-    Failed,
-    Cancelled,
-}
-
-impl JobStatus {
-    /// The wire name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Queued => "queued",
-            Self::Scheduled => "scheduled",
-            Self::Running => "running",
-            Self::Completed => "completed",
-            Self::Failed => "failed",
-            Self::Cancelled => "cancelled",
-        }
-    }
-
-    /// Reads a status name case-insensitively (C# sends enum names); `canceled` is read as `cancelled`.
-    pub fn parse(text: &str) -> Option<Self> {
-        match text.to_ascii_lowercase().as_str() {
-            "queued" => Some(Self::Queued),
-            "scheduled" => Some(Self::Scheduled),
-            "running" => Some(Self::Running),
-            "completed" => Some(Self::Completed),
-            "failed" => Some(Self::Failed),
-            "cancelled" | "canceled" => Some(Self::Cancelled),
-            _ => None,
-        }
-    }
-
-    /// True for the three end states; a finished job never changes again.
-    pub fn is_finished(self) -> bool {
-        matches!(self, Self::Completed | Self::Failed | Self::Cancelled)
-    }
-}
-
-/// The status of one device's part in a job (wire-spec E.3; `canceled` with one l).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub enum DeviceJobStatus {
-    Pending,
-    Scheduled,
-    Running,
-    Completed,
-    Failed,
-    Canceled,
-}
-
-impl DeviceJobStatus {
-    /// The wire name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Pending => "pending",
-            Self::Scheduled => "scheduled",
-            Self::Running => "running",
-            Self::Completed => "completed",
-            Self::Failed => "failed",
-            Self::Canceled => "canceled",
-        }
-    }
-
-    /// True once the device's part is over.
-    pub fn is_finished(self) -> bool {
-        matches!(self, Self::Completed | Self::Failed | Self::Canceled)
-    }
-}
-
-/// Why a device's part failed: `error.code` and `error.description` of its record.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DeviceJobError {
-    pub code: String,
-    pub description: String,
-}
-
-impl DeviceJobError {
-    /// The record error for a hub error: its symbolic code (`DeviceNotOnline`, `GatewayTimeout`, ...) and text.
-    /// Decision on wire-spec H.47: codes are the hub's symbolic names, as in its other error bodies.
-    pub fn from_hub(error: &HubError) -> Self {
-        Self { code: error.wire().code.to_owned(), description: error.to_string() }
-    }
-
-    /// The error given to devices a job did not get to before its maximum execution time.
-    pub fn expired(max_execution_secs: u64) -> Self {
-        Self {
-            code: EXPIRED_CODE.to_owned(),
-            description: format!("The job's maximum execution time of {max_execution_secs} seconds was exceeded"),
-        }
-    }
-
-    /// The error given to a device whose method call was in flight when the emulator stopped: its outcome is
-    /// unknown, and running it again could run it twice, so it is not retried.
-    pub fn interrupted() -> Self {
-        Self {
-            code: INTERRUPTED_CODE.to_owned(),
-            description: "The emulator stopped while this device's operation was in flight; its outcome is unknown \
-                          and it was not run again"
-                .to_owned(),
-        }
-    }
-}
-
-/// `error.code` of devices not reached within the job's maximum execution time (wire-spec H.46).
-pub const EXPIRED_CODE: &str = "JobExpired";
-/// `error.code` of devices whose operation was cut short by an emulator restart (the emulator's own code).
-pub const INTERRUPTED_CODE: &str = "JobInterrupted";
-
+/// Longest job id (wire-spec C.6.1: the jobs devguide).
+pub const MAX_JOB_ID_LEN: usize = 64;
 /// Default `maxExecutionTimeInSeconds` when a request leaves it out: the Node SDK's default (wire-spec H.46).
 pub const DEFAULT_MAX_EXECUTION_SECS: u64 = 3600;
 /// Longest `maxExecutionTimeInSeconds` accepted. The hub documents none; this bound (the retention period) is the
 /// emulator's, so a job always ends while it can still be read.
 pub const MAX_EXECUTION_SECS: u64 = 30 * 24 * 3600;
 
+fn invalid(text: impl Into<String>) -> HubError {
+    HubError::ArgumentInvalid(text.into())
+}
+
+/// Checks a job id: 1 to 64 US-ASCII letters, digits and `-` (the jobs devguide's rule; UUIDs pass).
+pub fn validate_job_id(id: &str) -> Result<(), HubError> {
+    if id.is_empty() {
+        return Err(HubError::ArgumentNull("The job id must not be empty".into()));
+    }
+    if id.len() > MAX_JOB_ID_LEN || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        return Err(invalid(format!(
+            "Job id '{}' is invalid: it must be at most {MAX_JOB_ID_LEN} characters of ASCII letters, digits and '-'",
+            id.chars().take(80).collect::<String>()
+        )));
+    }
+    Ok(())
+}
+
+/// The WHERE condition that picks a job's targets: the text as given, parsed once.
+#[derive(Debug, Clone)]
+pub struct Condition {
+    text: String,
+    /// `Ok(None)` for `*`; an error only for a stored condition a later parser no longer reads.
+    parsed: Result<Option<Arc<Expr>>, String>,
+}
+
+impl Condition {
+    /// Parses a condition for a new job; a condition that does not parse is refused (a 400 now, never a job that
+    /// fails later).
+    pub fn parse(text: &str) -> Result<Self, HubError> {
+        let parsed = parse_condition(text).map_err(|e| invalid(format!("queryCondition: {e}")))?;
+        Ok(Self { text: text.to_owned(), parsed: Ok(parsed.map(Arc::new)) })
+    }
+
+    /// The condition as given.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// The parsed condition (`None` for `*`), or why a stored one cannot be read.
+    pub fn expr(&self) -> Result<Option<&Expr>, &str> {
+        match &self.parsed {
+            Ok(expr) => Ok(expr.as_deref()),
+            Err(error) => Err(error),
+        }
+    }
+}
+
+impl PartialEq for Condition {
+    fn eq(&self, other: &Self) -> bool {
+        self.text == other.text
+    }
+}
+
+impl Serialize for Condition {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.text.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Condition {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        let parsed = parse_condition(&text).map(|expr| expr.map(Arc::new)).map_err(|e| e.to_string());
+        Ok(Self { text, parsed })
+    }
+}
+
+/// A twin job's update: the patch, and the etag it was given (`*` or none: every twin; a concrete etag: only
+/// twins that still have it, wire-spec D.6).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TwinUpdate {
+    pub write: TwinWrite,
+    pub etag: Option<String>,
+}
+
+impl TwinUpdate {
+    /// Checks a twin job's update: it sets tags and/or desired properties that the twin rules accept.
+    pub fn new(write: TwinWrite, etag: Option<String>) -> Result<Self, HubError> {
+        if write.is_empty() {
+            return Err(invalid("updateTwin must set tags and/or properties.desired"));
+        }
+        for (kind, section) in [(SectionKind::Tags, &write.tags), (SectionKind::Desired, &write.desired)] {
+            if let Some(Some(patch)) = section {
+                rules::validate(kind, patch, true)?;
+                rules::check_size(kind, patch)?;
+            }
+        }
+        let update = Self { write, etag };
+        update.if_match()?;
+        Ok(update)
+    }
+
+    /// The per-device precondition: none for `*` or no etag, else the etag without quotes.
+    pub fn if_match(&self) -> Result<Option<IfMatch>, HubError> {
+        let Some(etag) = &self.etag else { return Ok(None) };
+        let etag = etag.trim();
+        let etag = etag.strip_prefix('"').and_then(|e| e.strip_suffix('"')).unwrap_or(etag);
+        match etag {
+            "*" => Ok(None),
+            "" => Err(invalid("updateTwin.etag must not be empty; use \"*\" to update every twin")),
+            etag => Ok(Some(IfMatch::Etag(etag.to_owned()))),
+        }
+    }
+}
+
+/// What a job does on each device.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Action {
+    Method(MethodCall),
+    Twin(TwinUpdate),
+}
+
 /// A scheduled job as the hub keeps it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Job {
     pub job_id: String,
-    pub job_type: JobType,
-    /// The WHERE condition as given (validated at creation).
-    pub query_condition: String,
-    /// Method jobs: `cloudToDeviceMethod` with the hub's defaults filled in.
-    pub cloud_to_device_method: Option<Value>,
-    /// Twin jobs: `updateTwin` as given.
-    pub update_twin: Option<Value>,
+    pub condition: Condition,
+    pub action: Action,
     pub created: Timestamp,
     /// The requested start (`startTime`); creation time when none was given.
     pub start: Timestamp,
@@ -188,26 +164,50 @@ pub struct Job {
     pub failure_reason: Option<String>,
 }
 
-/// What a job does to each target, derived from its stored request.
+/// What a job request asks for, read off the wire.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Action {
-    Method(MethodCall),
-    Twin { write: TwinWrite, if_match: Option<IfMatch> },
+pub struct NewJob {
+    pub condition: Condition,
+    pub action: Action,
+    /// `None`: start now.
+    pub start: Option<Timestamp>,
+    /// `None`: the default.
+    pub max_execution_secs: Option<u64>,
 }
 
 impl Job {
-    /// The per-device action. The request was validated at creation, so this fails only on a damaged record.
-    pub fn action(&self) -> Result<Action, HubError> {
-        let missing = |what: &str| HubError::ServerError(format!("the stored job has no {what}"));
-        match self.job_type {
-            JobType::ScheduleDeviceMethod => {
-                let method = self.cloud_to_device_method.as_ref().ok_or_else(|| missing("cloudToDeviceMethod"))?;
-                Ok(Action::Method(methods::parse_call(method)?))
-            }
-            JobType::ScheduleUpdateTwin => {
-                let update = self.update_twin.as_ref().ok_or_else(|| missing("updateTwin"))?;
-                Ok(Action::Twin { write: twin::parse_twin_write(update)?, if_match: request::job_etag(update)? })
-            }
+    /// A new job `job_id`, `queued`, created `now`. Decisions on the unconfirmed points (wire-spec C.6.1, E.2,
+    /// H.44-46): no start time means now; no maximum execution time means 3600 s.
+    pub fn create(job_id: &str, request: NewJob, now: Timestamp) -> Result<Self, HubError> {
+        validate_job_id(job_id)?;
+        let max_execution_secs = request.max_execution_secs.unwrap_or(DEFAULT_MAX_EXECUTION_SECS);
+        if !(1..=MAX_EXECUTION_SECS).contains(&max_execution_secs) {
+            return Err(invalid(format!(
+                "maxExecutionTimeInSeconds must be a whole number of seconds from 1 to {MAX_EXECUTION_SECS}, not \
+                 {max_execution_secs}"
+            )));
+        }
+        Ok(Self {
+            job_id: job_id.to_owned(),
+            condition: request.condition,
+            action: request.action,
+            created: now,
+            start: request.start.unwrap_or(now),
+            max_execution_secs,
+            status: JobStatus::Queued,
+            running_since: None,
+            end: None,
+            last_updated: now,
+            status_message: None,
+            failure_reason: None,
+        })
+    }
+
+    /// What the job does, as its type.
+    pub fn job_type(&self) -> JobType {
+        match self.action {
+            Action::Method(_) => JobType::ScheduleDeviceMethod,
+            Action::Twin(_) => JobType::ScheduleUpdateTwin,
         }
     }
 
@@ -247,148 +247,37 @@ impl Job {
     }
 }
 
-/// What a device answered to a method job.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct MethodOutcome {
-    pub status: i64,
-    pub payload: Value,
-}
-
-impl From<MethodResponse> for MethodOutcome {
-    fn from(response: MethodResponse) -> Self {
-        Self { status: response.status, payload: response.payload }
-    }
-}
-
-/// One device's part in a job (a `devices.jobs` record).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DeviceJob {
-    pub device_id: String,
-    pub job_id: String,
-    pub job_type: JobType,
-    pub status: DeviceJobStatus,
-    pub created: Timestamp,
-    pub started: Option<Timestamp>,
-    pub ended: Option<Timestamp>,
-    pub last_updated: Timestamp,
-    /// Method jobs: what the device answered.
-    pub outcome: Option<MethodOutcome>,
-    pub error: Option<DeviceJobError>,
-}
-
-impl DeviceJob {
-    /// A target waiting for its turn.
-    pub fn pending(job: &Job, device_id: &str, now: Timestamp) -> Self {
-        Self {
-            device_id: device_id.to_owned(),
-            job_id: job.job_id.clone(),
-            job_type: job.job_type,
-            status: DeviceJobStatus::Pending,
-            created: now,
-            started: None,
-            ended: None,
-            last_updated: now,
-            outcome: None,
-            error: None,
-        }
-    }
-
-    /// The device's operation starts.
-    pub fn begin(&mut self, now: Timestamp) {
-        self.status = DeviceJobStatus::Running;
-        self.started = Some(now);
-        self.last_updated = now;
-    }
-
-    /// The operation succeeded (for method jobs: the device answered, whatever status it chose).
-    pub fn complete(&mut self, now: Timestamp, outcome: Option<MethodOutcome>) {
-        self.end(DeviceJobStatus::Completed, now);
-        self.outcome = outcome;
-    }
-
-    /// The operation failed with `error`.
-    pub fn fail(&mut self, now: Timestamp, error: DeviceJobError) {
-        self.end(DeviceJobStatus::Failed, now);
-        self.error = Some(error);
-    }
-
-    /// The job was cancelled before this device's turn.
-    pub fn cancel(&mut self, now: Timestamp) {
-        self.end(DeviceJobStatus::Canceled, now);
-    }
-
-    fn end(&mut self, status: DeviceJobStatus, now: Timestamp) {
-        self.status = status;
-        self.started.get_or_insert(now);
-        self.ended = Some(now);
-        self.last_updated = now;
-    }
-}
-
-/// Counts of a job's device records by status: `deviceJobStatistics`, kept in step with every record change.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Statistics {
-    pub device_count: u64,
-    pub pending: u64,
-    pub running: u64,
-    pub succeeded: u64,
-    pub failed: u64,
-    pub canceled: u64,
-}
-
-impl Statistics {
-    /// The statistics of `records`.
-    pub fn of<'a>(records: impl IntoIterator<Item = &'a DeviceJob>) -> Self {
-        let mut stats = Self::default();
-        for record in records {
-            stats.device_count += 1;
-            *stats.slot(record.status) += 1;
-        }
-        stats
-    }
-
-    /// Accounts for a record that went from `from` to `to`.
-    pub fn moved(&mut self, from: DeviceJobStatus, to: DeviceJobStatus) {
-        let slot = self.slot(from);
-        *slot = slot.saturating_sub(1);
-        *self.slot(to) += 1;
-    }
-
-    /// Decision on wire-spec E.3: `pendingCount` holds `pending` and `scheduled` records; canceled records count in
-    /// `deviceCount` only, since the wire has no member for them.
-    fn slot(&mut self, status: DeviceJobStatus) -> &mut u64 {
-        match status {
-            DeviceJobStatus::Pending | DeviceJobStatus::Scheduled => &mut self.pending,
-            DeviceJobStatus::Running => &mut self.running,
-            DeviceJobStatus::Completed => &mut self.succeeded,
-            DeviceJobStatus::Failed => &mut self.failed,
-            DeviceJobStatus::Canceled => &mut self.canceled,
-        }
-    }
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
+    use std::time::Duration;
+
     use super::*;
 
-    fn t(n: i64) -> Timestamp {
+    pub(crate) fn t(n: i64) -> Timestamp {
         Timestamp::from_second(1_800_000_000 + n).expect("time")
     }
 
-    fn job() -> Job {
-        let body = serde_json::json!({
-            "type": "scheduleDeviceMethod",
-            "queryCondition": "deviceId IN ['a']",
-            "cloudToDeviceMethod": {"methodName": "lockDoor", "payload": null, "responseTimeoutInSeconds": 15},
-            "maxExecutionTimeInSeconds": 300,
-        });
-        request::parse_request("j1", &body, t(0)).expect("valid")
+    /// The tutorial's lockDoor job over `devices`, created at `t(0)`.
+    pub(crate) fn lock_door_job(id: &str, condition: &str) -> Job {
+        let call = MethodCall {
+            name: "lockDoor".into(),
+            payload: "null".into(),
+            response_timeout: Duration::from_secs(15),
+            connect_timeout: Duration::ZERO,
+        };
+        let request = NewJob {
+            condition: Condition::parse(condition).expect("condition"),
+            action: Action::Method(call),
+            start: None,
+            max_execution_secs: Some(300),
+        };
+        Job::create(id, request, t(0)).expect("valid")
     }
 
     #[test]
     fn a_job_moves_forward_only() {
-        let mut job = job();
-        assert_eq!(job.status, JobStatus::Queued);
+        let mut job = lock_door_job("j1", "deviceId IN ['a']");
+        assert_eq!((job.status, job.job_type()), (JobStatus::Queued, JobType::ScheduleDeviceMethod));
         job.schedule(t(1));
         assert_eq!(job.status, JobStatus::Scheduled);
         job.begin(t(2));
@@ -403,13 +292,13 @@ mod tests {
 
     #[test]
     fn statistics_follow_record_moves() {
-        let job = job();
+        let job = lock_door_job("j1", "*");
         let mut records: Vec<DeviceJob> = ["a", "b", "c"].iter().map(|d| DeviceJob::pending(&job, d, t(0))).collect();
         let mut stats = Statistics::of(&records);
         assert_eq!((stats.device_count, stats.pending), (3, 3));
         records[0].begin(t(1));
         stats.moved(DeviceJobStatus::Pending, DeviceJobStatus::Running);
-        records[0].complete(t(2), Some(MethodOutcome { status: 200, payload: Value::Null }));
+        records[0].complete(t(2), Some(MethodOutcome { status: 200, payload: serde_json::Value::Null }));
         stats.moved(DeviceJobStatus::Running, DeviceJobStatus::Completed);
         records[1].fail(t(2), DeviceJobError::expired(300));
         stats.moved(DeviceJobStatus::Pending, DeviceJobStatus::Failed);
@@ -421,15 +310,40 @@ mod tests {
     }
 
     #[test]
-    fn names_read_as_the_sdks_write_them() {
-        assert_eq!(JobType::parse("ScheduleDeviceMethod"), Some(JobType::ScheduleDeviceMethod));
-        assert_eq!(JobType::parse("scheduleTwinUpdate"), Some(JobType::ScheduleUpdateTwin));
-        assert_eq!(JobType::parse("export"), None);
-        assert_eq!(JobStatus::parse("Completed"), Some(JobStatus::Completed));
-        assert_eq!(JobStatus::parse("canceled"), Some(JobStatus::Cancelled));
+    fn a_stored_job_keeps_its_parsed_condition_and_typed_action() {
+        let job = lock_door_job("j1", "deviceId IN ['a', 'b']");
+        let text = serde_json::to_string(&job).expect("encode");
+        let back: Job = serde_json::from_str(&text).expect("decode");
+        assert_eq!(back, job);
+        assert!(matches!(back.condition.expr(), Ok(Some(Expr::In { .. }))));
+        assert!(matches!(back.action, Action::Method(ref call) if call.name == "lockDoor"));
+    }
+
+    #[test]
+    fn limits_are_checked_at_creation() {
+        let request = |max| NewJob {
+            condition: Condition::parse("*").expect("condition"),
+            action: lock_door_job("x", "*").action,
+            start: None,
+            max_execution_secs: max,
+        };
+        assert_eq!(Job::create("j", request(None), t(0)).expect("ok").max_execution_secs, DEFAULT_MAX_EXECUTION_SECS);
+        assert!(Job::create("j", request(Some(0)), t(0)).is_err());
+        assert!(Job::create("job_1", request(None), t(0)).is_err(), "underscore");
+        assert!(Job::create(&"a".repeat(65), request(None), t(0)).is_err());
+        assert!(matches!(Condition::parse("deviceId IN ["), Err(HubError::ArgumentInvalid(_))));
+    }
+
+    #[test]
+    fn a_concrete_etag_is_a_per_device_precondition() {
+        let update = |etag: Option<&str>| TwinUpdate { write: TwinWrite::default(), etag: etag.map(str::to_owned) };
         assert_eq!(
-            serde_json::to_value(JobType::ScheduleUpdateTwin).expect("json"),
-            serde_json::json!("scheduleUpdateTwin")
+            update(Some("\"AAAAAAAAAAI=\"")).if_match().expect("ok"),
+            Some(IfMatch::Etag("AAAAAAAAAAI=".into()))
         );
+        assert_eq!(update(Some("*")).if_match().expect("ok"), None);
+        assert_eq!(update(None).if_match().expect("ok"), None);
+        assert!(update(Some(" ")).if_match().is_err());
+        assert!(TwinUpdate::new(TwinWrite::default(), None).is_err(), "an update must set something");
     }
 }

@@ -9,8 +9,10 @@ use std::cmp::Ordering;
 use serde_json::{Map, Value};
 
 use super::ast::{ArithOp, CmpOp, Expr, Literal};
+use crate::domain::twin;
 
-/// A value during evaluation, borrowed from the document where possible.
+/// A value during evaluation, borrowed from the document where possible. Objects and arrays of typed twins
+/// are turned into JSON only when a path ends on one (a projection, `IS_OBJECT`), never while walking.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Val<'a> {
     Undefined,
@@ -18,8 +20,8 @@ pub enum Val<'a> {
     Bool(bool),
     Num(f64),
     Str(Cow<'a, str>),
-    Obj(&'a Map<String, Value>),
-    Arr(&'a [Value]),
+    Obj(Cow<'a, Map<String, Value>>),
+    Arr(Cow<'a, [Value]>),
 }
 
 impl<'a> Val<'a> {
@@ -30,8 +32,20 @@ impl<'a> Val<'a> {
             Value::Bool(b) => Self::Bool(*b),
             Value::Number(n) => n.as_f64().map_or(Self::Undefined, Self::Num),
             Value::String(s) => Self::Str(Cow::Borrowed(s)),
-            Value::Array(a) => Self::Arr(a),
-            Value::Object(m) => Self::Obj(m),
+            Value::Array(a) => Self::Arr(Cow::Borrowed(a)),
+            Value::Object(m) => Self::Obj(Cow::Borrowed(m)),
+        }
+    }
+
+    /// A view of a twin value.
+    pub fn of_twin(value: &'a twin::Value) -> Self {
+        match value {
+            twin::Value::Null => Self::Null,
+            twin::Value::Bool(b) => Self::Bool(*b),
+            twin::Value::Number(n) => n.as_f64().map_or(Self::Undefined, Self::Num),
+            twin::Value::String(s) => Self::Str(Cow::Borrowed(s)),
+            twin::Value::Array(items) => Self::Arr(Cow::Owned(items.iter().map(twin::json::to_json).collect())),
+            twin::Value::Object(object) => Self::Obj(Cow::Owned(twin::json::object_to_json(object))),
         }
     }
 
@@ -40,25 +54,22 @@ impl<'a> Val<'a> {
         match path.split_first() {
             None => Self::of(value),
             Some((first, rest)) => match value {
-                Value::Object(map) => Self::walk_map(map, std::slice::from_ref(first)).descend(rest),
+                Value::Object(map) => map.get(first).map_or(Self::Undefined, |v| Self::walk(v, rest)),
                 _ => Self::Undefined,
             },
         }
     }
 
-    /// Walks `path` down from an object.
-    pub fn walk_map(map: &'a Map<String, Value>, path: &[String]) -> Self {
+    /// Walks `path` down from a twin object.
+    pub fn walk_twin(object: &'a twin::Object, path: &[String]) -> Self {
         match path.split_first() {
-            None => Self::Obj(map),
-            Some((first, rest)) => map.get(first).map_or(Self::Undefined, |v| Self::walk(v, rest)),
-        }
-    }
-
-    fn descend(self, rest: &[String]) -> Self {
-        match (self, rest.is_empty()) {
-            (value, true) => value,
-            (Self::Obj(map), false) => Self::walk_map(map, rest),
-            _ => Self::Undefined,
+            None => Self::Obj(Cow::Owned(twin::json::object_to_json(object))),
+            Some((first, rest)) => match (object.get(first), rest.is_empty()) {
+                (None, _) => Self::Undefined,
+                (Some(value), true) => Self::of_twin(value),
+                (Some(twin::Value::Object(child)), false) => Self::walk_twin(child, rest),
+                (Some(_), false) => Self::Undefined,
+            },
         }
     }
 
@@ -70,8 +81,8 @@ impl<'a> Val<'a> {
             Self::Bool(b) => Value::Bool(*b),
             Self::Num(n) => number_json(*n),
             Self::Str(s) => Value::String(s.to_string()),
-            Self::Obj(m) => Value::Object((*m).clone()),
-            Self::Arr(a) => Value::Array(a.to_vec()),
+            Self::Obj(m) => Value::Object(m.clone().into_owned()),
+            Self::Arr(a) => Value::Array(a.clone().into_owned()),
         })
     }
 

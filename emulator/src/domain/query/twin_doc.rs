@@ -8,16 +8,17 @@
 use std::borrow::Cow;
 
 use super::eval::{Document, Val};
-use crate::clock::format_optional_time;
+use crate::clock::{format_optional_time, format_time};
 use crate::domain::registry::{Device, Liveness};
-use crate::domain::twin::Section;
+use crate::domain::twin::json::MetadataJson;
+use crate::domain::twin::{Object, Section, Stamp};
 
-/// The root members of a twin document, in canonical spelling.
-const ROOT_MEMBERS: [&str; 17] = [
+/// The root members of a twin document, in canonical spelling and in the order the document lists them
+/// (wire-spec D.1; `deviceScope` only on edge devices and their children).
+pub const ROOT_MEMBERS: [&str; 17] = [
     "deviceId",
     "etag",
     "deviceEtag",
-    "version",
     "status",
     "statusReason",
     "statusUpdateTime",
@@ -27,9 +28,10 @@ const ROOT_MEMBERS: [&str; 17] = [
     "authenticationType",
     "x509Thumbprint",
     "modelId",
-    "capabilities",
+    "version",
     "tags",
     "properties",
+    "capabilities",
     "deviceScope",
 ];
 
@@ -65,12 +67,29 @@ pub struct TwinView<'a> {
     pub liveness: LivenessSource<'a>,
 }
 
-fn section<'a>(section: &'a Section, path: &[String]) -> Val<'a> {
+fn section<'a>(section: &'a Section, path: &[String], desired: bool) -> Val<'a> {
     match path.split_first() {
-        None => Val::Obj(&section.properties),
         Some((first, rest)) if first == "$version" && rest.is_empty() => Val::Num(section.version as f64),
-        Some((first, rest)) if first == "$metadata" => Val::walk_map(&section.metadata, rest),
-        Some(_) => Val::walk_map(&section.properties, path),
+        Some((first, rest)) if first == "$metadata" => {
+            metadata(section.stamp, Some(&section.properties), desired, rest)
+        }
+        _ => Val::walk_twin(&section.properties, path),
+    }
+}
+
+/// A path into a section's `$metadata`, read off the stamps of the typed tree.
+fn metadata<'a>(stamp: Stamp, children: Option<&'a Object>, desired: bool, path: &[String]) -> Val<'a> {
+    match path.split_first() {
+        None => match serde_json::to_value(MetadataJson { stamp, children, desired }) {
+            Ok(serde_json::Value::Object(map)) => Val::Obj(Cow::Owned(map)),
+            _ => Val::Undefined,
+        },
+        Some((first, rest)) if first == "$lastUpdated" => leaf(Val::Str(Cow::Owned(format_time(stamp.time()))), rest),
+        Some((first, rest)) if first == "$lastUpdatedVersion" && desired => leaf(Val::Num(stamp.version as f64), rest),
+        Some((first, rest)) => match children.and_then(|c| c.property(first)) {
+            Some(child) => metadata(child.stamp, child.value.as_object(), desired, rest),
+            None => Val::Undefined,
+        },
     }
 }
 
@@ -122,10 +141,12 @@ impl Document for TwinView<'_> {
                 [name] if name.eq_ignore_ascii_case("iotEdge") => Val::Bool(device.iot_edge),
                 _ => Val::Undefined,
             },
-            "tags" => Val::walk_map(&device.twin.tags, rest),
+            "tags" => Val::walk_twin(&device.twin.tags, rest),
             "properties" => match rest.split_first() {
-                Some((name, rest)) if name.eq_ignore_ascii_case("desired") => section(&device.twin.desired, rest),
-                Some((name, rest)) if name.eq_ignore_ascii_case("reported") => section(&device.twin.reported, rest),
+                Some((name, rest)) if name.eq_ignore_ascii_case("desired") => section(&device.twin.desired, rest, true),
+                Some((name, rest)) if name.eq_ignore_ascii_case("reported") => {
+                    section(&device.twin.reported, rest, false)
+                }
                 _ => Val::Undefined,
             },
             _ => Val::Undefined,

@@ -1,136 +1,24 @@
-//! Jobs v2 in the hub: create, read, cancel and list jobs, and the runner that carries each one out.
-//!
-//! One task per job waits for its start time on the hub's clock, picks its targets with the query engine,
-//! then works through them in a bounded window: a method call or a twin write per device, each device's record
-//! and the job's statistics changed together under one lock, so a poll always sees them agree. Every state
-//! change goes to the store; a device's method call is marked `running` durably before it is made, so a
-//! restart never runs it twice (such a device ends `failed` with `JobInterrupted`), while devices still
-//! `pending` are picked up again.
-//!
-//! Lock order: the registry state before the jobs state, never the other way.
+//! The job runner: one task per job waits for its start time on the hub's clock, picks its targets with the
+//! query engine, then works through them in a bounded window: a method call or a twin write per device, each
+//! device's record and the job's statistics changed together under one lock. Every state change goes to the
+//! store; a device's method call is marked `running` durably before it is made, so a restart never runs it twice
+//! (such a device ends `failed` with `JobInterrupted`), while devices still `pending` are picked up again.
 
-use std::collections::BTreeMap;
-use std::ops::Bound;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::sync::Arc;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use futures_util::StreamExt as _;
 use jiff::{SignedDuration, Timestamp};
-use serde_json::Value;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
-use super::Hub;
-use crate::domain::jobs::document::job_document;
-use crate::domain::jobs::{
-    Action, DeviceJob, DeviceJobError, DeviceJobStatus, Job, JobStatus, JobType, Statistics, request,
-};
+use super::RETENTION_SWEEP;
+use crate::domain::jobs::{Action, DeviceJob, DeviceJobError, DeviceJobStatus, Job, JobStatus, Statistics};
 use crate::domain::methods::MethodCall;
-use crate::domain::query::parse_condition;
 use crate::domain::registry::IfMatch;
 use crate::domain::throttle::Operation;
 use crate::domain::twin::{TwinWrite, WriteMode};
 use crate::error::HubError;
+use crate::hub::Hub;
 use crate::store::{Pending, Write};
-
-/// How the hub runs jobs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct JobSettings {
-    /// Most jobs queued, scheduled or running at once; creating one more is refused with 429004. Real hubs
-    /// allow 1 (S1) to 10 (S3); the default is generous so tests never trip over it.
-    pub max_active_jobs: usize,
-    /// How long a finished job and its device records are kept (the hub keeps them 30 days).
-    pub retention: Duration,
-    /// Devices of one job worked on at the same time, so slow or offline devices do not hold up the rest.
-    pub device_window: usize,
-}
-
-impl Default for JobSettings {
-    fn default() -> Self {
-        Self { max_active_jobs: 100, retention: Duration::from_secs(30 * 24 * 3600), device_window: 4096 }
-    }
-}
-
-/// How often finished jobs past their retention are looked for.
-const RETENTION_SWEEP: Duration = Duration::from_secs(3600);
-
-/// Items per page of `GET /jobs/v2/query`: the default and the most.
-pub const MAX_JOBS_PAGE: usize = 100;
-
-struct Entry {
-    job: Job,
-    records: BTreeMap<String, DeviceJob>,
-    stats: Statistics,
-    /// Fires when the job is cancelled, so a runner waiting for the start time stops waiting.
-    cancelled: CancellationToken,
-}
-
-impl Entry {
-    fn document(&self) -> Value {
-        job_document(&self.job, &self.stats)
-    }
-}
-
-/// The jobs side of the hub.
-pub(super) struct Jobs {
-    settings: JobSettings,
-    state: Mutex<BTreeMap<String, Entry>>,
-    tasks: TaskTracker,
-    stop: CancellationToken,
-}
-
-impl Jobs {
-    /// The jobs and records the store loaded; statistics are counted from the records, never stored.
-    pub(super) fn new(jobs: Vec<Job>, device_jobs: Vec<DeviceJob>) -> Self {
-        let mut entries: BTreeMap<String, Entry> = jobs
-            .into_iter()
-            .map(|job| {
-                let entry = Entry {
-                    job,
-                    records: BTreeMap::new(),
-                    stats: Statistics::default(),
-                    cancelled: CancellationToken::new(),
-                };
-                (entry.job.job_id.clone(), entry)
-            })
-            .collect();
-        for record in device_jobs {
-            if let Some(entry) = entries.get_mut(&record.job_id) {
-                entry.records.insert(record.device_id.clone(), record);
-            }
-        }
-        for entry in entries.values_mut() {
-            entry.stats = Statistics::of(entry.records.values());
-        }
-        Self {
-            settings: JobSettings::default(),
-            state: Mutex::new(entries),
-            tasks: TaskTracker::new(),
-            stop: CancellationToken::new(),
-        }
-    }
-
-    pub(super) fn set_settings(&mut self, settings: JobSettings) {
-        self.settings = settings;
-    }
-
-    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Entry>> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Stops every runner and waits for them (in-flight device calls are abandoned; see the module docs).
-    pub(super) async fn stop(&self) {
-        self.stop.cancel();
-        self.tasks.close();
-        self.tasks.wait().await;
-    }
-}
-
-fn not_found(id: &str) -> HubError {
-    HubError::JobNotFound(id.to_owned())
-}
 
 impl Hub {
     /// Resumes the jobs the store loaded and starts the retention sweep. Devices whose operation was in flight
@@ -172,127 +60,7 @@ impl Hub {
         });
     }
 
-    /// `PUT /jobs/v2/{jobId}`: checks the request, stores the job as `queued` and starts its runner.
-    pub async fn create_job(self: &Arc<Self>, job_id: &str, body: &Value) -> Result<Value, HubError> {
-        let job = request::parse_request(job_id, body, self.clock.now())?;
-        let (document, pending) = {
-            let mut jobs = self.jobs.lock();
-            if jobs.contains_key(job_id) {
-                return Err(HubError::JobAlreadyExists(job_id.to_owned()));
-            }
-            let active = jobs.values().filter(|e| !e.job.status.is_finished()).count();
-            let limit = self.jobs.settings.max_active_jobs;
-            if active >= limit {
-                return Err(HubError::TooManyActiveJobs(format!(
-                    "The hub already has {active} active jobs, its limit (--max-active-jobs); wait for one to finish"
-                )));
-            }
-            let pending = self.store.submit(vec![Write::put_job(&job)]);
-            let entry = Entry {
-                job,
-                records: BTreeMap::new(),
-                stats: Statistics::default(),
-                cancelled: CancellationToken::new(),
-            };
-            let document = entry.document();
-            jobs.insert(job_id.to_owned(), entry);
-            (document, pending)
-        };
-        if let Err(error) = pending.durable().await {
-            self.jobs.lock().remove(job_id);
-            return Err(HubError::ServerError(format!("The job could not be saved: {error}")));
-        }
-        self.spawn_runner(job_id.to_owned());
-        Ok(document)
-    }
-
-    /// `GET /jobs/v2/{jobId}`: the job with its live statistics.
-    pub fn get_job(&self, job_id: &str) -> Result<Value, HubError> {
-        self.jobs.lock().get(job_id).map(Entry::document).ok_or_else(|| not_found(job_id))
-    }
-
-    /// `POST /jobs/v2/{jobId}/cancel`: devices not started yet become `canceled`, operations in flight may
-    /// finish, and the job is `cancelled` at once. A finished job is returned unchanged (wire-spec C.6.3).
-    pub async fn cancel_job(&self, job_id: &str) -> Result<Value, HubError> {
-        let now = self.clock.now();
-        let (document, pending) = {
-            let mut jobs = self.jobs.lock();
-            let entry = jobs.get_mut(job_id).ok_or_else(|| not_found(job_id))?;
-            if entry.job.status.is_finished() {
-                return Ok(entry.document());
-            }
-            let mut writes = Vec::new();
-            for record in
-                entry.records.values_mut().filter(|r| !r.status.is_finished() && r.status != DeviceJobStatus::Running)
-            {
-                let before = record.status;
-                record.cancel(now);
-                entry.stats.moved(before, DeviceJobStatus::Canceled);
-                writes.push(Write::put_device_job(record));
-            }
-            entry.job.finish(JobStatus::Cancelled, now, None);
-            writes.push(Write::put_job(&entry.job));
-            entry.cancelled.cancel();
-            (entry.document(), self.store.submit(writes))
-        };
-        pending
-            .durable()
-            .await
-            .map_err(|e| HubError::ServerError(format!("The cancellation could not be saved: {e}")))?;
-        Ok(document)
-    }
-
-    /// `GET /jobs/v2/query`: jobs of a type and/or status, in job-id order, one page after `continuation`.
-    pub fn query_jobs(
-        &self,
-        job_type: Option<JobType>,
-        status: Option<JobStatus>,
-        page_size: usize,
-        continuation: Option<&str>,
-    ) -> Result<(Vec<Value>, Option<String>), HubError> {
-        let after = match continuation.map(str::trim).filter(|c| !c.is_empty()) {
-            None => None,
-            Some(token) => Some(
-                URL_SAFE_NO_PAD
-                    .decode(token)
-                    .ok()
-                    .and_then(|bytes| String::from_utf8(bytes).ok())
-                    .ok_or_else(|| HubError::ArgumentInvalid("The continuation token is not valid".into()))?,
-            ),
-        };
-        let page_size = page_size.clamp(1, MAX_JOBS_PAGE);
-        let jobs = self.jobs.lock();
-        let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
-        let mut selected = jobs
-            .range::<String, _>((lower, Bound::Unbounded))
-            .map(|(_, entry)| entry)
-            .filter(|e| job_type.is_none_or(|t| e.job.job_type == t) && status.is_none_or(|s| e.job.status == s));
-        let page: Vec<&Entry> = selected.by_ref().take(page_size).collect();
-        let continuation = match (page.last(), selected.next()) {
-            (Some(last), Some(_)) => Some(URL_SAFE_NO_PAD.encode(last.job.job_id.as_bytes())),
-            _ => None,
-        };
-        Ok((page.into_iter().map(Entry::document).collect(), continuation))
-    }
-
-    /// Calls `f` on every device record in (job id, device id) order after `after`, until it returns false.
-    pub(super) fn visit_device_jobs(&self, after: Option<(&str, &str)>, mut f: impl FnMut(&DeviceJob) -> bool) {
-        let jobs = self.jobs.lock();
-        let lower = after.map_or(Bound::Unbounded, |(job, _)| Bound::Included(job.to_owned()));
-        for (job_id, entry) in jobs.range::<String, _>((lower, Bound::Unbounded)) {
-            let from = match after {
-                Some((after_job, after_device)) if after_job == job_id => Bound::Excluded(after_device.to_owned()),
-                _ => Bound::Unbounded,
-            };
-            for (_, record) in entry.records.range::<String, _>((from, Bound::Unbounded)) {
-                if !f(record) {
-                    return;
-                }
-            }
-        }
-    }
-
-    fn spawn_runner(self: &Arc<Self>, job_id: String) {
+    pub(super) fn spawn_runner(self: &Arc<Self>, job_id: String) {
         let hub = Arc::clone(self);
         let stop = self.jobs.stop.clone();
         self.jobs.tasks.spawn(async move {
@@ -345,15 +113,14 @@ impl Hub {
     /// and marks the job `running`, in one store transaction. False when the job cannot go on.
     async fn begin_job(&self, job_id: &str) -> bool {
         let Some((job, _)) = self.job_snapshot(job_id) else { return false };
-        let condition = match parse_condition(&job.query_condition) {
-            Ok(condition) => condition,
+        let targets = match job.condition.expr() {
+            Ok(condition) => self.matching_device_ids(condition),
             Err(error) => {
                 let reason = format!("The query condition could not be evaluated: {error}");
                 self.update_job(job_id, |job, now| job.finish(JobStatus::Failed, now, Some(reason))).await;
                 return false;
             }
         };
-        let targets = self.matching_device_ids(condition.as_ref());
         let now = self.clock.now();
         let pending = {
             let mut jobs = self.jobs.lock();
@@ -383,13 +150,16 @@ impl Hub {
         if job.status != JobStatus::Running {
             return;
         }
-        let action = match job.action() {
-            Ok(action) => action,
-            Err(error) => {
-                let reason = format!("The job request could not be read back: {error}");
-                self.update_job(job_id, |job, now| job.finish(JobStatus::Failed, now, Some(reason))).await;
-                return;
-            }
+        let action = match &job.action {
+            Action::Method(call) => DeviceAction::Method(call),
+            Action::Twin(update) => match update.if_match() {
+                Ok(if_match) => DeviceAction::Twin { write: &update.write, if_match },
+                Err(error) => {
+                    let reason = format!("The job's twin update cannot be applied: {error}");
+                    self.update_job(job_id, |job, now| job.finish(JobStatus::Failed, now, Some(reason))).await;
+                    return;
+                }
+            },
         };
         let targets: Vec<String> = {
             let jobs = self.jobs.lock();
@@ -459,10 +229,10 @@ impl Hub {
         tracing::debug!(job_id, expired, "job ended");
     }
 
-    async fn run_device(&self, job_id: &str, device_id: String, action: &Action) {
+    async fn run_device(&self, job_id: &str, device_id: String, action: &DeviceAction<'_>) {
         match action {
-            Action::Method(call) => self.run_method_on(job_id, &device_id, call).await,
-            Action::Twin { write, if_match } => {
+            DeviceAction::Method(call) => self.run_method_on(job_id, &device_id, call).await,
+            DeviceAction::Twin { write, if_match } => {
                 self.run_twin_update_on(job_id, &device_id, write, if_match.as_ref()).await
             }
         }
@@ -593,4 +363,10 @@ impl Hub {
             tracing::error!(%error, "removing expired jobs could not be saved");
         }
     }
+}
+
+/// What a running job does on each device, borrowed from the job.
+enum DeviceAction<'a> {
+    Method(&'a MethodCall),
+    Twin { write: &'a TwinWrite, if_match: Option<IfMatch> },
 }

@@ -1,0 +1,75 @@
+//! Device identities on the wire (wire-spec C.1): the `Device` document (one definition, `iothub_proto::registry`,
+//! shared with the Rust clients) rendered from the registry's record, and create/update bodies read into a spec.
+
+use iothub_proto::registry as wire;
+
+use crate::clock::format_optional_time;
+use crate::domain::registry::{AuthType, Authentication, Device, DeviceSpec, DeviceStatus, Liveness};
+use crate::error::HubError;
+
+/// `connectionState` as documents show it.
+pub fn connection_state(liveness: &Liveness) -> &'static str {
+    if liveness.connected_since.is_some() { "Connected" } else { "Disconnected" }
+}
+
+/// `x509Thumbprint` of a device.
+pub fn thumbprints(auth: &Authentication) -> wire::X509Thumbprint {
+    wire::X509Thumbprint {
+        primary_thumbprint: auth.primary_thumbprint.clone(),
+        secondary_thumbprint: auth.secondary_thumbprint.clone(),
+    }
+}
+
+/// Renders a device identity as the hub does (wire-spec C.1).
+pub fn device(device: &Device, liveness: &Liveness) -> wire::Device {
+    let auth = &device.authentication;
+    wire::Device {
+        device_id: Some(device.device_id.clone()),
+        generation_id: Some(device.generation_id.clone()),
+        etag: Some(device.etag()),
+        connection_state: Some(connection_state(liveness).into()),
+        status: Some(device.status.as_str().into()),
+        status_reason: device.status_reason.clone(),
+        connection_state_updated_time: Some(format_optional_time(liveness.connected_since)),
+        status_updated_time: Some(format_optional_time(device.status_updated)),
+        last_activity_time: Some(format_optional_time(liveness.last_activity.or(device.last_activity))),
+        cloud_to_device_message_count: Some(u64::from(device.cloud_to_device_message_count)),
+        authentication: Some(wire::AuthenticationMechanism {
+            symmetric_key: Some(wire::SymmetricKey {
+                primary_key: auth.primary_key.clone(),
+                secondary_key: auth.secondary_key.clone(),
+            }),
+            x509_thumbprint: Some(thumbprints(auth)),
+            kind: Some(auth.kind.as_str().into()),
+        }),
+        capabilities: Some(wire::DeviceCapabilities { iot_edge: Some(device.iot_edge) }),
+        device_scope: device.device_scope.clone(),
+        parent_scopes: device.device_scope.as_ref().map(|_| device.parent_scopes.clone()),
+    }
+}
+
+/// Reads a create/update body into a spec, checking it names the same device as the path.
+pub fn device_spec(path_id: &str, body: &wire::Device) -> Result<DeviceSpec, HubError> {
+    if let Some(body_id) = body.device_id.as_deref().filter(|id| !id.is_empty())
+        && body_id != path_id
+    {
+        return Err(HubError::ArgumentInvalid(format!(
+            "The deviceId in the body ('{body_id}') does not match the one in the path ('{path_id}')"
+        )));
+    }
+    let auth = body.authentication.clone().unwrap_or_default();
+    let keys = auth.symmetric_key.unwrap_or_default();
+    let thumbprints = auth.x509_thumbprint.unwrap_or_default();
+    Ok(DeviceSpec {
+        status: body.status.as_deref().map(DeviceStatus::parse).transpose()?,
+        status_reason: body.status_reason.clone(),
+        auth_type: auth.kind.as_deref().map(AuthType::parse).transpose()?,
+        primary_key: keys.primary_key,
+        secondary_key: keys.secondary_key,
+        primary_thumbprint: thumbprints.primary_thumbprint,
+        secondary_thumbprint: thumbprints.secondary_thumbprint,
+        iot_edge: body.capabilities.as_ref().and_then(|c| c.iot_edge),
+        device_scope: body.device_scope.clone(),
+        parent_scopes: body.parent_scopes.clone(),
+    })
+}
