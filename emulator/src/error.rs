@@ -1,5 +1,6 @@
 //! `HubError`, the hub's one error type, and the one table that maps each error to the wire:
-//! HTTP status, the hub's symbolic `ErrorCode` and its six-digit number, and the MQTT CONNACK code.
+//! HTTP status, the hub's symbolic `ErrorCode` and its six-digit number, and the MQTT CONNACK code. The bodies
+//! are written by `crate::wire::errors`.
 
 /// An error the hub reports to a caller. The text is safe to show: it never contains keys or tokens.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -41,6 +42,9 @@ pub enum HubError {
     /// Direct method: the device is not connected (or not subscribed to methods) within the connect timeout.
     #[error("{message}")]
     DeviceNotOnline { message: String, connect_timeout_secs: Option<u64> },
+    /// Direct method: the device's queue is full; it is connected but not reading what the hub sends it.
+    #[error("{0}")]
+    DeviceBusy(String),
     /// Direct method: the device did not answer within the response timeout.
     #[error("Timed out waiting for the response from device.")]
     GatewayTimeout,
@@ -107,31 +111,13 @@ impl HubError {
             Self::NotFound(_) => w(404, "NotFound", 404000, 3),
             Self::MethodNotAllowed(_) => w(405, "MethodNotAllowed", 405000, 3),
             Self::DeviceNotOnline { .. } => j(404, "DeviceNotOnline", 404103),
+            // The hub documents no code for a device that stops reading; this is its throttling answer, so callers
+            // back off and retry as they would for any 429.
+            Self::DeviceBusy(_) => w(429, "ThrottlingException", 429001, 3),
             Self::GatewayTimeout => j(504, "GatewayTimeout", 504101),
             Self::ServerError(_) => w(500, "ServerError", 500001, 3),
             Self::ServiceUnavailable(_) => w(503, "ServiceUnavailable", 503001, 3),
         }
-    }
-}
-
-impl HubError {
-    /// The hub's JSON error object: `{"errorCode","trackingId","message","info","timestampUtc"}`. It is the
-    /// inner document of the JSON envelope and the body of MQTT twin error responses (which the Node SDK
-    /// recognises by its `errorCode` member).
-    pub fn detail(&self, now: jiff::Timestamp) -> serde_json::Value {
-        let info = match self {
-            Self::DeviceNotOnline { connect_timeout_secs: Some(secs), .. } => {
-                serde_json::json!({ "timeout": format!("{:02}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60) })
-            }
-            _ => serde_json::json!({}),
-        };
-        serde_json::json!({
-            "errorCode": self.wire().number,
-            "trackingId": format!("{}-G:0-TimeStamp:{}", uuid::Uuid::new_v4().simple(), now.strftime("%m/%d/%Y %H:%M:%S")),
-            "message": self.to_string(),
-            "info": info,
-            "timestampUtc": crate::clock::format_time(now),
-        })
     }
 }
 
@@ -161,31 +147,12 @@ mod tests {
             HubError::ServerError(String::new()),
             HubError::ServiceUnavailable(String::new()),
             HubError::DeviceNotOnline { message: String::new(), connect_timeout_secs: None },
+            HubError::DeviceBusy(String::new()),
             HubError::GatewayTimeout,
         ];
         for error in all {
             let wire = error.wire();
             assert_eq!(wire.number / 1000, u32::from(wire.status), "{error:?}");
         }
-    }
-}
-
-#[cfg(test)]
-mod detail_tests {
-    use super::*;
-
-    #[test]
-    fn method_errors_carry_the_hubs_texts_and_timeout_info() {
-        let now = jiff::Timestamp::from_second(1_600_000_000).expect("time");
-        let offline = HubError::DeviceNotOnline {
-            message: "Timed out waiting for device to connect.".into(),
-            connect_timeout_secs: Some(65),
-        };
-        let detail = offline.detail(now);
-        assert_eq!(detail["errorCode"], 404103);
-        assert_eq!(detail["info"]["timeout"], "00:01:05");
-        assert_eq!(detail["message"], "Timed out waiting for device to connect.");
-        assert_eq!(HubError::GatewayTimeout.detail(now)["message"], "Timed out waiting for the response from device.");
-        assert_eq!(HubError::GatewayTimeout.wire().envelope, Envelope::Json);
     }
 }

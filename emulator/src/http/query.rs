@@ -21,15 +21,7 @@ pub async fn run(hub: &Hub, headers: &HeaderMap, body: &Value) -> Result<Respons
         Rights::SERVICE_CONNECT.union(Rights::REGISTRY_READ),
     )?;
     hub.admit(crate::domain::throttle::Operation::Query, 1.0)?;
-    let text = match body.get("query") {
-        Some(Value::String(text)) if !text.trim().is_empty() => text,
-        Some(Value::String(_)) | None | Some(Value::Null) => {
-            return Err(
-                HubError::ArgumentNull("The query text is missing: send {\"query\": \"SELECT ...\"}".into()).into()
-            );
-        }
-        Some(other) => return Err(HubError::ArgumentInvalid(format!("query must be a string, not {other}")).into()),
-    };
+    let text = wire::query::query_text(body)?;
     let page_size = page_size(headers.get(MAX_ITEM_COUNT).map(|v| v.to_str().unwrap_or("")), MAX_PAGE_SIZE)?;
     let continuation = headers.get(CONTINUATION).and_then(|v| v.to_str().ok());
     let page = hub.query(text, page_size, continuation)?;

@@ -3,9 +3,9 @@
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
-use serde_json::json;
 
-use crate::error::{Envelope, HubError};
+use crate::error::HubError;
+use crate::wire;
 
 /// `Content-Type` of every JSON answer. The Node service SDK parses a body only when this says JSON.
 pub const JSON_CONTENT_TYPE: &str = "application/json; charset=utf-8";
@@ -26,25 +26,14 @@ impl From<HubError> for ApiError {
 impl IntoResponse for ApiError {
     /// The hub's error body (wire-spec C.0.6) in the envelope the error calls for, with `iothub-errorcode`.
     fn into_response(self) -> Response {
-        let wire = self.0.wire();
-        let status = StatusCode::from_u16(wire.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mapped = self.0.wire();
+        let status = StatusCode::from_u16(mapped.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         if status.is_server_error() {
             tracing::warn!(error = %self.0, "request failed");
         }
-        let now = jiff::Timestamp::now();
-        let body = match wire.envelope {
-            Envelope::Legacy => {
-                let tracking = uuid::Uuid::new_v4().simple();
-                let stamp = now.strftime("%m/%d/%Y %H:%M:%S");
-                json!({
-                    "Message": format!("ErrorCode:{};{}", wire.code, self.0),
-                    "ExceptionMessage": format!("Tracking ID:{tracking}-G:0-TimeStamp:{stamp}"),
-                })
-            }
-            Envelope::Json => json!({ "Message": self.0.detail(now).to_string(), "ExceptionMessage": "" }),
-        };
+        let body = wire::errors::body(&self.0, jiff::Timestamp::now());
         let mut response = json_response(status, &body);
-        response.headers_mut().insert(ERROR_CODE_HEADER, HeaderValue::from_static(wire.code));
+        response.headers_mut().insert(ERROR_CODE_HEADER, HeaderValue::from_static(mapped.code));
         response
     }
 }

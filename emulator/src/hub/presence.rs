@@ -13,7 +13,7 @@ use crate::error::HubError;
 use crate::store::Write;
 
 /// Messages waiting per connection before the hub considers the device too slow.
-const OUTBOUND_CAPACITY: usize = 1024;
+pub(super) const OUTBOUND_CAPACITY: usize = 1024;
 
 pub use crate::domain::sessions::Subscriptions;
 

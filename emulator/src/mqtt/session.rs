@@ -376,7 +376,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Session<'_, IO> {
 
     /// A twin error response: the status and the hub's JSON error object (the Node SDK needs `errorCode`).
     fn error_reply(&self, error: &HubError) -> (u16, String) {
-        (error.wire().status, error.detail(self.hub.clock().now()).to_string())
+        (error.wire().status, wire::errors::detail_text(error, self.hub.clock().now()))
     }
 
     async fn deliver(&mut self, message: ToDevice) -> Flow {

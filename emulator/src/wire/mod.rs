@@ -2,10 +2,12 @@
 //! hub's member order) and reads their requests back into typed values. The transports (`http`, `mqtt`) call
 //! it; the hub and the domain never see JSON text.
 
+pub mod errors;
 pub mod jobs;
 pub mod methods;
 pub mod query;
 pub mod registry;
+pub mod telemetry;
 pub mod twin;
 #[cfg(test)]
 mod twin_reference;
