@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt as _;
 use iothub_emulator::Emulator;
-use iothub_emulator::domain::registry::{DeviceSpec, generate_key};
+use iothub_emulator::domain::registry::{Credentials, DeviceSpec, generate_key};
 use iothub_emulator::hub::Hub;
 use serde_json::{Value, json};
 
@@ -22,11 +22,7 @@ async fn create_devices(hub: &Arc<Hub>, count: usize) -> Vec<Value> {
     let devices: Vec<(String, String)> = (0..count).map(|i| (format!("sim-{i:06}"), generate_key())).collect();
     futures_util::stream::iter(devices.iter())
         .map(|(id, key)| {
-            let spec = DeviceSpec {
-                primary_key: Some(key.clone()),
-                secondary_key: Some(generate_key()),
-                ..Default::default()
-            };
+            let spec = DeviceSpec { credentials: Credentials::sas(key.clone(), generate_key()), ..Default::default() };
             let hub = hub.clone();
             async move { hub.put_device(id, &spec, None).await.expect("device") }
         })

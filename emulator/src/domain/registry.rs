@@ -161,14 +161,40 @@ pub struct Liveness {
 pub struct DeviceSpec {
     pub status: Option<DeviceStatus>,
     pub status_reason: Option<String>,
-    pub auth_type: Option<AuthType>,
-    pub primary_key: Option<String>,
-    pub secondary_key: Option<String>,
-    pub primary_thumbprint: Option<String>,
-    pub secondary_thumbprint: Option<String>,
+    pub credentials: Credentials,
     pub iot_edge: Option<bool>,
     pub device_scope: Option<String>,
     pub parent_scopes: Option<Vec<String>>,
+}
+
+/// The credentials a create or update request gives, by authentication type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credentials {
+    /// `sas` (the default): keys left out or empty are generated on create and kept on update.
+    Sas {
+        primary_key: Option<String>,
+        secondary_key: Option<String>,
+    },
+    /// `selfSigned`: X.509 thumbprints; a primary one is required.
+    SelfSigned {
+        primary_thumbprint: Option<String>,
+        secondary_thumbprint: Option<String>,
+    },
+    CertificateAuthority,
+    None,
+}
+
+impl Default for Credentials {
+    fn default() -> Self {
+        Self::Sas { primary_key: None, secondary_key: None }
+    }
+}
+
+impl Credentials {
+    /// SAS credentials with the given keys.
+    pub fn sas(primary_key: impl Into<String>, secondary_key: impl Into<String>) -> Self {
+        Self::Sas { primary_key: Some(primary_key.into()), secondary_key: Some(secondary_key.into()) }
+    }
 }
 
 /// A precondition from `If-Match`.
@@ -257,39 +283,40 @@ fn non_empty(value: &Option<String>) -> Option<&str> {
 /// Builds the authentication of a device from a request, generating missing SAS keys. `existing` are the
 /// current credentials on update: SAS keys left empty in an update are kept rather than rotated.
 fn resolve_authentication(spec: &DeviceSpec, existing: Option<&Authentication>) -> Result<Authentication, HubError> {
-    let kind = spec.auth_type.unwrap_or(AuthType::Sas);
     let mut auth = Authentication {
-        kind,
+        kind: AuthType::Sas,
         primary_key: None,
         secondary_key: None,
         primary_thumbprint: None,
         secondary_thumbprint: None,
     };
-    match kind {
-        AuthType::Sas => {
+    match &spec.credentials {
+        Credentials::Sas { primary_key, secondary_key } => {
             let kept = existing.filter(|a| a.kind == AuthType::Sas);
             let pick = |given: &Option<String>, old: Option<&Option<String>>| -> String {
                 non_empty(given).map(str::to_owned).or_else(|| old.and_then(|o| o.clone())).unwrap_or_else(generate_key)
             };
-            let primary = pick(&spec.primary_key, kept.map(|a| &a.primary_key));
-            let secondary = pick(&spec.secondary_key, kept.map(|a| &a.secondary_key));
+            let primary = pick(primary_key, kept.map(|a| &a.primary_key));
+            let secondary = pick(secondary_key, kept.map(|a| &a.secondary_key));
             validate_key("primary", &primary)?;
             validate_key("secondary", &secondary)?;
             auth.primary_key = Some(primary);
             auth.secondary_key = Some(secondary);
         }
-        AuthType::SelfSigned => {
-            let primary = non_empty(&spec.primary_thumbprint).ok_or_else(|| {
+        Credentials::SelfSigned { primary_thumbprint, secondary_thumbprint } => {
+            let primary = non_empty(primary_thumbprint).ok_or_else(|| {
                 HubError::ArgumentNull("A selfSigned device needs x509Thumbprint.primaryThumbprint".into())
             })?;
             validate_thumbprint("primary", primary)?;
-            if let Some(secondary) = non_empty(&spec.secondary_thumbprint) {
+            if let Some(secondary) = non_empty(secondary_thumbprint) {
                 validate_thumbprint("secondary", secondary)?;
             }
+            auth.kind = AuthType::SelfSigned;
             auth.primary_thumbprint = Some(primary.to_ascii_uppercase());
-            auth.secondary_thumbprint = non_empty(&spec.secondary_thumbprint).map(str::to_ascii_uppercase);
+            auth.secondary_thumbprint = non_empty(secondary_thumbprint).map(str::to_ascii_uppercase);
         }
-        AuthType::CertificateAuthority | AuthType::None => {}
+        Credentials::CertificateAuthority => auth.kind = AuthType::CertificateAuthority,
+        Credentials::None => auth.kind = AuthType::None,
     }
     Ok(auth)
 }
@@ -372,8 +399,7 @@ mod tests {
 
     #[test]
     fn create_generates_both_keys_when_none_or_empty_are_given() {
-        let empty =
-            DeviceSpec { primary_key: Some(String::new()), secondary_key: Some(String::new()), ..Default::default() };
+        let empty = DeviceSpec { credentials: Credentials::sas("", ""), ..Default::default() };
         for spec in [DeviceSpec::default(), empty] {
             let device = create_device("dev1", &spec, now(), 7).expect("create");
             let primary = device.authentication.primary_key.clone().expect("primary");
@@ -389,13 +415,13 @@ mod tests {
     #[test]
     fn given_keys_are_kept_and_checked() {
         let key = BASE64.encode([1u8; 32]);
-        let spec = DeviceSpec { primary_key: Some(key.clone()), ..Default::default() };
+        let spec = DeviceSpec { credentials: Credentials::sas(key.clone(), ""), ..Default::default() };
         let device = create_device("dev1", &spec, now(), 1).expect("create");
         assert_eq!(device.authentication.primary_key.as_deref(), Some(key.as_str()));
 
-        let short = DeviceSpec { primary_key: Some(BASE64.encode([1u8; 8])), ..Default::default() };
+        let short = DeviceSpec { credentials: Credentials::sas(BASE64.encode([1u8; 8]), ""), ..Default::default() };
         assert!(matches!(create_device("dev1", &short, now(), 1), Err(HubError::ArgumentInvalid(_))));
-        let garbage = DeviceSpec { secondary_key: Some("***".into()), ..Default::default() };
+        let garbage = DeviceSpec { credentials: Credentials::sas("", "***"), ..Default::default() };
         assert!(matches!(create_device("dev1", &garbage, now(), 1), Err(HubError::ArgumentInvalid(_))));
     }
 
@@ -435,9 +461,12 @@ mod tests {
 
     #[test]
     fn self_signed_needs_a_thumbprint() {
-        let spec = DeviceSpec { auth_type: Some(AuthType::SelfSigned), ..Default::default() };
-        assert!(matches!(create_device("d", &spec, now(), 1), Err(HubError::ArgumentNull(_))));
-        let spec = DeviceSpec { primary_thumbprint: Some("ab".repeat(20)), ..spec };
+        let self_signed = |primary: Option<String>| DeviceSpec {
+            credentials: Credentials::SelfSigned { primary_thumbprint: primary, secondary_thumbprint: None },
+            ..Default::default()
+        };
+        assert!(matches!(create_device("d", &self_signed(None), now(), 1), Err(HubError::ArgumentNull(_))));
+        let spec = self_signed(Some("ab".repeat(20)));
         let device = create_device("d", &spec, now(), 1).expect("create");
         assert_eq!(device.authentication.primary_thumbprint, Some("AB".repeat(20)));
         assert_eq!(device.authentication.symmetric_keys().count(), 0);

@@ -4,7 +4,7 @@
 use iothub_proto::registry as wire;
 
 use crate::clock::format_optional_time;
-use crate::domain::registry::{AuthType, Authentication, Device, DeviceSpec, DeviceStatus, Liveness};
+use crate::domain::registry::{AuthType, Authentication, Credentials, Device, DeviceSpec, DeviceStatus, Liveness};
 use crate::error::HubError;
 
 /// `connectionState` as documents show it.
@@ -60,14 +60,19 @@ pub fn device_spec(path_id: &str, body: &wire::Device) -> Result<DeviceSpec, Hub
     let auth = body.authentication.clone().unwrap_or_default();
     let keys = auth.symmetric_key.unwrap_or_default();
     let thumbprints = auth.x509_thumbprint.unwrap_or_default();
+    let credentials = match auth.kind.as_deref().map(AuthType::parse).transpose()?.unwrap_or(AuthType::Sas) {
+        AuthType::Sas => Credentials::Sas { primary_key: keys.primary_key, secondary_key: keys.secondary_key },
+        AuthType::SelfSigned => Credentials::SelfSigned {
+            primary_thumbprint: thumbprints.primary_thumbprint,
+            secondary_thumbprint: thumbprints.secondary_thumbprint,
+        },
+        AuthType::CertificateAuthority => Credentials::CertificateAuthority,
+        AuthType::None => Credentials::None,
+    };
     Ok(DeviceSpec {
         status: body.status.as_deref().map(DeviceStatus::parse).transpose()?,
         status_reason: body.status_reason.clone(),
-        auth_type: auth.kind.as_deref().map(AuthType::parse).transpose()?,
-        primary_key: keys.primary_key,
-        secondary_key: keys.secondary_key,
-        primary_thumbprint: thumbprints.primary_thumbprint,
-        secondary_thumbprint: thumbprints.secondary_thumbprint,
+        credentials,
         iot_edge: body.capabilities.as_ref().and_then(|c| c.iot_edge),
         device_scope: body.device_scope.clone(),
         parent_scopes: body.parent_scopes.clone(),
