@@ -105,7 +105,7 @@ def main():
                f"{get('telemetry-30k', 'telemetry', 'rate')}/s, p50 {get('telemetry-30k', 'telemetry', 'p50_ms')} ms, p99 {get('telemetry-30k', 'telemetry', 'p99_ms')} ms | {procs('telemetry-30k')} |")
     out.append(f"| telemetry QoS 1 from 1,000 devices back to back | (the ceiling) | "
                f"{get('telemetry-load', 'telemetry', 'rate')}/s, p99 {get('telemetry-load', 'telemetry', 'p99_ms')} ms | {procs('telemetry-load')} |")
-    out.append(f"| start-up with {get('startup', 'startup', 'devices')} persisted devices | <= 1 s | best of 3: {get('startup', 'startup', 'best_ms')} ms to the banner | - | - |")
+    out.append(f"| start-up with {get('startup', 'startup', 'devices')} persisted devices | <= 300 ms | best of 3: {get('startup', 'startup', 'best_ms')} ms to the banner | - | - |")
     out.append("")
     out.append("## The anchor: Mosquitto on the same machine and run\n")
     out.append("The nearest equivalent of a direct method through a plain broker: callers publish a request to a responder's "
@@ -126,6 +126,8 @@ def main():
     out.append("")
     if query:
         out.append("## Queries (in-process: the query engine over the registry)\n")
+        out.append("Targets: 1M small twins (a location tag, a floor tag, a reported temperature) resident in <= 1 GiB "
+                   "(<= 1,075 bytes a twin, identity included); a full scan and a GROUP BY over 1M in <= 150 ms each.\n")
         out.append("```")
         out.extend(line for line in query.splitlines() if re.search(r"twins", line))
         out.append("```\n")

@@ -72,6 +72,25 @@ async fn a_method_call_reaches_the_device_and_its_answer_comes_back() {
 }
 
 #[tokio::test]
+async fn payloads_keep_the_callers_and_the_devices_member_order() {
+    let hub = start().await;
+    hub.create_device("d1").await;
+    let mut device = connect_device(&hub, "d1").await;
+    subscribe(&mut device, &[METHODS], QoS::AtLeastOnce).await;
+    let sent = r#"{"nonce":"ab","n":42,"list":[3,1,{"z":1,"a":2}],"flag":true}"#;
+    let body = format!(r#"{{"methodName":"echo","payload":{sent},"responseTimeoutInSeconds":10}}"#);
+    let request = hub.request(Method::POST, "/twins/d1/methods").header("content-type", "application/json").body(body);
+    let call = tokio::spawn(async move { request.send().await.expect("send") });
+    let received = next_publish(&mut device).await;
+    assert_eq!(std::str::from_utf8(&received.payload).expect("UTF-8"), sent, "the device gets the caller's text");
+    let rid = topic_param(&received.topic, "$rid").expect("rid").to_owned();
+    let answer = br#"{"zeta":1,"alpha":{"b":2,"a":1}}"#;
+    publish(&mut device, &format!("$iothub/methods/res/200/?$rid={rid}"), QoS::AtLeastOnce, answer).await;
+    let text = call.await.expect("task").text().await.expect("body");
+    assert_eq!(text, r#"{"status":200,"payload":{"zeta":1,"alpha":{"b":2,"a":1}}}"#, "the device's order comes back");
+}
+
+#[tokio::test]
 async fn offline_and_unsubscribed_devices_get_404103() {
     let hub = start().await;
     hub.create_device("offline").await;

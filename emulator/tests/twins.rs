@@ -161,6 +161,53 @@ async fn service_writes_notify_the_device_in_order_with_versions() {
 }
 
 #[tokio::test]
+async fn documents_list_members_in_the_hubs_order_and_properties_as_written() {
+    let hub = start().await;
+    hub.create_device("d1").await;
+    let mut mqtt = connect_device(&hub, "d1").await;
+    subscribe(&mut mqtt, &[TWIN_RES, DESIRED], QoS::AtLeastOnce).await;
+    let patch = json!({"tags": {"zulu": 1, "bravo": {"y": 1, "x": 2}}, "properties": {"desired": {"zulu": 1, "bravo": {"y": 1, "x": 2}}}});
+    assert_eq!(patch_twin(&hub, "d1", patch).await.status(), StatusCode::OK);
+    let notification = next_publish(&mut mqtt).await;
+    assert_eq!(
+        std::str::from_utf8(&notification.payload).expect("UTF-8"),
+        r#"{"zulu":1,"bravo":{"y":1,"x":2},"$version":2}"#
+    );
+    publish(&mut mqtt, "$iothub/twin/PATCH/properties/reported/?$rid=r1", QoS::AtMostOnce, br#"{"m":1,"b":2}"#).await;
+    next_publish(&mut mqtt).await;
+
+    let text = hub.request(Method::GET, "/twins/d1").send().await.expect("send").text().await.expect("body");
+    let keys = |v: &Value| v.as_object().expect("object").keys().cloned().collect::<Vec<_>>();
+    let doc: Value = serde_json::from_str(&text).expect("json");
+    assert!(text.starts_with(r#"{"deviceId":"d1","etag":"#), "{text}");
+    assert_eq!(keys(&doc["tags"]), ["zulu", "bravo"]);
+    assert_eq!(keys(&doc["tags"]["bravo"]), ["y", "x"]);
+    let desired = &doc["properties"]["desired"];
+    assert_eq!(keys(desired), ["zulu", "bravo", "$metadata", "$version"]);
+    assert_eq!(keys(&desired["$metadata"]), ["$lastUpdated", "$lastUpdatedVersion", "zulu", "bravo"]);
+    assert_eq!(keys(&desired["$metadata"]["bravo"]), ["$lastUpdated", "$lastUpdatedVersion", "y", "x"]);
+    assert_eq!(keys(&doc["properties"]["reported"]), ["m", "b", "$metadata", "$version"]);
+
+    // A key removed and written again goes last; one written again in place keeps its place.
+    patch_twin(&hub, "d1", json!({"properties": {"desired": {"zulu": null}}})).await;
+    patch_twin(&hub, "d1", json!({"properties": {"desired": {"bravo": {"x": 5}, "zulu": 9}}})).await;
+    let desired = &twin(&hub, "d1").await["properties"]["desired"];
+    assert_eq!(keys(desired), ["bravo", "zulu", "$metadata", "$version"]);
+    assert_eq!(keys(&desired["bravo"]), ["y", "x"]);
+    publish(&mut mqtt, "$iothub/twin/GET/?$rid=g1", QoS::AtMostOnce, b"").await;
+    let view = loop {
+        let message = next_publish(&mut mqtt).await;
+        if message.topic.starts_with("$iothub/twin/res/200/") {
+            break message;
+        }
+    };
+    assert_eq!(
+        std::str::from_utf8(&view.payload).expect("UTF-8"),
+        r#"{"desired":{"bravo":{"y":1,"x":5},"zulu":9,"$version":4},"reported":{"m":1,"b":2,"$version":2}}"#
+    );
+}
+
+#[tokio::test]
 async fn twin_etags_and_bad_writes() {
     let hub = start().await;
     hub.create_device("d1").await;
