@@ -33,6 +33,11 @@ impl Rights {
         (Self::DEVICE_CONNECT, "DeviceConnect"),
     ];
 
+    /// Every permission.
+    pub const fn all() -> Self {
+        Self(15)
+    }
+
     /// Both sets together.
     pub const fn union(self, other: Self) -> Self {
         Self(self.0 | other.0)
@@ -292,6 +297,39 @@ pub fn authorize_service(
     check_scope(&token, target)?;
     let policy = check_policy(policies, &token, &name, needed)?;
     Ok(Principal::Policy { name: policy.key_name.clone(), rights: policy.rights })
+}
+
+/// What a policy token put on an AMQP connection grants (claims-based security): the token's resource, the
+/// policy's rights, until the token expires.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    /// The token's resource without a port, e.g. `myhub.azure-devices.net` or `.../messages/devicebound`.
+    pub resource: String,
+    pub policy: String,
+    pub rights: Rights,
+    /// Seconds since the Unix epoch.
+    pub expires: u64,
+}
+
+impl Claim {
+    /// True when the claim covers `target` (`<host>/<path>`) with any of `needed`, at `now`.
+    pub fn allows(&self, target: &str, needed: Rights, now: u64) -> bool {
+        self.expires > now
+            && self.rights.intersects(needed)
+            && iothub_proto::sas::resource_covers(&self.resource, target)
+    }
+}
+
+/// Checks a policy token put on a connection for `audience` (the put-token `name`; a scheme and a port are
+/// ignored): it must be live, signed by a known policy, and its resource must cover the audience.
+pub fn verify_claim(policies: &Policies, token_text: &str, audience: &str, now: u64) -> Result<Claim, AuthFailure> {
+    let token = parse_live(token_text, now)?;
+    let name = token.key_name.clone().ok_or(AuthFailure::DeviceTokenOnServiceApi)?;
+    let audience = audience.split_once("://").map_or(audience, |(_, rest)| rest);
+    let audience = without_port(audience.trim_end_matches('/'));
+    check_scope(&token, &audience)?;
+    let policy = check_policy(policies, &token, &name, Rights::all())?;
+    Ok(Claim { resource: without_port(&token.resource), policy: name, rights: policy.rights, expires: token.expiry })
 }
 
 /// Authorizes a device connection for `device`: a token signed with the device's key for `<host>/devices/<id>`,

@@ -12,6 +12,8 @@ use crate::hub::JobSettings;
 pub const DEFAULT_HTTPS_PORT: u16 = 443;
 /// Default MQTT/TLS port: the Python device SDK can dial no other.
 pub const DEFAULT_MQTT_PORT: u16 = 8883;
+/// Default AMQPS port: the Python service SDK can dial no other for cloud-to-device messages.
+pub const DEFAULT_AMQP_PORT: u16 = 5671;
 /// Default host name, as it appears in connection strings and certificates.
 pub const DEFAULT_HOST_NAME: &str = "localhost";
 /// The registry file inside the data dir.
@@ -26,6 +28,8 @@ pub struct Config {
     pub https_port: u16,
     /// MQTT over TLS port; 0 picks a free one.
     pub mqtt_port: u16,
+    /// AMQP over TLS port; 0 picks a free one.
+    pub amqp_port: u16,
     /// The hub's host name: the `HostName` of connection strings, the SAS audience and a certificate SAN.
     pub host_name: String,
     /// Where the CA, the policy keys and (unless `in_memory`) the registry live. `None`: nothing touches the
@@ -53,6 +57,7 @@ impl Default for Config {
             bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
             https_port: 0,
             mqtt_port: 0,
+            amqp_port: 0,
             host_name: DEFAULT_HOST_NAME.to_owned(),
             data_dir: None,
             in_memory: true,
@@ -71,6 +76,7 @@ impl std::fmt::Debug for Config {
             .field("bind", &self.bind)
             .field("https_port", &self.https_port)
             .field("mqtt_port", &self.mqtt_port)
+            .field("amqp_port", &self.amqp_port)
             .field("host_name", &self.host_name)
             .field("data_dir", &self.data_dir)
             .field("in_memory", &self.in_memory)

@@ -35,6 +35,12 @@ pub enum HubError {
     TooManyActiveJobs(String),
     #[error("{0}")]
     MessageTooLarge(String),
+    /// A device's cloud-to-device queue is full (50 messages).
+    #[error("{0}")]
+    QueueFull(String),
+    /// No cloud-to-device or feedback message is held with the lock token given.
+    #[error("{0}")]
+    MessageLockLost(String),
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -106,6 +112,8 @@ impl HubError {
             Self::TooManyActiveJobs(_) => w(429, "ThrottlingMaxActiveJobCountExceeded", 429004, 3),
             Self::Throttled(_) => w(429, "ThrottlingException", 429001, 3),
             Self::MessageTooLarge(_) => w(413, "MessageTooLarge", 413001, 3),
+            Self::QueueFull(_) => w(403, "DeviceMaximumQueueDepthExceeded", 403004, 3),
+            Self::MessageLockLost(_) => w(412, "DeviceMessageLockLost", 412002, 3),
             // What the hub answers for a path or method it does not serve is not documented; these two codes are
             // the emulator's own, in the hub's envelope so every client still parses them.
             Self::NotFound(_) => w(404, "NotFound", 404000, 3),
@@ -142,6 +150,8 @@ mod tests {
             HubError::TooManyActiveJobs(String::new()),
             HubError::Throttled(String::new()),
             HubError::MessageTooLarge(String::new()),
+            HubError::QueueFull(String::new()),
+            HubError::MessageLockLost(String::new()),
             HubError::NotFound(String::new()),
             HubError::MethodNotAllowed(String::new()),
             HubError::ServerError(String::new()),

@@ -10,6 +10,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod amqp;
 pub mod auth;
 pub mod clock;
 pub mod config;
@@ -106,6 +107,12 @@ impl EmulatorBuilder {
         self
     }
 
+    /// AMQP/TLS port (0: any free port).
+    pub fn amqp_port(mut self, port: u16) -> Self {
+        self.config.amqp_port = port;
+        self
+    }
+
     /// The hub's host name.
     pub fn host_name(mut self, name: impl Into<String>) -> Self {
         self.config.host_name = name.into();
@@ -166,6 +173,7 @@ pub struct RunningEmulator {
     hub: Arc<Hub>,
     https_addr: SocketAddr,
     mqtt_addr: SocketAddr,
+    amqp_addr: SocketAddr,
     ca_pem: String,
     ca_path: Option<PathBuf>,
     data_dir: Option<PathBuf>,
@@ -202,7 +210,7 @@ async fn start(config: Config) -> Result<RunningEmulator, StartError> {
             .with_job_settings(config.jobs)
             .with_throttle(config.throttle),
     );
-    hub.start_jobs();
+    hub.start();
     if let Some(path) = &config.seed {
         seed::apply(&hub, path).await.map_err(|detail| StartError::Seed { path: path.clone(), detail })?;
     }
@@ -210,11 +218,14 @@ async fn start(config: Config) -> Result<RunningEmulator, StartError> {
     let host_names = vec![config.host_name.clone(), config.bind.to_string()];
     let https_tls = ca.server_config(&host_names, &[b"http/1.1"])?;
     let mqtt_tls = ca.server_config(&host_names, &[])?;
+    let amqp_tls = ca.server_config(&host_names, &[])?;
     let https_listener =
         bind(config.bind, config.https_port, "HTTPS", "--https-port / IOTHUB_EMULATOR_HTTPS_PORT").await?;
     let mqtt_listener = bind(config.bind, config.mqtt_port, "MQTT", "--mqtt-port / IOTHUB_EMULATOR_MQTT_PORT").await?;
+    let amqp_listener = bind(config.bind, config.amqp_port, "AMQP", "--amqp-port / IOTHUB_EMULATOR_AMQP_PORT").await?;
     let https_addr = local_addr(&https_listener)?;
     let mqtt_addr = local_addr(&mqtt_listener)?;
+    let amqp_addr = local_addr(&amqp_listener)?;
 
     let open_file_limit = listener::raise_open_file_limit();
     let by_files =
@@ -251,11 +262,26 @@ async fn start(config: Config) -> Result<RunningEmulator, StartError> {
         },
         mqtt::refuse_busy,
     ));
-    tracing::info!(%https_addr, %mqtt_addr, host = %config.host_name, "listening");
+    tracker.spawn(listener::accept_tls(
+        amqp_listener,
+        TlsAcceptor::from(amqp_tls),
+        shutdown.clone(),
+        tracker.clone(),
+        gate.clone(),
+        {
+            let hub = hub.clone();
+            let shutdown = shutdown.clone();
+            move |stream, peer| amqp::serve_connection(stream, hub.clone(), shutdown.clone(), peer)
+        },
+        // No room: the TLS session is closed at once (clients see a connection error and retry).
+        |stream, _peer| async move { drop(stream) },
+    ));
+    tracing::info!(%https_addr, %mqtt_addr, %amqp_addr, host = %config.host_name, "listening");
     Ok(RunningEmulator {
         hub,
         https_addr,
         mqtt_addr,
+        amqp_addr,
         ca_pem: ca.cert_pem().to_owned(),
         ca_path: ca.cert_path().map(Path::to_path_buf),
         data_dir: config.data_dir.clone(),
@@ -311,6 +337,11 @@ impl RunningEmulator {
     /// Where the MQTT/TLS device endpoint listens.
     pub fn mqtt_addr(&self) -> SocketAddr {
         self.mqtt_addr
+    }
+
+    /// Where the AMQP/TLS endpoint listens.
+    pub fn amqp_addr(&self) -> SocketAddr {
+        self.amqp_addr
     }
 
     /// The CA certificate (PEM) that clients must trust.

@@ -34,6 +34,11 @@ struct Cli {
     #[arg(long, env = "IOTHUB_EMULATOR_MQTT_PORT", default_value_t = config::DEFAULT_MQTT_PORT)]
     mqtt_port: u16,
 
+    /// Port of the AMQP over TLS endpoint (cloud-to-device messages and their feedback). The Python service SDK
+    /// can only dial 5671.
+    #[arg(long, env = "IOTHUB_EMULATOR_AMQP_PORT", default_value_t = config::DEFAULT_AMQP_PORT)]
+    amqp_port: u16,
+
     /// The hub's host name: HostName in connection strings, and a name in the server certificate. Clients
     /// must resolve it to this machine.
     #[arg(long, env = "IOTHUB_EMULATOR_HOSTNAME", default_value = config::DEFAULT_HOST_NAME)]
@@ -99,6 +104,7 @@ async fn main() -> ExitCode {
         bind: cli.bind,
         https_port: cli.https_port,
         mqtt_port: cli.mqtt_port,
+        amqp_port: cli.amqp_port,
         host_name: cli.hostname.clone(),
         data_dir: Some(cli.data_dir.clone().unwrap_or_else(config::default_data_dir)),
         in_memory: cli.in_memory,
@@ -141,6 +147,7 @@ fn banner(emulator: &RunningEmulator, startup_ms: f64) -> String {
     let host = emulator.host_name();
     let https = emulator.https_addr();
     let mqtt = emulator.mqtt_addr();
+    let amqp = emulator.amqp_addr();
     let ca = emulator.ca_path().map(|p| p.display().to_string()).unwrap_or_default();
     let storage = match (emulator.data_dir(), emulator.is_durable()) {
         (Some(dir), _) if emulator.is_read_only() => {
@@ -152,7 +159,8 @@ fn banner(emulator: &RunningEmulator, startup_ms: f64) -> String {
     };
     let mut text = format!(
         "iothub-emulator listening ({startup_ms:.0} ms): hub '{host}'\n\
-         \x20 service API  https://{host}:{} (bound to {https}); MQTT over WebSockets at /$iothub/websocket\n\
+         \x20 service API  https://{host}:{} (bound to {https}); MQTT and AMQP over WebSockets at /$iothub/websocket\n\
+         \x20 messages     amqps://{host}:{} (bound to {amqp}): cloud-to-device messages and their feedback\n\
          \x20 devices      mqtts://{host}:{} (bound to {mqtt})\n\
          \x20 data         {storage}\n\
          \x20 limits       up to {} connections at once (open-file limit {}); {}\n\
@@ -160,8 +168,9 @@ fn banner(emulator: &RunningEmulator, startup_ms: f64) -> String {
          \x20   {}\n\
          \x20 CA certificate: {ca}\n\
          \x20 trust it:  Node    NODE_EXTRA_CA_CERTS={ca}\n\
-         \x20            Python  REQUESTS_CA_BUNDLE={ca} (service); server_verification_cert=open('{ca}').read() or SSL_CERT_FILE={ca} (device)\n",
+         \x20            Python  REQUESTS_CA_BUNDLE={ca} and SSL_CERT_FILE={ca} (service: AMQP reads the second); server_verification_cert=open('{ca}').read() or SSL_CERT_FILE={ca} (device)\n",
         https.port(),
+        amqp.port(),
         mqtt.port(),
         emulator.max_connections(),
         emulator.open_file_limit(),
@@ -182,11 +191,15 @@ fn banner(emulator: &RunningEmulator, startup_ms: f64) -> String {
         let after_first_line = text.find('\n').map_or(text.len(), |i| i + 1);
         text.insert_str(after_first_line, &warning);
     }
-    if https.port() != config::DEFAULT_HTTPS_PORT || mqtt.port() != config::DEFAULT_MQTT_PORT {
+    if https.port() != config::DEFAULT_HTTPS_PORT
+        || mqtt.port() != config::DEFAULT_MQTT_PORT
+        || amqp.port() != config::DEFAULT_AMQP_PORT
+    {
         text.push_str(&format!(
-            "  note: unmodified SDKs dial 443 and 8883. Python service SDK: HostName={host}:{}; Node device SDK: GatewayHostName={host}:{}\n",
+            "  note: unmodified SDKs dial 443, 8883 and 5671. Python service SDK: HostName={host}:{}; Node device SDK: GatewayHostName={host}:{}; Node service SDK: HostName={host}:{} for AMQP\n",
             https.port(),
-            mqtt.port()
+            mqtt.port(),
+            amqp.port()
         ));
     }
     text

@@ -27,7 +27,7 @@ fn hub_with(settings: JobSettings, loaded: Loaded) -> Arc<Hub> {
     let hub = Arc::new(
         Hub::new("localhost".into(), Policies::generate(), clock, Store::memory(), loaded).with_job_settings(settings),
     );
-    hub.start_jobs();
+    hub.start();
     hub
 }
 
@@ -77,6 +77,7 @@ fn connect(hub: &Arc<Hub>, id: &str, answer: Answer) -> mpsc::UnboundedReceiver<
                     let body = wire::twin::desired_notification(&notification);
                     let _ = desired_tx.send(serde_json::from_str(&body).expect("JSON"));
                 }
+                ToDevice::Message(_) => {}
             }
         }
     });
@@ -458,7 +459,7 @@ fn open(path: &std::path::Path, settings: JobSettings) -> Arc<Hub> {
     let clock: SharedClock = Arc::new(iothub_emulator::clock::SystemClock);
     let hub =
         Arc::new(Hub::new("localhost".into(), Policies::generate(), clock, store, loaded).with_job_settings(settings));
-    hub.start_jobs();
+    hub.start();
     hub
 }
 
@@ -475,7 +476,7 @@ async fn after_a_restart_in_flight_devices_fail_and_pending_ones_run() {
         let hub = Arc::new(
             Hub::new("localhost".into(), Policies::generate(), clock, store, loaded).with_job_settings(settings),
         );
-        hub.start_jobs();
+        hub.start();
         hub
     };
     let hub = open(&path, JobSettings { device_window: 1, ..JobSettings::default() });

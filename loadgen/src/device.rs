@@ -16,7 +16,7 @@ use bytes::Bytes;
 use futures_util::{SinkExt as _, StreamExt as _};
 use iothub_proto::topics::{self, Outbound};
 use rumqttc::mqttbytes::QoS;
-use rumqttc::mqttbytes::v4::{Codec, Connect, ConnectReturnCode, Packet, Publish, Subscribe, SubscribeFilter};
+use rumqttc::mqttbytes::v4::{Codec, Connect, ConnectReturnCode, Packet, PubAck, Publish, Subscribe, SubscribeFilter};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -179,6 +179,11 @@ pub async fn serve(
                             {
                                 latencies.record(sent.elapsed());
                                 in_flight = InFlight::None;
+                            }
+                        }
+                        Outbound::CloudToDevice { .. } => {
+                            if publish.qos == QoS::AtLeastOnce {
+                                mqtt.send(Packet::PubAck(PubAck::new(publish.pkid))).await?;
                             }
                         }
                         Outbound::Other => {}

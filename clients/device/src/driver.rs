@@ -440,7 +440,9 @@ impl Driver {
                 Some(update) => self.broadcast(update),
                 None => tracing::warn!(topic = %publish.topic, "a desired-properties patch that is not a JSON object"),
             },
-            Outbound::Other => tracing::debug!(topic = %publish.topic, "message on a topic the client does not use"),
+            Outbound::CloudToDevice { .. } | Outbound::Other => {
+                tracing::debug!(topic = %publish.topic, "message on a topic the client does not use")
+            }
         }
     }
 

@@ -14,6 +14,11 @@ pub fn cloud_to_device_filter(device_id: &str) -> String {
     format!("devices/{device_id}/messages/devicebound/#")
 }
 
+/// `devices/<id>/messages/devicebound/<property bag>`: a cloud-to-device message for the device.
+pub fn cloud_to_device(device_id: &str, property_bag: &str) -> String {
+    format!("devices/{device_id}/messages/devicebound/{property_bag}")
+}
+
 /// The value of `name` in a `?a=b&c=d` query string (no decoding: `$rid` values are opaque tokens).
 fn query_value<'a>(query: &'a str, name: &str) -> Option<&'a str> {
     query.split('&').find_map(|pair| pair.split_once('=').filter(|(k, _)| *k == name).map(|(_, v)| v))
@@ -149,12 +154,23 @@ pub enum Outbound {
         /// `$version`: the desired properties' version after the change, when the topic carries it.
         version: Option<u64>,
     },
-    /// Anything else (cloud-to-device messages, unknown topics).
+    /// A cloud-to-device message with its property bag (still percent-encoded).
+    CloudToDevice {
+        /// The property bag: the topic level after `devicebound/`.
+        property_bag: String,
+    },
+    /// Anything else.
     Other,
 }
 
 /// Classifies a PUBLISH the hub sent a device.
 pub fn parse_hub_publish(topic: &str) -> Outbound {
+    if let Some(rest) = topic.strip_prefix("devices/") {
+        return match rest.split_once("/messages/devicebound") {
+            Some((_, bag)) => Outbound::CloudToDevice { property_bag: bag.trim_start_matches('/').to_owned() },
+            None => Outbound::Other,
+        };
+    }
     let Some(rest) = topic.strip_prefix("$iothub/") else { return Outbound::Other };
     let (path, query) = split_query(rest);
     let number = |name: &str| query_value(query, name).and_then(|v| v.parse::<u64>().ok());
@@ -239,7 +255,11 @@ mod tests {
         );
         assert_eq!(desired_patch(8), "$iothub/twin/PATCH/properties/desired/?$version=8");
         assert_eq!(parse_hub_publish(&desired_patch(8)), Outbound::DesiredPatch { version: Some(8) });
-        assert_eq!(parse_hub_publish("devices/d/messages/devicebound/x=1"), Outbound::Other);
+        assert_eq!(
+            parse_hub_publish(&cloud_to_device("d", "%24.mid=1&x=1")),
+            Outbound::CloudToDevice { property_bag: "%24.mid=1&x=1".into() }
+        );
+        assert_eq!(parse_hub_publish("devices/d/messages/events/x=1"), Outbound::Other);
         assert_eq!(parse_hub_publish("$iothub/methods/POST/a/b/?$rid=1"), Outbound::Other);
         assert_eq!(
             parse_device_publish(&method_response(200, "5"), "d"),

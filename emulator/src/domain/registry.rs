@@ -147,13 +147,15 @@ impl Device {
     }
 }
 
-/// Connection facts the hub tracks in memory beside the stored record.
+/// What the hub tracks live beside the stored record: the device's connection, and its message queue.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Liveness {
     /// When the current connection started; `None` when disconnected.
     pub connected_since: Option<Timestamp>,
     /// When the device last sent something.
     pub last_activity: Option<Timestamp>,
+    /// Cloud-to-device messages waiting for the device or held by it (`cloudToDeviceMessageCount`).
+    pub queued_messages: usize,
 }
 
 /// What a create or update request asks for; `None` means "not given".

@@ -52,6 +52,10 @@ pub enum Operation {
     JobOperation,
     /// One device's part in a job (a method call or a twin update).
     JobDeviceOperation,
+    /// Cloud-to-device messages sent by the service.
+    CloudToDeviceSend,
+    /// Cloud-to-device messages received (and settled) by devices.
+    CloudToDeviceReceive,
 }
 
 impl Operation {
@@ -77,6 +81,10 @@ impl Operation {
             (O::Query, S3) => 1000.0 / 60.0,
             (O::JobDeviceOperation, S1 | S2) => 10.0,
             (O::JobDeviceOperation, S3) => 50.0,
+            (O::CloudToDeviceSend, S1 | S2) => 100.0 / 60.0,
+            (O::CloudToDeviceSend, S3) => 5000.0 / 60.0,
+            (O::CloudToDeviceReceive, S1 | S2) => 1000.0 / 60.0,
+            (O::CloudToDeviceReceive, S3) => 50_000.0 / 60.0,
         }
     }
 
@@ -92,6 +100,8 @@ impl Operation {
             Self::Query => "queries",
             Self::JobOperation => "jobs operations",
             Self::JobDeviceOperation => "jobs device operations",
+            Self::CloudToDeviceSend => "cloud-to-device sends",
+            Self::CloudToDeviceReceive => "cloud-to-device receives",
         }
     }
 }

@@ -1,7 +1,9 @@
 //! The HTTPS service API: the axum router over the hub, and the connection handling behind the TLS listener.
 
+mod device;
 mod emulator;
 mod jobs;
+mod messages;
 mod query;
 mod registry;
 mod request;
@@ -18,7 +20,7 @@ use std::net::SocketAddr;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRef};
 use axum::http::Method;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
@@ -59,6 +61,20 @@ pub fn router(hub: Arc<Hub>, shutdown: CancellationToken) -> Router {
                 .delete(registry::delete_device)
                 .post(registry::post_device_path),
         )
+        .route("/devices/{id}/commands", delete(messages::purge))
+        .route("/devices/{id}/messages/events", post(device::telemetry))
+        .route("/devices/{id}/messages/devicebound", get(device::receive))
+        .route("/devices/{id}/messages/deviceBound", get(device::receive))
+        .route("/devices/{id}/messages/devicebound/{etag}", delete(device::complete))
+        .route("/devices/{id}/messages/deviceBound/{etag}", delete(device::complete))
+        .route("/devices/{id}/messages/devicebound/{etag}/abandon", post(device::abandon))
+        .route("/devices/{id}/messages/deviceBound/{etag}/abandon", post(device::abandon))
+        .route("/messages/serviceBound/feedback", get(messages::receive_feedback))
+        .route("/messages/servicebound/feedback", get(messages::receive_feedback))
+        .route("/messages/serviceBound/feedback/{lock}", delete(messages::complete_feedback))
+        .route("/messages/servicebound/feedback/{lock}", delete(messages::complete_feedback))
+        .route("/messages/serviceBound/feedback/{lock}/abandon", post(messages::abandon_feedback))
+        .route("/messages/servicebound/feedback/{lock}/abandon", post(messages::abandon_feedback))
         .route("/twins/{id}", get(twins::get_twin).patch(twins::patch_twin).put(twins::replace_twin))
         .route("/twins/{id}/methods", post(twins::invoke_method))
         .route("/jobs/v2/query", get(jobs::query_jobs))
@@ -69,6 +85,8 @@ pub fn router(hub: Arc<Hub>, shutdown: CancellationToken) -> Router {
         .route("/statistics/service", get(registry::service_statistics))
         .route_layer(axum::middleware::from_fn(request::require_api_version))
         .route("/$iothub/websocket", get(websocket::upgrade))
+        .route("/$servicebus/websocket", get(websocket::upgrade))
+        .route("/$servicebus/websocket/", get(websocket::upgrade))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limits::MAX_HTTP_BODY_BYTES))

@@ -5,6 +5,7 @@
 //! `twins`, `methods` and `telemetry` the device features.
 
 mod jobs;
+mod messages;
 mod methods;
 mod presence;
 mod query;
@@ -17,12 +18,15 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use jiff::Timestamp;
 use tokio::sync::{Notify, broadcast};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 pub use jobs::{JobSettings, JobSnapshot, MAX_JOBS_PAGE};
+pub use messages::Delivery;
 pub use presence::{Connected, ConnectionLease, Subscriptions, ToDevice};
 pub use query::{MAX_PAGE_SIZE, QueryItem, QueryPage};
 
-use crate::auth::{self, AuthFailure, Policies, Principal, Rights};
+use crate::auth::{self, AuthFailure, Claim, Policies, Principal, Rights};
 use crate::clock::SharedClock;
 use crate::domain::methods::PendingCalls;
 use crate::domain::registry::{self, Device, DeviceSpec, DeviceStatus, IfMatch, Liveness};
@@ -59,6 +63,8 @@ struct State {
     last_activity: HashMap<String, Timestamp>,
     /// Recent telemetry per device.
     telemetry: HashMap<String, DeviceBuffer>,
+    /// Cloud-to-device queues and feedback.
+    messages: messages::Messages,
 }
 
 impl State {
@@ -88,6 +94,11 @@ pub struct Hub {
     pending_calls: PendingCalls,
     telemetry_feed: broadcast::Sender<Arc<TelemetryMessage>>,
     jobs: jobs::Jobs,
+    /// Woken whenever feedback records wait for the service (AMQP feedback readers wait on it).
+    feedback_changed: Notify,
+    /// The hub's own tasks (job runners, retention, message expiry), stopped together by `close`.
+    background: TaskTracker,
+    stop: CancellationToken,
     /// The throttling profile, when one is on.
     throttle: Option<Throttle>,
 }
@@ -99,6 +110,7 @@ impl Hub {
         let jobs = jobs::Jobs::new(loaded.jobs, loaded.device_jobs);
         let devices: BTreeMap<String, Arc<Device>> =
             loaded.devices.into_iter().map(|d| (d.device_id.clone(), Arc::new(d))).collect();
+        let messages = loaded.messages.into_iter().filter(|(id, _)| devices.contains_key(id)).collect();
         let sessions = loaded.sessions.into_iter().filter(|(id, _)| devices.contains_key(id)).collect();
         Self {
             host_name,
@@ -113,13 +125,38 @@ impl Hub {
                 sessions,
                 last_activity: HashMap::new(),
                 telemetry: HashMap::new(),
+                messages: messages::Messages::new(messages, loaded.feedback),
             }),
             presence_changed: Notify::new(),
             pending_calls: PendingCalls::default(),
             telemetry_feed: broadcast::channel(telemetry::FEED_CAPACITY).0,
             jobs,
+            feedback_changed: Notify::new(),
+            background: TaskTracker::new(),
+            stop: CancellationToken::new(),
             throttle: None,
         }
+    }
+
+    /// Starts the hub's own work: resumes the jobs the store loaded, and sweeps for finished job retention and
+    /// for message expiries and locks that ran out.
+    pub fn start(self: &Arc<Self>) {
+        self.start_jobs();
+        let hub = Arc::clone(self);
+        let stop = self.stop.clone();
+        self.background.spawn(async move {
+            loop {
+                let pending = hub.sweep_messages();
+                if let Err(error) = pending.durable().await {
+                    tracing::error!(%error, "expired messages could not be saved");
+                }
+                let next = hub.clock.now().checked_add(messages::SWEEP).unwrap_or(Timestamp::MAX);
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = hub.clock.sleep_until(next) => {}
+                }
+            }
+        });
     }
 
     /// The same hub with the real hub's operation rates for one unit of `tier` (`--throttle`).
@@ -195,6 +232,15 @@ impl Hub {
         };
         result.map_err(|failure| {
             tracing::debug!(%failure, %target, "service request refused");
+            HubError::Unauthorized
+        })
+    }
+
+    /// Checks a policy token a client puts on an AMQP connection for `audience` (claims-based security).
+    /// Failures are logged with their reason and all become the same 401.
+    pub fn verify_claim(&self, token: &str, audience: &str) -> Result<Claim, HubError> {
+        auth::verify_claim(&self.policies, token, audience, self.clock.unix_seconds()).map_err(|failure| {
+            tracing::debug!(%failure, audience, "token refused");
             HubError::Unauthorized
         })
     }
@@ -291,6 +337,7 @@ impl Hub {
             state.disconnect(id);
             state.sessions.remove(id);
             state.telemetry.remove(id);
+            state.messages.queues.remove(id);
             (previous, pending)
         };
         self.settle(pending, id, previous, None).await
@@ -334,11 +381,16 @@ impl Hub {
     }
 
     fn liveness_in(state: &State, id: &str) -> Liveness {
+        let queued_messages = state.messages.count(id);
         match state.connected.get(id) {
-            Some(presence) => {
-                Liveness { connected_since: Some(presence.since), last_activity: Some(presence.last_activity()) }
+            Some(presence) => Liveness {
+                connected_since: Some(presence.since),
+                last_activity: Some(presence.last_activity()),
+                queued_messages,
+            },
+            None => {
+                Liveness { connected_since: None, last_activity: state.last_activity.get(id).copied(), queued_messages }
             }
-            None => Liveness { connected_since: None, last_activity: state.last_activity.get(id).copied() },
         }
     }
 
@@ -347,9 +399,12 @@ impl Hub {
         self.store.submit(Vec::new()).durable().await.map_err(|e| HubError::ServerError(e.to_string()))
     }
 
-    /// Stops the job runners, waits for every submitted change to be durable and stops the store.
+    /// Stops the hub's own tasks (in-flight job device calls are abandoned), waits for every submitted change to
+    /// be durable and stops the store.
     pub async fn close(&self) {
-        self.jobs.stop().await;
+        self.stop.cancel();
+        self.background.close();
+        self.background.wait().await;
         self.store.close().await;
     }
 }

@@ -24,6 +24,8 @@ pub enum ToDevice {
     MethodRequest { rid: u64, name: String, payload: String },
     /// Desired properties changed.
     DesiredChanged(DesiredNotification),
+    /// A cloud-to-device message, locked for this connection until it settles it.
+    Message(Box<super::Delivery>),
 }
 
 pub(super) struct Presence {
@@ -86,6 +88,8 @@ impl Hub {
             if let Some(older) = state.connected.insert(device_id.to_owned(), presence) {
                 tracing::info!(device_id, "a new connection replaces the older one");
                 older.closed.cancel();
+                // What the older connection held is offered to this one.
+                Self::release_messages(&mut state, device_id);
             }
             state.last_activity.remove(device_id);
             let resumed = if clean_session {
@@ -98,6 +102,10 @@ impl Hub {
             } else {
                 state.sessions.get(device_id).copied()
             };
+            if resumed.is_some_and(|s| s.cloud_to_device) {
+                // Messages queued while the device was away wait in the channel until the session runs.
+                self.push_messages(&mut state, device_id, now);
+            }
             Connected {
                 lease: ConnectionLease { id, closed },
                 outbound,
@@ -126,6 +134,9 @@ impl Hub {
                 None
             } else {
                 let previous = state.sessions.insert(device_id.to_owned(), subscriptions);
+                if subscriptions.cloud_to_device {
+                    self.push_messages(&mut state, device_id, self.clock.now());
+                }
                 (persistent && previous != Some(subscriptions)).then(|| {
                     let device_id = device_id.to_owned();
                     self.store.submit(vec![Write::PutSession { device_id, subscriptions }])
@@ -152,6 +163,8 @@ impl Hub {
             if let Some(presence) = state.connected.remove(device_id) {
                 state.last_activity.insert(device_id.to_owned(), presence.last_activity());
             }
+            // What the connection held and did not settle waits for the next one.
+            Self::release_messages(&mut state, device_id);
             if clean_session {
                 state.sessions.remove(device_id);
             }

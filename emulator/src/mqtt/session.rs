@@ -4,6 +4,7 @@
 //! Refusals follow the hub: a topic it does not offer gets SUBACK 0x80; a PUBLISH to a topic that is not the
 //! device's own, a QoS 2 PUBLISH or an oversized message closes the connection.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,11 +23,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::connect::{self, Accepted};
 use super::topics::{self, Inbound};
+use crate::domain::c2d::Settlement;
 use crate::domain::methods;
 use crate::domain::telemetry::{self, TelemetryMessage};
 use crate::domain::throttle::Operation;
 use crate::error::HubError;
-use crate::hub::{Hub, Subscriptions, ToDevice};
+use crate::hub::{Delivery, Hub, Subscriptions, ToDevice};
 use crate::limits;
 use crate::wire;
 
@@ -99,6 +101,8 @@ where
             connection,
             subscriptions: connected.subscriptions,
             outbound: connected.outbound,
+            in_flight: HashMap::new(),
+            next_packet_id: 0,
         };
         session.run(&connected.lease.closed, &shutdown).await;
         // Presence ends before the socket closes, so a client that sees the close sees the device gone too.
@@ -165,6 +169,10 @@ struct Session<'a, IO> {
     connection: u64,
     subscriptions: Subscriptions,
     outbound: mpsc::Receiver<ToDevice>,
+    /// Cloud-to-device messages published at QoS 1 and not acknowledged yet: packet id -> lock token. A PUBACK
+    /// completes the message; what is still here when the connection ends waits for the next one.
+    in_flight: HashMap<u16, String>,
+    next_packet_id: u16,
 }
 
 impl<IO: AsyncRead + AsyncWrite + Unpin> Session<'_, IO> {
@@ -238,7 +246,14 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Session<'_, IO> {
             Packet::Subscribe(subscribe) => self.subscribe(subscribe).await,
             Packet::Unsubscribe(unsubscribe) => self.unsubscribe(unsubscribe).await,
             Packet::Publish(publish) => self.on_publish(publish).await,
-            Packet::PubAck(_) => Flow::Continue,
+            Packet::PubAck(ack) => {
+                if let Some(token) = self.in_flight.remove(&ack.pkid)
+                    && let Err(error) = self.hub.settle_message(self.device_id(), &token, Settlement::Complete).await
+                {
+                    tracing::debug!(device_id = self.device_id(), %error, "a cloud-to-device message was not completed");
+                }
+                Flow::Continue
+            }
             Packet::Connect(_) => Flow::Close("a second CONNECT"),
             _ => Flow::Close("unexpected packet"),
         }
@@ -388,8 +403,32 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Session<'_, IO> {
                 let body = wire::twin::desired_notification(&notification);
                 self.publish(topics::desired_patch(notification.version), body).await
             }
+            ToDevice::Message(delivery) => self.deliver_message(*delivery).await,
             _ => Flow::Continue,
         }
+    }
+
+    /// Publishes a cloud-to-device message at QoS 1; its PUBACK completes it. A message for a device that no
+    /// longer listens goes back to the queue.
+    async fn deliver_message(&mut self, delivery: Delivery) -> Flow {
+        if !self.subscriptions.cloud_to_device {
+            let abandoned = self.hub.settle_message(self.device_id(), &delivery.token, Settlement::Abandon).await;
+            if let Err(error) = abandoned {
+                tracing::debug!(device_id = self.device_id(), %error, "a message not listened for was not given back");
+            }
+            return Flow::Continue;
+        }
+        let packet_id = loop {
+            self.next_packet_id = self.next_packet_id.wrapping_add(1).max(1);
+            if !self.in_flight.contains_key(&self.next_packet_id) {
+                break self.next_packet_id;
+            }
+        };
+        self.in_flight.insert(packet_id, delivery.token);
+        let topic = wire::messages::mqtt_topic(self.device_id(), &delivery.message);
+        let mut publish = Publish::from_bytes(topic, QoS::AtLeastOnce, Bytes::from(delivery.message.message.body));
+        publish.pkid = packet_id;
+        self.send(Packet::Publish(publish)).await
     }
 }
 

@@ -17,9 +17,14 @@ const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs");
 const DEVICE_JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("device_jobs");
 /// Stored MQTT sessions (clean session 0), by device id.
 const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
+/// Cloud-to-device messages, keyed `<deviceId>/<sequence, 20 digits>` (device ids cannot contain `/`), so a
+/// device's queue is a key range in order.
+const MESSAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("c2d_messages");
+/// Feedback records, keyed by their sequence (20 digits, so keys sort as numbers).
+const FEEDBACK: TableDefinition<&str, &[u8]> = TableDefinition::new("c2d_feedback");
 
 /// The file format this build writes and reads. Version 2 added the job tables, version 3 the MQTT sessions,
-/// version 4 typed twins and typed jobs (`legacy`). An older file is upgraded in place, in one transaction: the
+/// version 4 typed twins and typed jobs (`legacy`) and the cloud-to-device queues and feedback. An older file is upgraded in place, in one transaction: the
 /// tables it lacks are created and its device and job records rewritten.
 const SCHEMA_VERSION: &[u8] = b"4";
 const UPGRADABLE_VERSIONS: [&[u8]; 3] = [b"1", b"2", b"3"];
@@ -148,6 +153,8 @@ fn initialise(db: &Database) -> Result<(), redb::Error> {
         txn.open_table(JOBS)?;
         txn.open_table(DEVICE_JOBS)?;
         txn.open_table(SESSIONS)?;
+        txn.open_table(MESSAGES)?;
+        txn.open_table(FEEDBACK)?;
     }
     txn.commit()?;
     Ok(())
@@ -169,8 +176,9 @@ fn upgrade(db: &Database) -> Result<(), String> {
     }
     let txn = db.begin_write().map_err(|e| e.to_string())?;
     {
-        txn.open_table(DEVICE_JOBS).map_err(|e| e.to_string())?;
-        txn.open_table(SESSIONS).map_err(|e| e.to_string())?;
+        for table in [DEVICE_JOBS, SESSIONS, MESSAGES, FEEDBACK] {
+            txn.open_table(table).map_err(|e| e.to_string())?;
+        }
         rewrite(&txn, DEVICES, "device", |bytes| legacy::device(bytes).map(|d| encode(&d)))?;
         rewrite(&txn, JOBS, "job", |bytes| legacy::job(bytes).map(|j| encode(&j)))?;
         let mut meta = txn.open_table(META).map_err(|e| e.to_string())?;
@@ -205,6 +213,21 @@ fn device_job_key(job_id: &str, device_id: &str) -> String {
     format!("{job_id}/{device_id}")
 }
 
+/// The key of a device's cloud-to-device message.
+fn message_key(device_id: &str, sequence: u64) -> String {
+    format!("{device_id}/{sequence:020}")
+}
+
+/// The key of a feedback record.
+fn feedback_key(sequence: u64) -> String {
+    format!("{sequence:020}")
+}
+
+/// The range of keys `<prefix>/...` in a table keyed `<prefix>/<rest>` ('0' is the character after '/').
+fn prefix_range(prefix: &str) -> (String, String) {
+    (format!("{prefix}/"), format!("{prefix}0"))
+}
+
 fn load(db: &impl redb::ReadableDatabase, shown: &str) -> Result<Loaded, StoreError> {
     let corrupt = |detail: String| StoreError::Corrupt(format!("{shown}: {detail}"));
     let read = db.begin_read().map_err(|e| corrupt(e.to_string()))?;
@@ -230,6 +253,11 @@ fn load(db: &impl redb::ReadableDatabase, shown: &str) -> Result<Loaded, StoreEr
         jobs: read_all(&read, JOBS, "job", shown)?,
         device_jobs: read_all(&read, DEVICE_JOBS, "device job", shown)?,
         sessions: read_keyed(&read, SESSIONS, "session", shown)?,
+        messages: read_keyed(&read, MESSAGES, "cloud-to-device message", shown)?
+            .into_iter()
+            .map(|(key, message)| (key.rsplit_once('/').map_or(key.clone(), |(device, _)| device.to_owned()), message))
+            .collect(),
+        feedback: read_all(&read, FEEDBACK, "feedback record", shown)?,
     })
 }
 
@@ -262,7 +290,7 @@ fn load_legacy(read: &redb::ReadTransaction, shown: &str) -> Result<Loaded, Stor
         Ok(_) => read_keyed(read, SESSIONS, "session", shown)?,
         Err(_) => Vec::new(),
     };
-    Ok(Loaded { devices, jobs, device_jobs, sessions })
+    Ok(Loaded { devices, jobs, device_jobs, sessions, ..Loaded::default() })
 }
 
 /// Every record of `table` with its key; `what` names one in errors.
@@ -340,6 +368,8 @@ fn commit_group(db: &Database, group: &[Batch]) -> Result<(), redb::Error> {
         let mut jobs = txn.open_table(JOBS)?;
         let mut device_jobs = txn.open_table(DEVICE_JOBS)?;
         let mut sessions = txn.open_table(SESSIONS)?;
+        let mut messages = txn.open_table(MESSAGES)?;
+        let mut feedback = txn.open_table(FEEDBACK)?;
         for write in group.iter().flat_map(|b| &b.writes) {
             match write {
                 Write::PutDevice(device) => {
@@ -348,6 +378,27 @@ fn commit_group(db: &Database, group: &[Batch]) -> Result<(), redb::Error> {
                 Write::DeleteDevice { id } => {
                     devices.remove(id.as_str())?;
                     sessions.remove(id.as_str())?;
+                    let (from, to) = prefix_range(id);
+                    messages.retain_in(from.as_str()..to.as_str(), |_, _| false)?;
+                }
+                Write::PutMessage { device_id, message } => {
+                    let key = message_key(device_id, message.sequence);
+                    messages.insert(key.as_str(), encode(&**message).as_slice())?;
+                }
+                Write::DeleteMessage { device_id, sequence } => {
+                    messages.remove(message_key(device_id, *sequence).as_str())?;
+                }
+                Write::PurgeMessages { device_id } => {
+                    let (from, to) = prefix_range(device_id);
+                    messages.retain_in(from.as_str()..to.as_str(), |_, _| false)?;
+                }
+                Write::PutFeedback(record) => {
+                    feedback.insert(feedback_key(record.sequence).as_str(), encode(&**record).as_slice())?;
+                }
+                Write::DeleteFeedback(sequences) => {
+                    for sequence in sequences {
+                        feedback.remove(feedback_key(*sequence).as_str())?;
+                    }
                 }
                 Write::PutSession { device_id, subscriptions } => {
                     sessions.insert(device_id.as_str(), encode(subscriptions).as_slice())?;
@@ -364,8 +415,7 @@ fn commit_group(db: &Database, group: &[Batch]) -> Result<(), redb::Error> {
                 }
                 Write::DeleteJob { id } => {
                     jobs.remove(id.as_str())?;
-                    // Every key of this job starts with "<id>/"; '0' is the character after '/'.
-                    let (from, to) = (format!("{id}/"), format!("{id}0"));
+                    let (from, to) = prefix_range(id);
                     device_jobs.retain_in(from.as_str()..to.as_str(), |_, _| false)?;
                 }
             }

@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use tokio::sync::oneshot;
 
+use crate::domain::c2d::{FeedbackRecord, Queued};
 use crate::domain::jobs::{DeviceJob, Job};
 use crate::domain::registry::Device;
 use crate::domain::sessions::Subscriptions;
@@ -35,6 +36,16 @@ pub enum Write {
     PutSession { device_id: String, subscriptions: Subscriptions },
     /// Remove a device's stored session (it connected with clean session 1).
     DeleteSession { device_id: String },
+    /// Queue a cloud-to-device message for a device.
+    PutMessage { device_id: String, message: Box<Queued> },
+    /// Remove one message from a device's queue (settled, expired, dead-lettered).
+    DeleteMessage { device_id: String, sequence: u64 },
+    /// Remove every message of a device's queue (a purge).
+    PurgeMessages { device_id: String },
+    /// Keep a feedback record for the service.
+    PutFeedback(Box<FeedbackRecord>),
+    /// Forget feedback records (read and completed, or dropped beyond the limit).
+    DeleteFeedback(Vec<u64>),
 }
 
 impl Write {
@@ -79,6 +90,10 @@ pub struct Loaded {
     pub device_jobs: Vec<DeviceJob>,
     /// Stored MQTT sessions, by device id.
     pub sessions: Vec<(String, Subscriptions)>,
+    /// Queued cloud-to-device messages, by device id.
+    pub messages: Vec<(String, Queued)>,
+    /// Feedback records not read yet.
+    pub feedback: Vec<FeedbackRecord>,
 }
 
 /// The hub's persistence.

@@ -4,6 +4,7 @@
 
 pub mod errors;
 pub mod jobs;
+pub mod messages;
 pub mod methods;
 pub mod query;
 pub mod registry;

@@ -14,7 +14,6 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use super::Hub;
 use crate::domain::jobs::{DeviceJob, DeviceJobStatus, Job, JobStatus, JobType, Statistics};
@@ -70,8 +69,6 @@ pub struct JobSnapshot {
 pub(super) struct Jobs {
     settings: JobSettings,
     state: Mutex<BTreeMap<String, Entry>>,
-    tasks: TaskTracker,
-    stop: CancellationToken,
 }
 
 impl Jobs {
@@ -97,12 +94,7 @@ impl Jobs {
         for entry in entries.values_mut() {
             entry.stats = Statistics::of(entry.records.values());
         }
-        Self {
-            settings: JobSettings::default(),
-            state: Mutex::new(entries),
-            tasks: TaskTracker::new(),
-            stop: CancellationToken::new(),
-        }
+        Self { settings: JobSettings::default(), state: Mutex::new(entries) }
     }
 
     pub(super) fn set_settings(&mut self, settings: JobSettings) {
@@ -111,13 +103,6 @@ impl Jobs {
 
     fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Entry>> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Stops every runner and waits for them (in-flight device calls are abandoned; see the module docs).
-    pub(super) async fn stop(&self) {
-        self.stop.cancel();
-        self.tasks.close();
-        self.tasks.wait().await;
     }
 }
 

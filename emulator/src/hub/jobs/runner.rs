@@ -23,7 +23,7 @@ use crate::store::{Pending, Write};
 impl Hub {
     /// Resumes the jobs the store loaded and starts the retention sweep. Devices whose operation was in flight
     /// when the emulator stopped end `failed` (`JobInterrupted`); pending ones are run.
-    pub fn start_jobs(self: &Arc<Self>) {
+    pub(in crate::hub) fn start_jobs(self: &Arc<Self>) {
         let now = self.clock.now();
         let (unfinished, writes) = {
             let mut jobs = self.jobs.lock();
@@ -47,8 +47,8 @@ impl Hub {
             self.spawn_runner(job_id);
         }
         let hub = Arc::clone(self);
-        let stop = self.jobs.stop.clone();
-        self.jobs.tasks.spawn(async move {
+        let stop = self.stop.clone();
+        self.background.spawn(async move {
             loop {
                 hub.remove_expired_jobs().await;
                 let next = hub.clock.now().checked_add(RETENTION_SWEEP).unwrap_or(Timestamp::MAX);
@@ -62,8 +62,8 @@ impl Hub {
 
     pub(super) fn spawn_runner(self: &Arc<Self>, job_id: String) {
         let hub = Arc::clone(self);
-        let stop = self.jobs.stop.clone();
-        self.jobs.tasks.spawn(async move {
+        let stop = self.stop.clone();
+        self.background.spawn(async move {
             tokio::select! {
                 () = stop.cancelled() => {}
                 () = hub.run_job(&job_id) => {}

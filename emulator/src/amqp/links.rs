@@ -1,0 +1,272 @@
+//! Sessions and links: each session accepts its links one after another and runs each in its own task, routed by
+//! address. Addresses are compared without their `amqps://<host>` prefix and case-insensitively, so
+//! `/messages/devicebound` and `amqps://<host>/messages/devicebound` are the same node.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fe2o3_amqp::acceptor::{LinkAcceptor, LinkEndpoint, ListenerSessionHandle, SupportedReceiverSettleModes};
+use fe2o3_amqp::link::RecvError;
+use fe2o3_amqp::types::definitions::{self, AmqpError, ReceiverSettleMode, Role};
+use fe2o3_amqp::types::messaging::{Body, TargetArchetype};
+use fe2o3_amqp::types::performatives::Attach;
+use fe2o3_amqp::types::primitives::Value;
+use fe2o3_amqp::{Delivery, Receiver, Sender};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::context::Connection;
+use super::{c2d, cbs, feedback};
+use crate::auth::Rights;
+
+/// How long attaching one link may take.
+const ATTACH_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a detach or end waits for the peer's answer.
+pub(super) const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Largest message a link takes (bigger ones end the link with `amqp:link:message-size-exceeded`); messages
+/// above the hub's own limits but below this are refused one by one with a clear condition.
+const MAX_LINK_MESSAGE_BYTES: u64 = 1024 * 1024;
+
+/// The node a link attaches to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Node {
+    /// The client sends put-token requests (target `$cbs`).
+    CbsRequests,
+    /// The client reads `$cbs` replies (source `$cbs`); its target address, if any.
+    CbsReplies(Option<String>),
+    /// The client sends cloud-to-device messages.
+    DeviceBound,
+    /// The client reads delivery feedback.
+    Feedback,
+    /// Anything else: the address as given, and whether the client sends to it.
+    Unknown(String),
+}
+
+/// The path of an address: `amqps://<host>/messages/devicebound` and `/messages/devicebound` are the same node.
+pub(super) fn path_of(address: &str) -> &str {
+    for scheme in ["amqps://", "amqp://", "wss://", "https://"] {
+        if let Some(rest) = address.strip_prefix(scheme) {
+            return rest.find('/').map_or("", |i| &rest[i..]);
+        }
+    }
+    address
+}
+
+fn target_address(attach: &Attach) -> Option<String> {
+    match attach.target.as_deref() {
+        Some(TargetArchetype::Target(target)) => target.address.clone(),
+        #[allow(unreachable_patterns)] // Coordinator exists only with fe2o3's `transaction` feature
+        _ => None,
+    }
+}
+
+fn classify(attach: &Attach) -> Node {
+    let source = attach.source.as_ref().and_then(|s| s.address.clone());
+    let target = target_address(attach);
+    match attach.role {
+        // The client sends: we receive, and the node is the target.
+        Role::Sender => {
+            let address = target.unwrap_or_default();
+            match path_of(&address) {
+                "$cbs" => Node::CbsRequests,
+                path if path.eq_ignore_ascii_case("/messages/devicebound") => Node::DeviceBound,
+                _ => Node::Unknown(address),
+            }
+        }
+        // The client receives: we send, and the node is the source.
+        Role::Receiver => {
+            let address = source.unwrap_or_default();
+            match path_of(&address) {
+                "$cbs" => Node::CbsReplies(target),
+                path if path.eq_ignore_ascii_case("/messages/serviceBound/feedback") => Node::Feedback,
+                _ => Node::Unknown(address),
+            }
+        }
+    }
+}
+
+/// Accepts a session's links until it ends, running each in its own task.
+pub(super) async fn serve_session(
+    mut session: ListenerSessionHandle,
+    connection: Arc<Connection>,
+    shutdown: CancellationToken,
+) {
+    // Only `first`: with `second` the dispositions go out unsettled and uamqp (which asks for `second`) waits
+    // forever.
+    let acceptor = LinkAcceptor::builder()
+        .supported_receiver_settle_modes(SupportedReceiverSettleModes::First)
+        .fallback_receiver_settle_mode(ReceiverSettleMode::First)
+        .max_message_size(MAX_LINK_MESSAGE_BYTES)
+        .build();
+    let links = TaskTracker::new();
+    loop {
+        let attach = tokio::select! {
+            () = shutdown.cancelled() => break,
+            attach = session.next_incoming_attach() => match attach {
+                Some(attach) => attach,
+                None => break,
+            },
+        };
+        let node = classify(&attach);
+        tracing::debug!(peer = %connection.peer, link = %attach.name, ?node, "attach");
+        match tokio::time::timeout(ATTACH_TIMEOUT, acceptor.accept_incoming_attach(attach, &mut session)).await {
+            Ok(Ok(link)) => {
+                links.spawn(run_link(link, node, Arc::clone(&connection), shutdown.child_token()));
+            }
+            Ok(Err(error)) => tracing::debug!(peer = %connection.peer, ?error, "attach failed"),
+            Err(_) => tracing::debug!(peer = %connection.peer, "attach timed out"),
+        }
+    }
+    // A dropped session handle ends the session: keep it until every link is done.
+    links.close();
+    links.wait().await;
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, session.end()).await;
+}
+
+/// What a link to `node` must be authorized for: the target of the claim and the permission.
+fn needs(connection: &Connection, node: &Node) -> Option<(String, Rights)> {
+    let host = connection.hub.host_name();
+    match node {
+        Node::DeviceBound => Some((format!("{host}/messages/devicebound"), Rights::SERVICE_CONNECT)),
+        Node::Feedback => Some((format!("{host}/messages/servicebound/feedback"), Rights::SERVICE_CONNECT)),
+        _ => None,
+    }
+}
+
+/// An AMQP error with a description.
+pub(super) fn error(
+    condition: impl Into<definitions::ErrorCondition>,
+    description: impl Into<String>,
+) -> definitions::Error {
+    definitions::Error::new(condition, Some(description.into()), None)
+}
+
+async fn run_link(link: LinkEndpoint, node: Node, connection: Arc<Connection>, shutdown: CancellationToken) {
+    let needed = needs(&connection, &node);
+    if let Some((target, _)) = needed.as_ref().filter(|(t, n)| connection.authorized_until(t, *n).is_none()) {
+        let refusal = error(
+            AmqpError::UnauthorizedAccess,
+            format!("Put a token with ServiceConnect for '{target}' on $cbs before attaching to this node"),
+        );
+        return close(link, Some(refusal)).await;
+    }
+    // The link ends when the connection does, or when the tokens that authorized it expire unrenewed.
+    let stop = shutdown.child_token();
+    let expired = std::sync::atomic::AtomicBool::new(false);
+    let watch = async {
+        if let Some((target, rights)) = &needed {
+            connection.until_unauthorized(target, *rights).await;
+            expired.store(true, std::sync::atomic::Ordering::Relaxed);
+            stop.cancel();
+        }
+        std::future::pending::<()>().await;
+    };
+    let returned = tokio::select! {
+        returned = serve_link(link, node, &connection, stop.clone()) => returned,
+        () = watch => None,
+    };
+    if let Some(link) = returned {
+        let reason = expired.load(std::sync::atomic::Ordering::Relaxed).then(token_expired);
+        close(link, reason).await;
+    }
+}
+
+/// Serves a link until it ends or `stop` fires; returns it when it is still attached, for the caller to detach.
+async fn serve_link(
+    link: LinkEndpoint,
+    node: Node,
+    connection: &Connection,
+    stop: CancellationToken,
+) -> Option<LinkEndpoint> {
+    match (node, link) {
+        (Node::CbsRequests, LinkEndpoint::Receiver(receiver)) => {
+            cbs::serve_requests(receiver, connection, stop).await.map(LinkEndpoint::Receiver)
+        }
+        (Node::CbsReplies(address), LinkEndpoint::Sender(sender)) => {
+            cbs::serve_replies(sender, address, connection, stop).await.map(LinkEndpoint::Sender)
+        }
+        (Node::DeviceBound, LinkEndpoint::Receiver(receiver)) => {
+            c2d::serve(receiver, connection, stop).await.map(LinkEndpoint::Receiver)
+        }
+        (Node::Feedback, LinkEndpoint::Sender(sender)) => {
+            feedback::serve(sender, connection, stop).await.map(LinkEndpoint::Sender)
+        }
+        (Node::Unknown(address), link) => {
+            let refusal = error(AmqpError::NotFound, format!("The messaging entity '{address}' could not be found"));
+            close(link, Some(refusal)).await;
+            None
+        }
+        (_, link) => {
+            close(link, Some(error(AmqpError::NotAllowed, "This node does not take links this way"))).await;
+            None
+        }
+    }
+}
+
+/// What waiting on a receiver gave.
+pub(super) enum Next {
+    Delivery(Box<Delivery<Body<Value>>>),
+    /// `stop` fired: the link is still attached.
+    Stopped,
+    /// The link, its session or the connection ended.
+    Ended,
+}
+
+/// The next delivery on a receiver. An undecodable message is rejected with `amqp:decode-error` and the link
+/// goes on.
+pub(super) async fn next_delivery(receiver: &mut Receiver, stop: &CancellationToken) -> Next {
+    loop {
+        let received = tokio::select! {
+            () = stop.cancelled() => return Next::Stopped,
+            received = receiver.recv::<Body<Value>>() => received,
+        };
+        match received {
+            Ok(delivery) => return Next::Delivery(Box::new(delivery)),
+            Err(RecvError::MessageDecode(undecodable)) => {
+                let refusal = error(AmqpError::DecodeError, "The message could not be decoded");
+                if receiver.reject(undecodable.info, refusal).await.is_err() {
+                    return Next::Ended;
+                }
+            }
+            Err(other) => {
+                tracing::debug!(error = ?other, "link ended");
+                return Next::Ended;
+            }
+        }
+    }
+}
+
+/// Detaches a link (closed), with an error when given; bounded, since the peer may never answer.
+pub(super) async fn close(link: LinkEndpoint, error: Option<definitions::Error>) {
+    match link {
+        LinkEndpoint::Sender(sender) => close_sender(sender, error).await,
+        LinkEndpoint::Receiver(receiver) => close_receiver(receiver, error).await,
+    }
+}
+
+/// Detaches a sender link.
+pub(super) async fn close_sender(sender: Sender, error: Option<definitions::Error>) {
+    let closing = async move {
+        match error {
+            Some(error) => sender.close_with_error(error).await,
+            None => sender.close().await,
+        }
+    };
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, closing).await;
+}
+
+/// Detaches a receiver link.
+pub(super) async fn close_receiver(receiver: Receiver, error: Option<definitions::Error>) {
+    let closing = async move {
+        match error {
+            Some(error) => receiver.close_with_error(error).await,
+            None => receiver.close().await,
+        }
+    };
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, closing).await;
+}
+
+/// The error a link is detached with when the token that authorized it expires.
+pub(super) fn token_expired() -> definitions::Error {
+    error(AmqpError::UnauthorizedAccess, "The token that authorized this link expired; put a new one on $cbs")
+}

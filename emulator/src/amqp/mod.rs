@@ -1,0 +1,142 @@
+//! The AMQP 1.0 endpoint (AMQPS on 5671, and over WebSockets with subprotocol `AMQPWSB10` on the HTTPS port):
+//! the service side of cloud-to-device messages (`/messages/devicebound`) and their feedback
+//! (`/messages/serviceBound/feedback`), authorized by tokens put on `$cbs`.
+//!
+//! Built on fe2o3-amqp's acceptor (pinned exactly: it breaks between minors), handed the emulator's own TLS or
+//! WebSocket stream. Clients open three ways: no SASL at all (Node's rhea), SASL MSSBCBS (Python's uamqp), SASL
+//! PLAIN or ANONYMOUS (Event Hubs clients). fe2o3's acceptor with SASL refuses a plain header, so the endpoint
+//! reads the protocol header itself and picks the path. One task per connection, per session and per link.
+
+mod c2d;
+mod cbs;
+mod context;
+mod feedback;
+mod io;
+mod links;
+mod sasl;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fe2o3_amqp::acceptor::{ConnectionAcceptor, ListenerConnectionHandle, SessionAcceptor};
+use fe2o3_amqp::types::definitions::{self, ConnectionError};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use self::context::Connection;
+use self::io::PrefixedIo;
+use self::links::{CLOSE_TIMEOUT, error};
+use self::sasl::{Sasl, SaslIdentity};
+use crate::hub::Hub;
+use crate::limits;
+
+const AMQP_HEADER: [u8; 8] = *b"AMQP\x00\x01\x00\x00";
+const SASL_HEADER: [u8; 8] = *b"AMQP\x03\x01\x00\x00";
+/// Largest frame either side sends.
+const MAX_FRAME_SIZE: u32 = 64 * 1024;
+/// Idle time-out announced to clients: they send something (an empty frame will do) at least this often.
+const IDLE_TIMEOUT_MS: u32 = 240_000;
+
+/// The WebSocket subprotocol of AMQP.
+pub const WEBSOCKET_SUBPROTOCOL: &str = "AMQPWSB10";
+
+/// Serves one AMQP connection on `stream` (TLS, or a WebSocket byte stream) until it ends or `shutdown` fires.
+pub async fn serve_connection<S>(mut stream: S, hub: Arc<Hub>, shutdown: CancellationToken, peer: SocketAddr)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let handshake = Duration::from_secs(limits::HANDSHAKE_TIMEOUT_SECS);
+    let mut header = [0u8; 8];
+    let read = tokio::select! {
+        () = shutdown.cancelled() => return,
+        read = tokio::time::timeout(handshake, stream.read_exact(&mut header)) => read,
+    };
+    if !matches!(read, Ok(Ok(_))) {
+        tracing::debug!(%peer, "no AMQP protocol header in time");
+        return;
+    }
+    let use_sasl = match header {
+        AMQP_HEADER => false,
+        SASL_HEADER => true,
+        other => {
+            // A protocol or version the endpoint does not speak: answer with the one it does, and hang up.
+            tracing::debug!(%peer, header = ?other, "not an AMQP 1.0 protocol header");
+            let _ = stream.write_all(&SASL_HEADER).await;
+            return;
+        }
+    };
+    let kill = CancellationToken::new();
+    let io = PrefixedIo::new(header, stream, kill.clone());
+    let acceptor = ConnectionAcceptor::builder()
+        .container_id("iothub-emulator")
+        .max_frame_size(MAX_FRAME_SIZE)
+        .channel_max(255u16)
+        .idle_time_out(IDLE_TIMEOUT_MS);
+    let sasl = Sasl::new(Arc::clone(&hub));
+    let opening = async {
+        if use_sasl {
+            acceptor.sasl_acceptor(sasl.clone()).build().accept(io).await.map_err(|e| format!("{e:?}"))
+        } else {
+            acceptor.build().accept(io).await.map_err(|e| format!("{e:?}"))
+        }
+    };
+    let mut handle = tokio::select! {
+        () = shutdown.cancelled() => return,
+        opened = tokio::time::timeout(handshake, opening) => match opened {
+            Ok(Ok(handle)) => handle,
+            Ok(Err(error)) => {
+                tracing::debug!(%peer, %error, "AMQP connection refused");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "AMQP open timed out");
+                kill.cancel();
+                return;
+            }
+        },
+    };
+    let connection = Arc::new(Connection::new(hub, peer));
+    if let Some(SaslIdentity::Token(claim)) = sasl.identity() {
+        connection.add_claim(claim);
+    }
+    tracing::debug!(%peer, sasl = use_sasl, "AMQP connection open");
+    let sessions = TaskTracker::new();
+    let local_close = loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break Some(error(ConnectionError::ConnectionForced, "The emulator is shutting down")),
+            incoming = handle.next_incoming_session() => {
+                let Some(incoming) = incoming else { break None };
+                match SessionAcceptor::new().accept_incoming_session(incoming, &mut handle).await {
+                    Ok(session) => {
+                        sessions.spawn(links::serve_session(session, Arc::clone(&connection), shutdown.child_token()));
+                    }
+                    Err(error) => {
+                        tracing::debug!(%peer, ?error, "session refused");
+                        break None;
+                    }
+                }
+            }
+        }
+    };
+    match local_close {
+        Some(reason) => close_or_kill(&mut handle, reason, &kill).await,
+        None => {
+            let _ = handle.on_close().await;
+        }
+    }
+    sessions.close();
+    if tokio::time::timeout(CLOSE_TIMEOUT, sessions.wait()).await.is_err() {
+        kill.cancel();
+        sessions.wait().await;
+    }
+    tracing::debug!(%peer, "AMQP connection closed");
+}
+
+/// Closes the connection with `reason`; a peer that never answers has its stream cut.
+async fn close_or_kill(handle: &mut ListenerConnectionHandle, reason: definitions::Error, kill: &CancellationToken) {
+    if tokio::time::timeout(CLOSE_TIMEOUT, handle.close_with_error(reason)).await.is_err() {
+        kill.cancel();
+    }
+}
