@@ -116,7 +116,6 @@ pub struct Device {
     pub device_scope: Option<String>,
     #[serde(default)]
     pub parent_scopes: Vec<String>,
-    pub cloud_to_device_message_count: u32,
     pub last_activity: Option<Timestamp>,
     pub twin: Twin,
 }
@@ -135,7 +134,6 @@ impl Device {
             iot_edge: self.iot_edge,
             device_scope: self.device_scope.clone(),
             parent_scopes: self.parent_scopes.clone(),
-            cloud_to_device_message_count: self.cloud_to_device_message_count,
             last_activity: self.last_activity,
             twin,
         }
@@ -349,7 +347,6 @@ pub fn create_device(id: &str, spec: &DeviceSpec, now: Timestamp, identity_versi
         iot_edge: spec.iot_edge.unwrap_or(false),
         device_scope: spec.device_scope.clone(),
         parent_scopes: spec.parent_scopes.clone().unwrap_or_default(),
-        cloud_to_device_message_count: 0,
         last_activity: None,
         twin: Twin::new(now),
     })

@@ -33,7 +33,7 @@ pub fn device(device: &Device, liveness: &Liveness) -> wire::Device {
         connection_state_updated_time: Some(format_optional_time(liveness.connected_since)),
         status_updated_time: Some(format_optional_time(device.status_updated)),
         last_activity_time: Some(format_optional_time(liveness.last_activity.or(device.last_activity))),
-        cloud_to_device_message_count: Some(u64::from(device.cloud_to_device_message_count)),
+        cloud_to_device_message_count: Some(liveness.queued_messages as u64),
         authentication: Some(wire::AuthenticationMechanism {
             symmetric_key: Some(wire::SymmetricKey {
                 primary_key: auth.primary_key.clone(),

@@ -34,7 +34,7 @@ impl Serialize for TwinDocument<'_> {
         map.serialize_entry("connectionState", connection_state(&self.liveness))?;
         let last_activity = self.liveness.last_activity.or(device.last_activity);
         map.serialize_entry("lastActivityTime", &format_optional_time(last_activity))?;
-        map.serialize_entry("cloudToDeviceMessageCount", &device.cloud_to_device_message_count)?;
+        map.serialize_entry("cloudToDeviceMessageCount", &self.liveness.queued_messages)?;
         map.serialize_entry("authenticationType", device.authentication.kind.as_str())?;
         map.serialize_entry("x509Thumbprint", &thumbprints(&device.authentication))?;
         map.serialize_entry("modelId", "")?;

@@ -124,7 +124,9 @@ impl Document for TwinView<'_> {
                     format_optional_time(self.liveness.get(&device.device_id).last_activity.or(device.last_activity));
                 leaf(Val::Str(Cow::Owned(time)), rest)
             }
-            "cloudToDeviceMessageCount" => leaf(Val::Num(f64::from(device.cloud_to_device_message_count)), rest),
+            "cloudToDeviceMessageCount" => {
+                leaf(Val::Num(self.liveness.get(&device.device_id).queued_messages as f64), rest)
+            }
             "authenticationType" => leaf(Val::Str(Cow::Borrowed(auth.kind.as_str())), rest),
             "modelId" => leaf(Val::Str(Cow::Borrowed("")), rest),
             "deviceScope" => {
