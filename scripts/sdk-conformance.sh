@@ -2,8 +2,8 @@
 # Runs Microsoft's unmodified Azure IoT SDKs (and the tutorial's apps written with our Rust clients) against a
 # freshly started emulator and prints a PASS/FAIL table ending with "N passed, M failed".
 #
-# The SDKs dial 443 (service) and 8883 (devices) at HostName=localhost, so the emulator must bind those ports:
-# run as root, or give the binary CAP_NET_BIND_SERVICE. Needs node/npm (the Node SDK packages are installed
+# The SDKs dial 443 (service), 5671 (service AMQP) and 8883 (devices) at HostName=localhost, so the emulator must
+# bind those ports: run as root, or give the binary CAP_NET_BIND_SERVICE. Needs node/npm (the Node SDK packages are installed
 # with `npm ci` from the lockfile in conformance/node) and python3 (the Python SDKs are installed into
 # conformance/python/.venv from conformance/python/requirements.lock).
 #
@@ -152,7 +152,7 @@ run_restart_suites() {
 }
 
 (cd conformance/node && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
-for suite in registry device jobs; do
+for suite in registry device jobs c2d; do
   run_suite "node-$suite" env IOTHUB_CONNECTION_STRING="$connection_string" NODE_EXTRA_CA_CERTS="$ca" \
     IOTHUB_JOBS_CONNECTION_STRING="$jobs_connection_string" node "conformance/node/$suite.js"
 done
@@ -167,6 +167,9 @@ fi
 run_suite python env IOTHUB_CONNECTION_STRING="$connection_string" REQUESTS_CA_BUNDLE="$ca" IOTHUB_CA_FILE="$ca" \
   IOTHUB_JOBS_CONNECTION_STRING="$jobs_connection_string" \
   "$venv/bin/python" conformance/python/sdk_conformance.py
+# uamqp (the service SDK's AMQP for cloud-to-device messages) trusts only SSL_CERT_FILE.
+run_suite python-c2d env IOTHUB_CONNECTION_STRING="$connection_string" REQUESTS_CA_BUNDLE="$ca" SSL_CERT_FILE="$ca" \
+  IOTHUB_CA_FILE="$ca" "$venv/bin/python" conformance/python/c2d_conformance.py
 
 # The tutorial's apps written with the Rust clients (built by `cargo test`; built here when missing).
 if [ ! -x target/debug/examples/sim_device ] || [ ! -x target/debug/examples/schedule_job_service ]; then

@@ -14,12 +14,15 @@ const readline = require('readline');
 const { Client: DeviceClient } = require('azure-iot-device');
 const { Mqtt } = require('azure-iot-device-mqtt');
 const { Client: ServiceClient, Registry } = require('azure-iothub');
+const { Message } = require('azure-iot-device');
 const { ownerConnection, check, scenario, fail, finish } = require('./harness');
 
 const { connectionString, hostName } = ownerConnection();
 const registry = Registry.fromConnectionString(connectionString);
 const service = ServiceClient.fromConnectionString(connectionString);
 const deviceId = `conf-node-restart-${crypto.randomBytes(5).toString('hex')}`;
+// A device that is away during the restart: a cloud-to-device message queued for it before must reach it after.
+const awayId = `${deviceId}-away`;
 let client;
 
 function sleep(ms) {
@@ -81,6 +84,12 @@ async function main() {
     await updateReported(twin, { beforeRestart: true });
     const result = await pingUntilAnswered(10);
     check(result.status === 200, `ping status ${result.status}`);
+    await registry.create({ deviceId: awayId });
+    await service.open();
+    const queued = new Message('queued before the restart');
+    queued.messageId = `${awayId}-m1`;
+    await service.send(awayId, queued);
+    await service.close();
   });
 
   console.log('READY');
@@ -104,6 +113,22 @@ async function main() {
     check(desired.some((d) => d.after === 2), `desired patches seen: ${JSON.stringify(desired)}`);
   });
 
+  await scenario('c2d-message-queued-before-the-restart-arrives-after', async () => {
+    const { responseBody: away } = await registry.get(awayId);
+    const key = away.authentication.symmetricKey.primaryKey;
+    const late = DeviceClient.fromConnectionString(`HostName=${hostName};DeviceId=${awayId};SharedAccessKey=${key}`, Mqtt);
+    await late.open();
+    try {
+      const received = new Promise((resolve) => late.on('message', (message) => late.complete(message, () => resolve(message))));
+      const message = await Promise.race([received, sleep(15000).then(() => null)]);
+      check(message !== null, 'no message within 15 s');
+      check(message.messageId === `${awayId}-m1` && message.data.toString() === 'queued before the restart',
+        `message ${message.messageId}: ${message.data}`);
+    } finally {
+      await late.close();
+    }
+  });
+
   await scenario('reported-patch-after-the-restart-lands', async () => {
     await updateReported(twin, { afterRestart: true });
     const { responseBody: after } = await registry.getTwin(deviceId);
@@ -117,6 +142,8 @@ main()
     if (client) {
       try { await client.close(); } catch (_) { /* already closed */ }
     }
-    try { await registry.delete(deviceId); } catch (_) { /* already gone */ }
+    for (const id of [deviceId, awayId]) {
+      try { await registry.delete(id); } catch (_) { /* already gone */ }
+    }
     finish();
   });
