@@ -24,6 +24,7 @@ fi
 seed_count=$(( held > jobs_devices ? held : jobs_devices ))
 https_port=18443
 mqtt_port=18883
+amqp_port=15671
 mosquitto_port=18884
 sources="127.0.0.2,127.0.0.3,127.0.0.4,127.0.0.5"
 
@@ -69,7 +70,8 @@ rss() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 
 # Starts a fresh emulator on the bench data dir (seeding it the first time) and waits for its banner.
 start_emulator() {
-  "$emulator" --data-dir "$work/data" --https-port "$https_port" --mqtt-port "$mqtt_port" --seed "$work/devices.json" \
+  "$emulator" --data-dir "$work/data" --https-port "$https_port" --mqtt-port "$mqtt_port" --amqp-port "$amqp_port" \
+    --seed "$work/devices.json" \
     >"$work/banner.txt" 2>"$work/emulator.log" &
   emulator_pid=$!
   for _ in $(seq 1 600); do
@@ -87,7 +89,7 @@ stop_emulator() {
 }
 
 lg() {
-  "$loadgen" --mqtt "127.0.0.1:$mqtt_port" --https "127.0.0.1:$https_port" --ca "$work/data/ca.pem" \
+  "$loadgen" --mqtt "127.0.0.1:$mqtt_port" --https "127.0.0.1:$https_port" --amqp "127.0.0.1:$amqp_port" --ca "$work/data/ca.pem" \
     --devices "$work/devices.json" --service "$connection_string" --source-ip "$sources" "$@"
 }
 
@@ -136,6 +138,8 @@ scenario twin-patch-10k --count "$devices" twin-patch --callers 64 --seconds "$s
 scenario reported --count "$devices" reported --seconds "$seconds"
 scenario telemetry-30k --count "$devices" telemetry --seconds "$seconds" --rate-per-device 30
 scenario telemetry-load --count "$devices" telemetry --seconds "$seconds"
+scenario c2d-load --count "$devices" c2d --senders 64 --seconds "$seconds"
+scenario c2d-10k --count "$devices" c2d --senders 64 --seconds "$seconds" --rate 10000
 
 # The anchor: the same request/response load through Mosquitto, TLS on both sides, its certificate issued by the
 # emulator's CA so the load generator trusts it the same way.
@@ -194,7 +198,7 @@ key = base64.b64encode(os.urandom(32)).decode()
 json.dump({"devices": [{"deviceId": f"boot-{i:06d}", "authentication": {"symmetricKey": {"primaryKey": key, "secondaryKey": key}}}
                        for i in range(count)]}, open(path, "w"))
 PY
-"$emulator" --data-dir "$work/startup" --https-port "$https_port" --mqtt-port "$mqtt_port" --seed "$work/startup-seed.json" \
+"$emulator" --data-dir "$work/startup" --https-port "$https_port" --mqtt-port "$mqtt_port" --amqp-port "$amqp_port" --seed "$work/startup-seed.json" \
   >"$work/startup-banner.txt" 2>/dev/null &
 emulator_pid=$!
 for _ in $(seq 1 1200); do grep -q "Python" "$work/startup-banner.txt" 2>/dev/null && break; sleep 0.05; done
@@ -202,7 +206,7 @@ stop_emulator
 best=""
 for attempt in 1 2 3; do
   begin="$(date +%s%N)"
-  "$emulator" --data-dir "$work/startup" --https-port "$https_port" --mqtt-port "$mqtt_port" >"$work/startup-banner.txt" 2>/dev/null &
+  "$emulator" --data-dir "$work/startup" --https-port "$https_port" --mqtt-port "$mqtt_port" --amqp-port "$amqp_port" >"$work/startup-banner.txt" 2>/dev/null &
   emulator_pid=$!
   until grep -q "Python" "$work/startup-banner.txt" 2>/dev/null; do sleep 0.005; done
   took=$(( ($(date +%s%N) - begin) / 1000000 ))

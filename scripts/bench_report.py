@@ -105,6 +105,12 @@ def main():
                f"{get('telemetry-30k', 'telemetry', 'rate')}/s, p50 {get('telemetry-30k', 'telemetry', 'p50_ms')} ms, p99 {get('telemetry-30k', 'telemetry', 'p99_ms')} ms | {procs('telemetry-30k')} |")
     out.append(f"| telemetry QoS 1 from 1,000 devices back to back | (the ceiling) | "
                f"{get('telemetry-load', 'telemetry', 'rate')}/s, p99 {get('telemetry-load', 'telemetry', 'p99_ms')} ms | {procs('telemetry-load')} |")
+    out.append(f"| cloud-to-device messages sent over AMQP (64 links) to 1,000 MQTT devices, back to back | >= 10,000 msg/s | "
+               f"{get('c2d-load', 'c2d-deliver', 'rate')}/s delivered ({get('c2d-load', 'c2d-deliver', 'received')} of {get('c2d-load', 'c2d-deliver', 'accepted')} accepted), "
+               f"send-to-receive p50 {get('c2d-load', 'c2d-deliver', 'p50_ms')} ms, p99 {get('c2d-load', 'c2d-deliver', 'p99_ms')} ms | {procs('c2d-load')} |")
+    out.append(f"| cloud-to-device messages at 10,000/s to 1,000 MQTT devices | p99 send-to-receive <= 10 ms | "
+               f"{get('c2d-10k', 'c2d-deliver', 'rate')}/s, p50 {get('c2d-10k', 'c2d-deliver', 'p50_ms')} ms, p99 {get('c2d-10k', 'c2d-deliver', 'p99_ms')} ms; "
+               f"accepted (durable) p99 {get('c2d-10k', 'c2d-send', 'p99_ms')} ms | {procs('c2d-10k')} |")
     out.append(f"| start-up with {get('startup', 'startup', 'devices')} persisted devices | <= 300 ms | best of 3: {get('startup', 'startup', 'best_ms')} ms to the banner | - | - |")
     out.append("")
     out.append("## The anchor: Mosquitto on the same machine and run\n")
@@ -140,6 +146,7 @@ def main():
         ("connected", "iothub-loadgen --count 19000 connect --hold 5 (emulator RSS read before and while held)"),
         ("methods", "iothub-loadgen --count 1000 methods --callers 64 --seconds 10 [--rate 10000]; --callers 1 for idle"),
         ("jobs", "iothub-loadgen --count 10000 jobs --runs 3 --condition \"deviceId < 'sim-010000'\""),
+        ("cloud-to-device", "iothub-loadgen --count 1000 c2d --senders 64 --seconds 10 [--rate 10000]"),
         ("twin patch", "iothub-loadgen --count 1000 twin-patch --callers 64 --seconds 10 [--rate 10000]"),
         ("reported", "iothub-loadgen --count 1000 reported --seconds 10"),
         ("telemetry", "iothub-loadgen --count 1000 telemetry --seconds 10 [--rate-per-device 30]"),

@@ -49,10 +49,14 @@ pub struct Target {
 }
 
 /// What the fleet received, summed over every device.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Counters {
     pub methods: AtomicU64,
     pub desired: AtomicU64,
+    /// Cloud-to-device messages received.
+    pub messages: AtomicU64,
+    /// Their latencies from the sender's send to the device's receipt (messages carrying a send time).
+    pub message_latencies: std::sync::Mutex<Latencies>,
 }
 
 /// The work devices do during a run.
@@ -120,8 +124,11 @@ pub async fn connect(target: &Target, identity: &Identity, index: usize) -> anyh
         Packet::ConnAck(ack) => bail!("connection refused: {:?}", ack.code),
         other => bail!("expected CONNACK, got {other:?}"),
     }
-    let filters = [topics::METHODS_FILTER, topics::TWIN_RESPONSES_FILTER, topics::DESIRED_FILTER]
-        .map(|f| SubscribeFilter::new(f.to_owned(), QoS::AtMostOnce));
+    let mut filters: Vec<SubscribeFilter> =
+        [topics::METHODS_FILTER, topics::TWIN_RESPONSES_FILTER, topics::DESIRED_FILTER]
+            .map(|f| SubscribeFilter::new(f.to_owned(), QoS::AtMostOnce))
+            .into();
+    filters.push(SubscribeFilter::new(topics::cloud_to_device_filter(&identity.device_id), QoS::AtLeastOnce));
     let mut subscribe = Subscribe::new_many(filters);
     subscribe.pkid = 1;
     mqtt.send(Packet::Subscribe(subscribe)).await.context("SUBSCRIBE")?;
@@ -184,6 +191,12 @@ pub async fn serve(
                         Outbound::CloudToDevice { .. } => {
                             if publish.qos == QoS::AtLeastOnce {
                                 mqtt.send(Packet::PubAck(PubAck::new(publish.pkid))).await?;
+                            }
+                            counters.messages.fetch_add(1, Ordering::Relaxed);
+                            if let Some(sent) = crate::c2d::sent_at(&publish.payload) {
+                                let nanos = crate::c2d::now_nanos().saturating_sub(sent);
+                                let latency = Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX));
+                                counters.message_latencies.lock().unwrap_or_else(|p| p.into_inner()).record(latency);
                             }
                         }
                         Outbound::Other => {}

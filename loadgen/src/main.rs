@@ -7,6 +7,7 @@
 //! holds at most as many connections as it may open files; `--source-ip` spreads connections over several
 //! loopback addresses when ephemeral ports run short.
 
+mod c2d;
 mod callers;
 mod device;
 mod echo;
@@ -34,6 +35,9 @@ struct Cli {
     /// MQTT/TLS address of the hub (or of the broker, for `echo`).
     #[arg(long, global = true, default_value = "127.0.0.1:8883")]
     mqtt: SocketAddr,
+    /// AMQP/TLS address of the hub (cloud-to-device messages).
+    #[arg(long, global = true, default_value = "127.0.0.1:5671")]
+    amqp: SocketAddr,
     /// HTTPS address of the hub's service API.
     #[arg(long, global = true, default_value = "127.0.0.1:443")]
     https: SocketAddr,
@@ -109,6 +113,17 @@ enum Command {
         /// The jobs' query condition (`*`: every device of the hub).
         #[arg(long, default_value = "*")]
         condition: String,
+    },
+    /// Cloud-to-device messages sent over AMQP to the connected devices (round robin), received over MQTT.
+    C2d {
+        /// Sender links, each with one message in flight.
+        #[arg(long, default_value_t = 64)]
+        senders: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Messages per second in all (default: each sender back to back).
+        #[arg(long)]
+        rate: Option<f64>,
     },
     /// The Mosquitto anchor: request/response echo through a plain MQTT broker at `--mqtt`.
     Echo {
@@ -301,6 +316,39 @@ async fn main() -> anyhow::Result<()> {
                 received.methods.load(std::sync::atomic::Ordering::Relaxed),
                 received.desired.load(std::sync::atomic::Ordering::Relaxed),
                 fleet.connected * runs
+            );
+        }
+        Command::C2d { senders, seconds, rate } => {
+            let fleet = connect_fleet().await?;
+            let cs = cli.service.as_deref().context("--service (or IOTHUB_CONNECTION_STRING) is required")?;
+            let started = std::time::Instant::now();
+            let ids = Arc::new(fleet.ids.clone());
+            let sent =
+                c2d::send(target.clone(), cli.amqp, cs, ids, senders, Duration::from_secs(seconds), rate).await?;
+            let took = started.elapsed();
+            // Let the last messages arrive.
+            for _ in 0..50 {
+                if fleet.counters.messages.load(std::sync::atomic::Ordering::Relaxed) >= sent.accepted {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let received = fleet.counters.messages.load(std::sync::atomic::Ordering::Relaxed);
+            sent.latencies.report(
+                "c2d-send",
+                took,
+                &[("senders", senders.to_string()), ("refused", sent.refused.to_string())],
+            );
+            let delivered =
+                std::mem::take(&mut *fleet.counters.message_latencies.lock().unwrap_or_else(|p| p.into_inner()));
+            delivered.report(
+                "c2d-deliver",
+                took,
+                &[
+                    ("devices", fleet.connected.to_string()),
+                    ("received", received.to_string()),
+                    ("accepted", sent.accepted.to_string()),
+                ],
             );
         }
         Command::Echo { responders, callers, seconds, rate } => {

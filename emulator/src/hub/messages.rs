@@ -77,7 +77,8 @@ fn from_c2d(error: C2dError) -> HubError {
 
 impl Hub {
     /// Queues a message for `device_id`, answering once it is durable: `DeviceNotFound` for an unknown device,
-    /// `QueueFull` past 50 waiting, `MessageTooLarge` past 64 KB. A connected device that listens gets it at once.
+    /// `QueueFull` past 50 waiting, `MessageTooLarge` past 64 KB. A connected device that listens gets it then
+    /// (never before it is kept: a device never sees a message its sender was told failed).
     pub async fn send_message(&self, device_id: &str, message: Message) -> Result<(), HubError> {
         let now = self.clock.now();
         let (sequence, pending) = {
@@ -91,18 +92,17 @@ impl Hub {
             let pending = self
                 .store
                 .submit(vec![Write::PutMessage { device_id: device_id.to_owned(), message: Box::new(queued) }]);
-            self.push_messages(&mut state, device_id, now);
             (sequence, pending)
         };
-        if let Err(error) = pending.durable().await {
-            let mut state = self.write();
+        let saved = pending.durable().await;
+        let mut state = self.write();
+        if let Err(error) = saved {
             if let Some(queue) = state.messages.queues.get_mut(device_id) {
-                *queue = DeviceQueue::from_messages(
-                    queue.messages().iter().filter(|m| m.sequence != sequence).cloned().collect(),
-                );
+                queue.remove(sequence);
             }
             return Err(HubError::ServerError(format!("The message could not be saved: {error}")));
         }
+        self.push_messages(&mut state, device_id, self.clock.now());
         Ok(())
     }
 
@@ -155,6 +155,13 @@ impl Hub {
     /// Settles a message the device holds (complete, reject, abandon). Answers once the outcome is durable;
     /// `MessageLockLost` when no message is held with `token`.
     pub async fn settle_message(&self, device_id: &str, token: &str, how: Settlement) -> Result<(), HubError> {
+        let pending = self.settle_message_now(device_id, token, how)?;
+        pending.durable().await.map_err(|e| HubError::ServerError(format!("The outcome could not be saved: {e}")))
+    }
+
+    /// Settles a message at once and returns the store write to wait for, if the caller promises anything on it
+    /// (an MQTT PUBACK promises nothing: a completion lost in a crash only means the message comes again).
+    pub fn settle_message_now(&self, device_id: &str, token: &str, how: Settlement) -> Result<Pending, HubError> {
         let now = self.clock.now();
         let pending = {
             let mut state = self.write();
@@ -170,7 +177,7 @@ impl Hub {
             }
             self.store.submit(writes)
         };
-        pending.durable().await.map_err(|e| HubError::ServerError(format!("The outcome could not be saved: {e}")))
+        Ok(pending)
     }
 
     /// `DELETE /devices/{id}/commands`: removes every message waiting for the device; returns how many.

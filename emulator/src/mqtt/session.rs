@@ -247,10 +247,14 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Session<'_, IO> {
             Packet::Unsubscribe(unsubscribe) => self.unsubscribe(unsubscribe).await,
             Packet::Publish(publish) => self.on_publish(publish).await,
             Packet::PubAck(ack) => {
-                if let Some(token) = self.in_flight.remove(&ack.pkid)
-                    && let Err(error) = self.hub.settle_message(self.device_id(), &token, Settlement::Complete).await
-                {
-                    tracing::debug!(device_id = self.device_id(), %error, "a cloud-to-device message was not completed");
+                if let Some(token) = self.in_flight.remove(&ack.pkid) {
+                    // Kept in order with the hub's other writes; nothing waits on it.
+                    match self.hub.settle_message_now(self.device_id(), &token, Settlement::Complete) {
+                        Ok(pending) => drop(pending),
+                        Err(error) => {
+                            tracing::debug!(device_id = self.device_id(), %error, "a message was not completed")
+                        }
+                    }
                 }
                 Flow::Continue
             }
@@ -412,8 +416,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Session<'_, IO> {
     /// longer listens goes back to the queue.
     async fn deliver_message(&mut self, delivery: Delivery) -> Flow {
         if !self.subscriptions.cloud_to_device {
-            let abandoned = self.hub.settle_message(self.device_id(), &delivery.token, Settlement::Abandon).await;
-            if let Err(error) = abandoned {
+            if let Err(error) = self.hub.settle_message_now(self.device_id(), &delivery.token, Settlement::Abandon) {
                 tracing::debug!(device_id = self.device_id(), %error, "a message not listened for was not given back");
             }
             return Flow::Continue;

@@ -85,7 +85,25 @@ pub struct Message {
     pub ack: Ack,
     /// Application properties, in the sender's order.
     pub properties: Vec<(String, String)>,
+    /// Kept as base64 in the data file (a JSON array of numbers would triple it).
+    #[serde(with = "base64_bytes")]
     pub body: Vec<u8>,
+}
+
+/// Serde for bytes as one base64 string.
+mod base64_bytes {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        STANDARD.decode(text.as_bytes()).map_err(serde::de::Error::custom)
+    }
 }
 
 /// A message in a device's queue.
@@ -282,6 +300,11 @@ impl DeviceQueue {
     /// The message held with `token`, if any.
     pub fn held(&self, token: &str) -> Option<&Queued> {
         self.messages.iter().find(|m| m.lock.as_ref().is_some_and(|l| l.token == token))
+    }
+
+    /// Takes back message `sequence` (its sender was told it could not be kept).
+    pub fn remove(&mut self, sequence: u64) {
+        self.messages.retain(|m| m.sequence != sequence);
     }
 
     /// The message numbered `sequence`, if it is still queued.
