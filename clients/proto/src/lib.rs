@@ -6,6 +6,7 @@
 
 pub mod connection_string;
 pub mod jobs;
+pub mod messages;
 pub mod methods;
 pub mod property_bag;
 pub mod registry;

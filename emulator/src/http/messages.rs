@@ -64,5 +64,10 @@ pub async fn abandon_feedback(State(hub): State<Arc<Hub>>, Path(token): Path<Str
 pub async fn purge(State(hub): State<Arc<Hub>>, PathId(id): PathId, headers: HeaderMap) -> ApiResult {
     hub.authorize_service(authorization(&headers), &format!("devices/{id}/commands"), Rights::SERVICE_CONNECT)?;
     let total_messages_purged = hub.purge_messages(&id).await?;
-    Ok(ok_json(&wire::messages::PurgeResult { total_messages_purged, device_id: &id, module_id: None }))
+    let answer = wire::messages::PurgeMessageQueueResult {
+        total_messages_purged: u64::try_from(total_messages_purged).unwrap_or(u64::MAX),
+        device_id: id,
+        module_id: None,
+    };
+    Ok(ok_json(&answer))
 }

@@ -3,18 +3,11 @@
 //! body (`application/vnd.microsoft.iothub.feedback.json`) and the purge answer. (AMQP sections are mapped in
 //! `crate::amqp`, beside the AMQP types.)
 
-use serde::Serialize;
+use iothub_proto::messages::{FeedbackRecord, devicebound_to as to};
+pub use iothub_proto::messages::{FEEDBACK_CONTENT_TYPE, PurgeMessageQueueResult};
 
 use crate::clock::format_time;
 use crate::domain::c2d::{FeedbackBatch, Queued};
-
-/// The content type of a feedback message.
-pub const FEEDBACK_CONTENT_TYPE: &str = "application/vnd.microsoft.iothub.feedback.json";
-
-/// `to` of every message: the device's own devicebound address.
-pub fn to(device_id: &str) -> String {
-    format!("/devices/{device_id}/messages/devicebound")
-}
 
 /// The system properties a device sees, by their full names, in the order the hub writes them.
 fn system_properties<'a>(message: &'a Queued, to: &'a str, expiry: &'a Option<String>) -> Vec<(&'static str, &'a str)> {
@@ -80,42 +73,21 @@ pub fn http_headers(device_id: &str, message: &Queued, token: &str) -> Vec<(Stri
     headers
 }
 
-/// One feedback record as the hub writes it.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Record<'a> {
-    original_message_id: &'a str,
-    description: &'static str,
-    device_generation_id: &'a str,
-    device_id: &'a str,
-    enqueued_time_utc: String,
-    status_code: &'static str,
-}
-
 /// The body of a feedback message: a JSON array of its records.
 pub fn feedback_body(batch: &FeedbackBatch) -> Vec<u8> {
-    let records: Vec<Record<'_>> = batch
+    let records: Vec<FeedbackRecord> = batch
         .records
         .iter()
-        .map(|r| Record {
-            original_message_id: &r.original_message_id,
-            description: r.status.description(),
-            device_generation_id: &r.device_generation_id,
-            device_id: &r.device_id,
+        .map(|r| FeedbackRecord {
+            original_message_id: r.original_message_id.clone(),
+            description: r.status.description().to_owned(),
+            device_generation_id: r.device_generation_id.clone(),
+            device_id: r.device_id.clone(),
             enqueued_time_utc: format_time(r.enqueued_time),
-            status_code: r.status.as_str(),
+            status_code: r.status.as_str().to_owned(),
         })
         .collect();
     serde_json::to_vec(&records).unwrap_or_default()
-}
-
-/// The answer of `DELETE /devices/{id}/commands` (`PurgeMessageQueueResult`).
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PurgeResult<'a> {
-    pub total_messages_purged: usize,
-    pub device_id: &'a str,
-    pub module_id: Option<&'a str>,
 }
 
 #[cfg(test)]

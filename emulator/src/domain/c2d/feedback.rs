@@ -6,41 +6,7 @@
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use super::{DeviceRef, LOCK, Queued, later};
-
-/// The outcome a feedback record reports (`statusCode`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum FeedbackStatus {
-    Success,
-    Expired,
-    DeliveryCountExceeded,
-    Rejected,
-    Purged,
-}
-
-impl FeedbackStatus {
-    /// The wire spelling (`statusCode`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Success => "Success",
-            Self::Expired => "Expired",
-            Self::DeliveryCountExceeded => "DeliveryCountExceeded",
-            Self::Rejected => "Rejected",
-            Self::Purged => "Purged",
-        }
-    }
-
-    /// The record's `description`.
-    pub fn description(self) -> &'static str {
-        match self {
-            Self::Success => "Success",
-            Self::Expired => "Message expired",
-            Self::DeliveryCountExceeded => "Message delivery count exceeded",
-            Self::Rejected => "Message rejected",
-            Self::Purged => "Message purged",
-        }
-    }
-}
+use super::{DeviceRef, FeedbackStatus, LOCK, Queued, later};
 
 /// The outcome of one message, for its sender.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -10,12 +10,13 @@ pub mod feedback;
 use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
 
-pub use feedback::{FeedbackBatch, FeedbackQueue, FeedbackRecord, FeedbackStatus};
+pub use feedback::{FeedbackBatch, FeedbackQueue, FeedbackRecord};
+pub use iothub_proto::messages::{Ack, FeedbackStatus};
 
 /// Most messages waiting for one device (enqueued or locked), as on the hub.
 pub const MAX_QUEUED: usize = 50;
 /// Largest message body, as on the hub.
-pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+pub const MAX_MESSAGE_BYTES: usize = iothub_proto::messages::MAX_MESSAGE_BYTES;
 /// How long a device holds a message before it is offered again.
 pub const LOCK: SignedDuration = SignedDuration::from_secs(60);
 /// How long a message lives when its sender sets no expiry (the hub's default TTL).
@@ -24,53 +25,6 @@ pub const DEFAULT_TTL: SignedDuration = SignedDuration::from_secs(3600);
 pub const MAX_TTL: SignedDuration = SignedDuration::from_secs(2 * 24 * 3600);
 /// Deliveries after which a message that is never completed is dead-lettered.
 pub const MAX_DELIVERY_COUNT: u32 = 10;
-
-/// Which outcomes the sender wants feedback on (`iothub-ack`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub enum Ack {
-    #[default]
-    None,
-    /// Completion.
-    Positive,
-    /// Expiry, too many deliveries, rejection, purge.
-    Negative,
-    /// Both.
-    Full,
-}
-
-impl Ack {
-    /// Reads an `iothub-ack` value (case-insensitive); `None` for an unknown one.
-    pub fn parse(text: &str) -> Option<Self> {
-        match text.to_ascii_lowercase().as_str() {
-            "none" => Some(Self::None),
-            "positive" => Some(Self::Positive),
-            "negative" => Some(Self::Negative),
-            "full" => Some(Self::Full),
-            _ => None,
-        }
-    }
-
-    /// The wire spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::None => "none",
-            Self::Positive => "positive",
-            Self::Negative => "negative",
-            Self::Full => "full",
-        }
-    }
-
-    /// True when an outcome with `status` is reported to the sender.
-    pub fn wants(self, status: FeedbackStatus) -> bool {
-        match (self, status) {
-            (Self::Full, _) => true,
-            (Self::Positive, FeedbackStatus::Success) => true,
-            (Self::Negative, status) => status != FeedbackStatus::Success,
-            _ => false,
-        }
-    }
-}
 
 /// A message as the service sent it: the properties a device sees, and its body.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
