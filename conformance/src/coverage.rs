@@ -5,7 +5,7 @@ use crate::scenarios;
 
 /// One row of the table.
 pub struct Surface {
-    /// The area: MQTT, REST, query or jobs.
+    /// The area: MQTT, AMQP, REST, query or jobs.
     pub area: &'static str,
     /// The surface, as users know it.
     pub what: &'static str,
@@ -40,7 +40,11 @@ pub const SURFACES: &[Surface] = &[
     row("MQTT", "`$iothub/twin/PATCH/properties/desired/#` notifications", &["twin-desired", "tutorial"]),
     row("MQTT", "`devices/{id}/messages/events/{properties}` telemetry, QoS 1", &["telemetry"]),
     row("MQTT", "MQTT over WebSockets at `/$iothub/websocket`", &["websocket"]),
-    missing("MQTT", "`devices/{id}/messages/devicebound/#` cloud-to-device messages"),
+    row(
+        "MQTT",
+        "`devices/{id}/messages/devicebound/#` cloud-to-device messages with their property bag, completed by PUBACK",
+        &["c2d-round-trip"],
+    ),
     missing("MQTT", "module identities (`{device}/{module}` clients)"),
     row(
         "REST",
@@ -64,7 +68,17 @@ pub const SURFACES: &[Surface] = &[
         &["tutorial", "job-cancel", "job-query"],
     ),
     row("REST", "SAS on every request: 401 for a wrong key, an expired or a missing token", &["bad-credentials"]),
-    missing("REST", "import/export jobs (`/jobs/create`), configurations, cloud-to-device (AMQP)"),
+    row(
+        "AMQP",
+        "`/messages/devicebound` sends with `$cbs` tokens: properties, `iothub-ack`, refusals (not found, queue full, too large)",
+        &["c2d-round-trip", "c2d-refusals"],
+    ),
+    row(
+        "REST",
+        "`GET /messages/serviceBound/feedback` and its completion; `DELETE /devices/{id}/commands` (purge)",
+        &["c2d-round-trip", "c2d-refusals"],
+    ),
+    missing("REST", "import/export jobs (`/jobs/create`), configurations"),
     row("query", "WHERE on tags and reported properties, comparisons, AND/OR/NOT, `IN`", &["query-filters"]),
     row("query", "projections with `AS`", &["query-filters"]),
     row("query", "`COUNT()` with `GROUP BY` (and `[[quoted]]` names)", &["query-group-by"]),

@@ -58,7 +58,10 @@ impl Target {
         let connection_string = emulator.service_connection_string();
         let service = ServiceClient::from_connection_string(
             &connection_string,
-            ServiceOptions::default().with_ca_pem(ca.clone()).with_port(https_port),
+            ServiceOptions::default()
+                .with_ca_pem(ca.clone())
+                .with_port(https_port)
+                .with_amqp_port(emulator.amqp_addr().port()),
         )?;
         Ok(Self {
             kind: TargetKind::Emulator,

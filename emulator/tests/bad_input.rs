@@ -321,3 +321,111 @@ async fn a_reported_patch_over_the_limits_is_refused_over_mqtt() {
     }
     assert_healthy(&hub).await;
 }
+
+/// Raw bytes on a TLS connection to the AMQP port (then, if `leave`, the client shuts its side down): what the
+/// hub answered, and whether it then closed.
+async fn raw_amqp(hub: &TestHub, bytes: &[u8], leave: bool) -> (Vec<u8>, bool) {
+    let mut stream = tls_to(hub, hub.emulator.amqp_addr()).await;
+    let _ = stream.write_all(bytes).await;
+    let _ = stream.flush().await;
+    if leave {
+        let _ = stream.shutdown().await;
+    }
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 4096];
+    let closed = tokio::time::timeout(WAIT * 3, async {
+        loop {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => answer.extend_from_slice(&buffer[..n]),
+            }
+        }
+    })
+    .await
+    .is_ok();
+    (answer, closed)
+}
+
+/// An AMQP frame on channel 0 around `body` (size, doff 2, type 0).
+fn amqp_frame(body: &[u8]) -> Vec<u8> {
+    let size = u32::try_from(body.len() + 8).expect("a frame size");
+    [&size.to_be_bytes()[..], &[2, 0, 0, 0], body].concat()
+}
+
+/// The hub still takes AMQP connections and queues a message sent over one.
+async fn assert_amqp_healthy(hub: &TestHub) {
+    use common::amqp::{self, message_to, send};
+    let mut service = amqp::open(hub, None).await;
+    service.authorize(hub).await;
+    let mut sender = service.devicebound().await;
+    let outcome = send(&mut sender, message_to("healthy", b"still here").build()).await;
+    assert!(matches!(outcome, fe2o3_amqp::types::messaging::Outcome::Accepted(_)), "AMQP still serves: {outcome:?}");
+    service.close().await;
+}
+
+#[tokio::test]
+async fn hostile_amqp_input_gets_the_hubs_answer_and_leaves_it_healthy() {
+    use common::amqp::{self, receiver_refusal, sender_refusal};
+    use fe2o3_amqp::types::definitions::{AmqpError, ErrorCondition};
+
+    let hub = start().await;
+    hub.create_device("healthy").await;
+    const AMQP: &[u8] = b"AMQP\x00\x01\x00\x00";
+    const SASL: &[u8] = b"AMQP\x03\x01\x00\x00";
+    // A minimal Open: container-id "test" and nothing else.
+    let opened = [AMQP, &amqp_frame(&[0x00, 0x53, 0x10, 0xc0, 7, 1, 0xa1, 4, b't', b'e', b's', b't'])].concat();
+
+    // The protocol header: one the endpoint does not speak is answered with the one it does (SASL), then the
+    // connection ends. Frames whose size field is below the 8-byte frame header, or above the 64 KiB max frame size
+    // (512 bytes before the Open), end the connection: fe2o3 sends no framing-error Close, it hangs up. A frame cut
+    // short waits for its rest until the client leaves. Nothing panics (emulator/src/amqp/io.rs guards fe2o3
+    // against sizes 4 to 7; fuzzing/amqp's cases check for panics in every task).
+    let cases: Vec<(&str, Vec<u8>, &[u8])> = vec![
+        ("a garbage 8-byte header", b"GARBAGE!".to_vec(), SASL),
+        ("an HTTP request", b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n".to_vec(), SASL),
+        ("an AMQP 0-9-1 header", b"AMQP\x00\x00\x09\x01".to_vec(), SASL),
+        ("an AMQP 1.0 header of a later revision", b"AMQP\x00\x01\x00\x01".to_vec(), SASL),
+        ("frame size 0 before the Open", [AMQP, &[0, 0, 0, 0, 2, 0, 0, 0]].concat(), AMQP),
+        ("frame size 4 before the Open", [AMQP, &[0, 0, 0, 4, 2, 0, 0, 0]].concat(), AMQP),
+        ("frame size 7 after the Open", [&opened[..], &[0, 0, 0, 7, 2, 0, 0, 0]].concat(), AMQP),
+        ("a 600-byte frame before the Open", [AMQP, &amqp_frame(&[0x40; 592])].concat(), AMQP),
+        ("a frame over 64 KiB after the Open", [&opened[..], &amqp_frame(&vec![0x40; 70_000])].concat(), AMQP),
+        ("a frame size of 4 GiB after the Open", [&opened[..], &[0xff, 0xff, 0xff, 0xff, 2, 0, 0, 0]].concat(), AMQP),
+        ("doff 1 after the Open", [&opened[..], &[0, 0, 0, 12, 1, 0, 0, 0, 0x00, 0x53, 0x11, 0x45]].concat(), AMQP),
+    ];
+    for (label, bytes, header) in cases {
+        let (answer, closed) = raw_amqp(&hub, &bytes, false).await;
+        assert!(answer.starts_with(header), "{label}: the hub answers with its header, got {answer:?}");
+        if header == SASL {
+            assert_eq!(answer.len(), 8, "{label}: only the header");
+        }
+        assert!(closed, "{label}: the hub closes the connection");
+        assert_healthy(&hub).await;
+        assert_amqp_healthy(&hub).await;
+    }
+    let cut_short = [&opened[..], &[0, 0, 0, 64, 2, 0, 0, 0, 0x00, 0x53]].concat();
+    let (answer, closed) = raw_amqp(&hub, &cut_short, true).await;
+    assert!(answer.starts_with(AMQP) && closed, "a frame cut short, then the client leaves: the hub closes too");
+    assert_healthy(&hub).await;
+    assert_amqp_healthy(&hub).await;
+
+    // Links to nodes the hub does not have, or the wrong way round, are detached with amqp:not-found.
+    let not_found = Some(ErrorCondition::AmqpError(AmqpError::NotFound));
+    let mut client = amqp::open(&hub, None).await;
+    client.authorize(&hub).await;
+    for address in ["/nowhere", "/messages/serviceBound/feedback", "amqps://localhost/devices/healthy/messages/events"]
+    {
+        let mut sender = client.sender_to("to-nowhere", address).await;
+        assert_eq!(sender_refusal(&mut sender).await, not_found, "a sender to {address}");
+    }
+    for address in ["/nowhere", "/messages/devicebound"] {
+        let mut receiver = client.receiver_from("from-nowhere", address).await;
+        assert_eq!(receiver_refusal(&mut receiver).await, not_found, "a receiver from {address}");
+    }
+    client.close().await;
+    // Messages the hub cannot queue (no `to`, a bad `iothub-ack`, over 64 KB, an unknown device, a full queue) are
+    // rejected with their conditions in c2d.rs's `the_hub_refuses_what_it_cannot_queue_with_the_conditions_the_sdks_map`,
+    // and undecodable ones in fuzzing/amqp's cases.
+    assert_healthy(&hub).await;
+    assert_amqp_healthy(&hub).await;
+}

@@ -179,3 +179,91 @@ async fn a_device_stays_in_its_own_lane() {
         tokio::time::timeout(WAIT, call).await.expect("answered").expect("task").json().await.expect("json");
     assert_eq!(answer, json!({"status": 201, "payload": {"from": "bob"}}), "only bob answers bob's call");
 }
+
+/// Tokens on `$cbs` against the service's AMQP links: only a ServiceConnect claim for this hub opens
+/// `/messages/devicebound` and `/messages/serviceBound/feedback`; every other link is detached with
+/// `amqp:unauthorized-access`. (c2d.rs's `links_need_a_valid_token_with_service_connect_and_end_when_it_expires`
+/// already covers no token, a forged key, another hub's token put for this hub's name, registryRead's send failing
+/// and expiry; this adds the condition, the feedback link, every policy, device tokens and tokens scoped elsewhere.)
+#[tokio::test]
+async fn amqp_links_open_only_for_a_service_connect_claim_on_this_hub() {
+    use common::amqp::{self, message_to, receiver_refusal, send, sender_refusal, token_for};
+    use fe2o3_amqp::types::definitions::{AmqpError, ErrorCondition};
+    use fe2o3_amqp::types::messaging::Outcome;
+
+    let hub = start().await;
+    hub.create_device("d1").await;
+    let refused = Some(ErrorCondition::AmqpError(AmqpError::UnauthorizedAccess));
+
+    // Every policy of a new hub, with a valid token for the whole hub.
+    let policies: Vec<(String, Rights)> =
+        hub.emulator.hub().policies().iter().map(|p| (p.key_name.clone(), p.rights)).collect();
+    for (policy, rights) in &policies {
+        let mut client = amqp::open(&hub, None).await;
+        assert_eq!(client.put_token(&hub.policy_token(policy), "localhost").await, 200, "{policy}: a valid token");
+        let mut sender = client.devicebound().await;
+        let mut feedback = client.feedback().await;
+        if rights.intersects(Rights::SERVICE_CONNECT) {
+            let outcome = send(&mut sender, message_to("d1", policy.as_bytes()).build()).await;
+            assert!(matches!(outcome, Outcome::Accepted(_)), "{policy} sends: {outcome:?}");
+            let quiet = tokio::time::timeout(
+                Duration::from_millis(300),
+                feedback.recv::<fe2o3_amqp::types::messaging::Body<Value>>(),
+            )
+            .await;
+            assert!(quiet.is_err(), "{policy}: the feedback link stays attached, waiting");
+        } else {
+            assert_eq!(sender_refusal(&mut sender).await, refused, "{policy}: no devicebound link");
+            assert_eq!(receiver_refusal(&mut feedback).await, refused, "{policy}: no feedback link");
+        }
+        client.close().await;
+    }
+
+    // Tokens that are no service credential for this hub's nodes: `$cbs` answers with `status`, and neither link
+    // opens on them.
+    let device = device_token(&hub, "d1", "d1", unix_now() + 600);
+    let cases: Vec<(&str, String, &str, Option<i32>)> = vec![
+        ("a device's own token, for its own audience", device.clone(), "localhost/devices/d1", Some(401)),
+        ("a device's own token, for the hub", device.clone(), "localhost", Some(401)),
+        (
+            "a ServiceConnect token scoped to one device",
+            token_for(&hub, "service", "localhost/devices/d1", 600),
+            "localhost/devices/d1",
+            Some(200),
+        ),
+        // `$cbs` takes this one (200 today: well signed, for its own audience), but the claim covers none of
+        // this hub's nodes.
+        (
+            "a token for another hub, put for that hub",
+            token_for(&hub, "iothubowner", "elsewhere", 600),
+            "elsewhere",
+            None,
+        ),
+        (
+            "a token for another hub, put for this hub's devicebound node",
+            token_for(&hub, "iothubowner", "elsewhere", 600),
+            "localhost/messages/devicebound",
+            Some(401),
+        ),
+    ];
+    for (label, token, audience, status) in cases {
+        let mut client = amqp::open(&hub, None).await;
+        let answered = client.put_token(&token, audience).await;
+        if let Some(status) = status {
+            assert_eq!(answered, status, "{label}");
+        }
+        let mut sender = client.devicebound().await;
+        assert_eq!(sender_refusal(&mut sender).await, refused, "{label}: no devicebound link");
+        let mut feedback = client.feedback().await;
+        assert_eq!(receiver_refusal(&mut feedback).await, refused, "{label}: no feedback link");
+        client.close().await;
+    }
+
+    // SASL PLAIN with a device's token as the password is refused before the connection opens.
+    let plain = fe2o3_amqp::sasl_profile::SaslProfile::Plain { username: "d1@sas.localhost".into(), password: device };
+    assert!(amqp::try_open(&hub, Some(plain)).await.is_err(), "SASL PLAIN with a device token");
+
+    let device_doc: Value = hub.get_json("/devices/d1").await;
+    let senders = policies.iter().filter(|(_, r)| r.intersects(Rights::SERVICE_CONNECT)).count();
+    assert_eq!(device_doc["cloudToDeviceMessageCount"], senders, "only the ServiceConnect policies queued messages");
+}

@@ -145,3 +145,34 @@ async fn without_a_profile_nothing_is_throttled() {
         assert_eq!(query(&hub).await.status(), StatusCode::OK);
     }
 }
+
+#[tokio::test]
+async fn cloud_to_device_sends_past_the_quota_are_refused_as_throttled_not_as_a_full_queue() {
+    use common::amqp::{message_to, rejected_with, send};
+    use fe2o3_amqp::types::definitions::ErrorCondition;
+    use fe2o3_amqp::types::messaging::Outcome;
+
+    let (hub, clock) = start_throttled(Tier::S1).await;
+    // S1: 100 sends a minute; 50 each to two devices fill the quota, a third device has room in its queue.
+    hub.create_device("d1").await;
+    hub.create_device("d2").await;
+    hub.create_device("d3").await;
+    let mut amqp = common::amqp::open(&hub, None).await;
+    amqp.authorize(&hub).await;
+    let mut sender = amqp.devicebound().await;
+    for n in 0..100 {
+        let device = if n % 2 == 0 { "d1" } else { "d2" };
+        let outcome = send(&mut sender, message_to(device, b"x").build()).await;
+        assert!(matches!(outcome, Outcome::Accepted(_)), "send {n} of 100: {outcome:?}");
+    }
+    let refused = send(&mut sender, message_to("d3", b"one too many").build()).await;
+    let condition = rejected_with(&refused).expect("the 101st send is rejected");
+    assert!(
+        matches!(&condition, ErrorCondition::Custom(symbol) if symbol.as_str() == "com.microsoft:device-container-throttled"),
+        "the SDKs report this condition as throttling: {condition:?}"
+    );
+    clock.advance(std::time::Duration::from_millis(650));
+    let outcome = send(&mut sender, message_to("d3", b"later").build()).await;
+    assert!(matches!(outcome, Outcome::Accepted(_)), "the quota refilled: {outcome:?}");
+    amqp.close().await;
+}

@@ -9,12 +9,14 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::driver::{Command, ConnectionStatus, Driver, Shared, TwinAnswer, TwinRequest};
+use crate::c2d::CloudToDeviceMessages;
+use crate::driver::{Command, Driver, TwinAnswer, TwinRequest};
 use crate::error::Error;
 use crate::link::{self, Endpoint};
 use crate::message::Message;
 use crate::methods::{Handler, MethodRequest, MethodResponse};
 use crate::options::ClientOptions;
+use crate::shared::{ConnectionStatus, Shared};
 use crate::twin::{DesiredUpdate, Twin};
 
 /// Commands waiting for the connection; callers wait beyond this.
@@ -60,7 +62,7 @@ impl DeviceClientBuilder {
         let deadline = tokio::time::Instant::now() + self.options.connect_timeout;
         let mut attempt = 0u32;
         let first = loop {
-            let error = match tokio::time::timeout_at(deadline, link::open(&endpoint)).await {
+            let error = match tokio::time::timeout_at(deadline, link::open(&endpoint, false)).await {
                 Ok(Ok(link)) => break link,
                 Ok(Err(error)) if error.is_permanent() => return Err(error),
                 Ok(Err(error)) => error,
@@ -89,7 +91,7 @@ impl DeviceClientBuilder {
     }
 }
 
-/// A connected device: direct methods, twin, telemetry. It reconnects by itself after transient failures and
+/// A connected device: direct methods, twin, telemetry, cloud-to-device messages. It reconnects by itself after transient failures and
 /// renews its SAS token before it expires; `watch_status` tells how the connection is doing. Dropping it
 /// closes the connection (in the background); `close` does it and waits.
 pub struct DeviceClient {
@@ -177,6 +179,17 @@ impl DeviceClient {
         let (sender, receiver) = mpsc::unbounded_channel();
         self.shared.desired.lock().unwrap_or_else(|p| p.into_inner()).push(sender);
         DesiredUpdates(receiver)
+    }
+
+    /// Cloud-to-device messages for the device. The first call subscribes to them; messages that came before
+    /// (a session the hub kept from an earlier run) were held and are delivered first.
+    ///
+    /// Each message is acknowledged to the hub (which completes it) when it is taken from the returned stream,
+    /// so a message the application never took is delivered again, after a reconnect at the latest: at least
+    /// once. One listener at a time: calling this again replaces the previous listener, which ends, and
+    /// messages not taken yet go to the new one.
+    pub fn messages(&self) -> CloudToDeviceMessages {
+        self.shared.c2d.listen()
     }
 
     /// Sends a telemetry message at QoS 1; returns once the hub acknowledged it. A message in flight when the

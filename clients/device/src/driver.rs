@@ -6,81 +6,34 @@
 //! get right on the packets directly:
 //! - A QoS 1 publish (telemetry) completes only on its PUBACK, and is sent again after any reconnect until then.
 //! - Twin requests are matched to answers by `$rid` and asked again after a reconnect.
+//! - A cloud-to-device message is acknowledged only when the application takes it (`crate::c2d`), and only
+//!   on the connection it came on.
 //! - The token is renewed by reconnecting with a fresh one, before the hub's deadline.
 //! - Transient failures are retried with back-off and jitter.
 //! - Permanent ones (credentials, trust) end the client with a typed error.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{SinkExt as _, StreamExt as _};
 use iothub_proto::topics::{self, Outbound};
 use rumqttc::mqttbytes::QoS;
-use rumqttc::mqttbytes::v4::{Packet, PubAck, Publish};
-use tokio::sync::{mpsc, oneshot, watch};
+use rumqttc::mqttbytes::v4::{Packet, PubAck, Publish, Subscribe, SubscribeReasonCode};
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
+use crate::c2d::{self, CloudToDeviceMessage};
 use crate::error::Error;
 use crate::link::{self, Endpoint, Link, Mqtt, SUBSCRIBE_PKID};
-use crate::methods::{Handler, MethodRequest, MethodResponse, parse_payload};
+use crate::methods::{MethodRequest, MethodResponse, parse_payload};
 use crate::options::ClientOptions;
+use crate::shared::{ConnectionStatus, Shared};
 use crate::twin::{DesiredUpdate, Twin, error_message};
 
 /// Publishes waiting for their PUBACK at once; more wait in the command queue.
 const MAX_INFLIGHT: usize = 256;
-
-/// The state of the client's connection.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ConnectionStatus {
-    /// Connected and subscribed.
-    Connected,
-    /// The connection was lost (or its token is being renewed); the next attempt comes after `retry_in`.
-    Disconnected {
-        /// Why the last connection or attempt ended.
-        reason: Error,
-        /// The wait before the next attempt (back-off with jitter).
-        retry_in: Duration,
-    },
-    /// The client stopped for good after a permanent failure; every call now fails with this error.
-    Failed(Error),
-    /// The client was closed.
-    Closed,
-}
-
-/// What the client handle and the driver share.
-pub(crate) struct Shared {
-    pub handlers: Mutex<HashMap<String, Handler>>,
-    pub desired: Mutex<Vec<mpsc::UnboundedSender<DesiredUpdate>>>,
-    pub status: watch::Sender<ConnectionStatus>,
-    /// Cancelled to close the client.
-    pub closing: CancellationToken,
-}
-
-impl Shared {
-    pub(crate) fn new(handlers: HashMap<String, Handler>) -> Self {
-        Self {
-            handlers: Mutex::new(handlers),
-            desired: Mutex::new(Vec::new()),
-            status: watch::channel(ConnectionStatus::Connected).0,
-            closing: CancellationToken::new(),
-        }
-    }
-
-    pub(crate) fn handler(&self, name: &str) -> Option<Handler> {
-        self.handlers.lock().unwrap_or_else(|p| p.into_inner()).get(name).cloned()
-    }
-
-    /// The error calls get once the driver has stopped.
-    pub(crate) fn final_error(&self) -> Error {
-        match &*self.status.borrow() {
-            ConnectionStatus::Failed(error) => error.clone(),
-            _ => Error::Closed,
-        }
-    }
-}
 
 /// A twin request the client makes.
 #[derive(Debug, Clone, PartialEq)]
@@ -144,6 +97,10 @@ pub(crate) struct Driver {
     next_rid: u64,
     last_sent: Instant,
     last_heard: Instant,
+    /// The number of the current connection (cloud-to-device acknowledgements belong to one).
+    epoch: u64,
+    /// The current connection subscribed to cloud-to-device messages.
+    c2d_subscribed: bool,
 }
 
 impl Driver {
@@ -167,6 +124,8 @@ impl Driver {
             next_rid: 0,
             last_sent: Instant::now(),
             last_heard: Instant::now(),
+            epoch: 0,
+            c2d_subscribed: false,
         }
     }
 
@@ -195,7 +154,7 @@ impl Driver {
                     }
                     let opened = tokio::select! {
                         () = self.shared.closing.cancelled() => return self.stop(ConnectionStatus::Closed),
-                        opened = link::open(&self.endpoint) => opened,
+                        opened = link::open(&self.endpoint, self.shared.c2d.wanted()) => opened,
                     };
                     match opened {
                         Ok(link) => link,
@@ -214,7 +173,9 @@ impl Driver {
             };
             attempt = 0;
             self.set_status(ConnectionStatus::Connected);
-            match self.serve(link, reconnected).await {
+            let end = self.serve(link, reconnected).await;
+            self.shared.c2d.connection_ended();
+            match end {
                 End::Closed => return self.stop(ConnectionStatus::Closed),
                 End::Renew => tracing::debug!(device_id = %self.endpoint.device_id, "renewing the SAS token"),
                 End::Lost(error) => {
@@ -254,6 +215,7 @@ impl Driver {
             }
         }
         self.shared.desired.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.shared.c2d.close();
     }
 
     async fn send(&mut self, mqtt: &mut Mqtt, packet: Packet) -> Result<(), Error> {
@@ -298,10 +260,18 @@ impl Driver {
     /// Serves one connection until it ends.
     async fn serve(&mut self, link: Link, reconnected: bool) -> End {
         let renew = tokio::time::sleep(link.renew_in(self.options.token_lifetime));
+        self.epoch += 1;
+        self.c2d_subscribed = link.c2d_subscribed;
         let mut mqtt = link.mqtt;
-        match self.resume(&mut mqtt, reconnected).await {
-            Ok(()) => {}
-            Err(error) => return End::Lost(error),
+        let started = async {
+            self.resume(&mut mqtt, reconnected).await?;
+            for publish in link.early {
+                self.on_packet(&mut mqtt, Packet::Publish(publish)).await?;
+            }
+            self.c2d_work(&mut mqtt).await
+        };
+        if let Err(error) = started.await {
+            return End::Lost(error);
         }
         tokio::pin!(renew);
         let keep_alive = self.endpoint.keep_alive.max(Duration::from_secs(1));
@@ -326,6 +296,7 @@ impl Driver {
                     Some(Err(error)) => Err(Error::Connection(format!("reading from the hub: {error}"))),
                     None => Err(Error::Connection("the hub closed the connection".into())),
                 },
+                () = self.shared.c2d.driver_work() => self.c2d_work(&mut mqtt).await,
                 Some((rid, response)) = self.answers.recv() => {
                     let packet = Self::publish_packet(&topics::method_response(response.status, &rid), Bytes::from(response.body()), QoS::AtMostOnce, 0, false);
                     self.send(&mut mqtt, packet).await
@@ -403,6 +374,12 @@ impl Driver {
     async fn on_packet(&mut self, mqtt: &mut Mqtt, packet: Packet) -> Result<(), Error> {
         match packet {
             Packet::Publish(publish) => {
+                if let Some(bag) = c2d::own_property_bag(&publish.topic, &self.endpoint.device_id) {
+                    // Held unacknowledged: the PUBACK goes out when the application takes the message.
+                    let pkid = (publish.qos != QoS::AtMostOnce).then_some(publish.pkid);
+                    self.shared.c2d.hold(self.epoch, pkid, CloudToDeviceMessage::parse(bag, &publish.payload));
+                    return Ok(());
+                }
                 if publish.qos != QoS::AtMostOnce {
                     self.send(mqtt, Packet::PubAck(PubAck::new(publish.pkid))).await?;
                 }
@@ -413,7 +390,26 @@ impl Driver {
                     let _ = self.inflight.remove(at).done.send(Ok(()));
                 }
             }
+            Packet::SubAck(ack) if ack.return_codes.iter().any(|c| matches!(c, SubscribeReasonCode::Failure)) => {
+                tracing::warn!(device_id = %self.endpoint.device_id, "the hub refused the cloud-to-device subscription");
+            }
             _ => {}
+        }
+        Ok(())
+    }
+
+    /// Subscribes to cloud-to-device messages once the application listens, and acknowledges the messages it
+    /// took that came on this connection.
+    async fn c2d_work(&mut self, mqtt: &mut Mqtt) -> Result<(), Error> {
+        if !self.c2d_subscribed && self.shared.c2d.wanted() {
+            self.c2d_subscribed = true;
+            let filter = topics::cloud_to_device_filter(&self.endpoint.device_id);
+            let mut subscribe = Subscribe::new(filter, QoS::AtLeastOnce);
+            subscribe.pkid = SUBSCRIBE_PKID;
+            self.send(mqtt, Packet::Subscribe(subscribe)).await?;
+        }
+        for pkid in self.shared.c2d.take_acks(self.epoch) {
+            self.send(mqtt, Packet::PubAck(PubAck::new(pkid))).await?;
         }
         Ok(())
     }
@@ -440,6 +436,7 @@ impl Driver {
                 Some(update) => self.broadcast(update),
                 None => tracing::warn!(topic = %publish.topic, "a desired-properties patch that is not a JSON object"),
             },
+            // Another device's messages (a hub never sends them) are acknowledged and dropped like any other.
             Outbound::CloudToDevice { .. } | Outbound::Other => {
                 tracing::debug!(topic = %publish.topic, "message on a topic the client does not use")
             }

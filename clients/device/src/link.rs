@@ -10,7 +10,7 @@ use bytes::Bytes;
 use futures_util::{SinkExt as _, StreamExt as _};
 use iothub_proto::topics;
 use rumqttc::mqttbytes::QoS;
-use rumqttc::mqttbytes::v4::{Codec, Connect, ConnectReturnCode, Packet, Subscribe, SubscribeFilter};
+use rumqttc::mqttbytes::v4::{Codec, Connect, ConnectReturnCode, Packet, Publish, Subscribe, SubscribeFilter};
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -34,6 +34,8 @@ pub(crate) type Mqtt = Framed<Pin<Box<dyn Io>>, Codec>;
 const MAX_PACKET: usize = 256 * 1024 + 8 * 1024;
 /// How long opening a connection may take.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most publishes kept that the hub sends before its SUBACK.
+const MAX_EARLY: usize = 1024;
 /// The MQTT api-version the client announces.
 const API_VERSION: &str = "2021-04-12";
 
@@ -162,9 +164,12 @@ async fn next_packet(mqtt: &mut Mqtt, what: &str) -> Result<Packet, Error> {
 }
 
 /// A new connection: CONNECT with a fresh token (persistent session, so the hub keeps subscriptions), and
-/// SUBSCRIBE to methods, twin responses and desired changes, every time (idempotent, and the client never
-/// depends on the hub having kept the session).
-pub(crate) async fn open(endpoint: &Endpoint) -> Result<Link, Error> {
+/// SUBSCRIBE to methods, twin responses and desired changes, and with `c2d` to cloud-to-device messages, every
+/// time (idempotent, and the client never depends on the hub having kept the session).
+///
+/// A hub that resumes the session may publish before its SUBACK (a message queued while the device was away):
+/// such publishes are kept, unacknowledged, in [`Link::early`] for the driver.
+pub(crate) async fn open(endpoint: &Endpoint, c2d: bool) -> Result<Link, Error> {
     let handshake = async {
         let stream = open_stream(endpoint).await?;
         let mut mqtt = Framed::new(stream, Codec { max_incoming_size: MAX_PACKET, max_outgoing_size: MAX_PACKET });
@@ -180,23 +185,31 @@ pub(crate) async fn open(endpoint: &Endpoint) -> Result<Link, Error> {
             Packet::ConnAck(ack) => return Err(Error::from_connack(ack.code)),
             other => return Err(Error::Connection(format!("expected CONNACK, got {other:?}"))),
         };
-        let filters = [topics::METHODS_FILTER, topics::TWIN_RESPONSES_FILTER, topics::DESIRED_FILTER]
-            .map(|f| SubscribeFilter::new(f.to_owned(), QoS::AtLeastOnce));
-        let mut subscribe = Subscribe::new_many(filters);
+        let mut filters: Vec<String> =
+            [topics::METHODS_FILTER, topics::TWIN_RESPONSES_FILTER, topics::DESIRED_FILTER].map(str::to_owned).into();
+        if c2d {
+            filters.push(topics::cloud_to_device_filter(&endpoint.device_id));
+        }
+        let mut subscribe = Subscribe::new_many(filters.into_iter().map(|f| SubscribeFilter::new(f, QoS::AtLeastOnce)));
         subscribe.pkid = SUBSCRIBE_PKID;
         mqtt.send(Packet::Subscribe(subscribe))
             .await
             .map_err(|e| Error::Connection(format!("sending SUBSCRIBE: {e}")))?;
-        match next_packet(&mut mqtt, "SUBACK").await? {
-            Packet::SubAck(ack) if ack.pkid == SUBSCRIBE_PKID => {
-                use rumqttc::mqttbytes::v4::SubscribeReasonCode;
-                if ack.return_codes.iter().any(|c| matches!(c, SubscribeReasonCode::Failure)) {
-                    return Err(Error::Connection("the hub refused a subscription".into()));
+        let mut early = Vec::new();
+        loop {
+            match next_packet(&mut mqtt, "SUBACK").await? {
+                Packet::SubAck(ack) if ack.pkid == SUBSCRIBE_PKID => {
+                    use rumqttc::mqttbytes::v4::SubscribeReasonCode;
+                    if ack.return_codes.iter().any(|c| matches!(c, SubscribeReasonCode::Failure)) {
+                        return Err(Error::Connection("the hub refused a subscription".into()));
+                    }
+                    break;
                 }
+                Packet::Publish(publish) if early.len() < MAX_EARLY => early.push(publish),
+                other => return Err(Error::Connection(format!("expected SUBACK, got {other:?}"))),
             }
-            other => return Err(Error::Connection(format!("expected SUBACK, got {other:?}"))),
         }
-        Ok(Link { mqtt, token_expiry })
+        Ok(Link { mqtt, token_expiry, early, c2d_subscribed: c2d })
     };
     match tokio::time::timeout(OPEN_TIMEOUT, handshake).await {
         Ok(result) => result,
@@ -209,6 +222,10 @@ pub(crate) struct Link {
     pub mqtt: Mqtt,
     /// When the token this connection was opened with expires; the connection must be renewed before.
     pub token_expiry: SystemTime,
+    /// Publishes the hub sent before its SUBACK, not acknowledged yet.
+    pub early: Vec<Publish>,
+    /// The SUBSCRIBE included the cloud-to-device filter.
+    pub c2d_subscribed: bool,
 }
 
 impl Link {

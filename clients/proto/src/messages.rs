@@ -13,9 +13,11 @@ pub const FEEDBACK_CONTENT_TYPE: &str = "application/vnd.microsoft.iothub.feedba
 /// Largest cloud-to-device message body the hub takes.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 
-/// A message's `to`: the device's own devicebound address, `/devices/<id>/messages/devicebound`.
+/// A message's `to`: the device's own devicebound address, `/devices/<id>/messages/devicebound`, with the id
+/// percent-encoded as the SDKs write it (`encodeURIComponent`; the hub decodes it).
 pub fn devicebound_to(device_id: &str) -> String {
-    format!("/devices/{device_id}/messages/devicebound")
+    let id = percent_encoding::utf8_percent_encode(device_id, crate::property_bag::COMPONENT);
+    format!("/devices/{id}/messages/devicebound")
 }
 
 /// Which outcomes of a message its sender wants feedback on (`iothub-ack`).

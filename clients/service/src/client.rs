@@ -1,5 +1,6 @@
 //! The shared core of the service clients: one HTTPS client, a SAS token per request from the policy key,
-//! the hub's error bodies turned into [`Error::Hub`], and retries where they are safe.
+//! the hub's error bodies turned into [`Error::Hub`], and retries where they are safe; and the AMQP connection
+//! cloud-to-device messages go over, opened when first needed.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -9,8 +10,9 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 
+use crate::amqp::Amqp;
 use crate::error::Error;
-use crate::{JobClient, MethodClient, QueryClient, RegistryClient, TwinClient};
+use crate::{JobClient, MessageClient, MethodClient, QueryClient, RegistryClient, TwinClient};
 
 /// The REST api-version the client speaks (the one the Azure SDKs use).
 pub const API_VERSION: &str = "2021-04-12";
@@ -47,14 +49,17 @@ impl RetryPolicy {
 }
 
 /// Settings of a service client. The default suits a real hub; for the emulator trust its CA (and give its
-/// port when it is not 443).
+/// ports when they are not 443 and 5671).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceOptions {
     /// Which CAs to trust for the hub's certificate.
     pub trust: Trust,
     /// HTTPS port, when not 443.
     pub port: Option<u16>,
-    /// Time allowed for one request (direct-method calls get their own timeouts on top).
+    /// AMQPS port (cloud-to-device messages), when not 5671.
+    pub amqp_port: Option<u16>,
+    /// Time allowed for one request (direct-method calls get their own timeouts on top), and for each step of
+    /// sending a cloud-to-device message (connecting, the hub's outcome).
     pub timeout: Duration,
     /// Which failed requests are sent again, and how often.
     pub retry: RetryPolicy,
@@ -65,6 +70,7 @@ impl Default for ServiceOptions {
         Self {
             trust: Trust::PlatformRoots,
             port: None,
+            amqp_port: None,
             timeout: Duration::from_secs(60),
             retry: RetryPolicy::default(),
         }
@@ -81,6 +87,12 @@ impl ServiceOptions {
     /// Connects to `port` instead of 443.
     pub fn with_port(mut self, port: u16) -> Self {
         self.port = Some(port);
+        self
+    }
+
+    /// Sends cloud-to-device messages to AMQPS port `port` instead of 5671.
+    pub fn with_amqp_port(mut self, port: u16) -> Self {
+        self.amqp_port = Some(port);
         self
     }
 
@@ -136,6 +148,7 @@ impl Call {
 
 /// A successful answer.
 pub(crate) struct Answer {
+    pub status: StatusCode,
     pub headers: HeaderMap,
     pub body: Vec<u8>,
 }
@@ -155,11 +168,13 @@ struct Inner {
     base: String,
     connection_string: ServiceConnectionString,
     retry: RetryPolicy,
+    amqp: Amqp,
 }
 
 /// A connection to a hub's service API, made from a hub connection string (a shared access policy); cheap to
-/// clone. The per-area clients come from it: [`registry`](Self::registry), [`twins`](Self::twins),
-/// [`methods`](Self::methods), [`jobs`](Self::jobs) and [`query`](Self::query).
+/// clone (the clones share one HTTPS client and one AMQP connection). The per-area clients come from it:
+/// [`registry`](Self::registry), [`twins`](Self::twins), [`methods`](Self::methods), [`jobs`](Self::jobs),
+/// [`query`](Self::query) and [`messages`](Self::messages).
 #[derive(Clone)]
 pub struct ServiceClient {
     inner: Arc<Inner>,
@@ -188,7 +203,13 @@ impl ServiceClient {
             Some(port) => format!("https://{}:{port}", connection_string.host_name),
             None => format!("https://{}", connection_string.host_name),
         };
-        Ok(Self { inner: Arc::new(Inner { http, base, connection_string, retry: options.retry }) })
+        let amqp = Amqp::new(
+            &connection_string,
+            options.amqp_port.unwrap_or(crate::amqp::DEFAULT_PORT),
+            options.trust.clone(),
+            options.timeout,
+        );
+        Ok(Self { inner: Arc::new(Inner { http, base, connection_string, retry: options.retry, amqp }) })
     }
 
     /// The hub's host name.
@@ -219,6 +240,21 @@ impl ServiceClient {
     /// Queries over twins and job records.
     pub fn query(&self) -> QueryClient {
         QueryClient::new(self.clone())
+    }
+
+    /// Cloud-to-device messages, their feedback and the devices' queues.
+    pub fn messages(&self) -> MessageClient {
+        MessageClient::new(self.clone())
+    }
+
+    /// Closes the AMQP connection, if cloud-to-device messages opened one (a later send opens a new one).
+    /// HTTPS needs no closing.
+    pub async fn close(&self) {
+        self.inner.amqp.close().await;
+    }
+
+    pub(crate) fn amqp(&self) -> &Amqp {
+        &self.inner.amqp
     }
 
     fn token(&self) -> Result<String, Error> {
@@ -278,7 +314,7 @@ impl ServiceClient {
                 _ => {
                     let (status, headers, body) = result?;
                     if status.is_success() {
-                        return Ok(Answer { headers, body });
+                        return Ok(Answer { status, headers, body });
                     }
                     let code = headers.get("iothub-errorcode").and_then(|v| v.to_str().ok());
                     return Err(Error::from_answer(status.as_u16(), code, &body));

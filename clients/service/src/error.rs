@@ -11,12 +11,15 @@ pub enum Error {
     /// The options cannot work (bad CA PEM, ...).
     #[error("invalid configuration: {0}")]
     Config(String),
-    /// The hub answered with an error.
+    /// The hub answered with an error: over HTTPS, or by refusing a cloud-to-device message or a token over
+    /// AMQP (then with the status and code the Azure SDKs report for the AMQP condition, e.g. `amqp:not-found`
+    /// is 404 `DeviceNotFound`).
     #[error("the hub answered {status} {code}: {message}")]
     Hub {
         /// HTTP status.
         status: u16,
-        /// The hub's symbolic error code (`DeviceNotFound`, `PreconditionFailed`, `JobNotFound`, ...).
+        /// The hub's symbolic error code (`DeviceNotFound`, `PreconditionFailed`, `JobNotFound`,
+        /// `DeviceMaximumQueueDepthExceeded`, `MessageTooLarge`, `IotHubUnauthorizedAccess`, ...).
         code: String,
         /// The hub's message.
         message: String,
@@ -29,7 +32,7 @@ pub enum Error {
     /// The hub's answer was not what the API promises.
     #[error("unexpected answer from the hub: {0}")]
     Decode(String),
-    /// A wait (e.g. for a job) ran out of time.
+    /// A wait (e.g. for a job, or for the hub's answer over AMQP) ran out of time.
     #[error("gave up waiting after {0:?}")]
     Timeout(std::time::Duration),
 }

@@ -1,12 +1,21 @@
-//! `iothub-service`: an Azure IoT Hub service client for Rust, over the hub's HTTPS REST API.
+//! `iothub-service`: an Azure IoT Hub service client for Rust, over the hub's HTTPS REST API and, for
+//! cloud-to-device messages, AMQP 1.0.
 //!
 //! From a hub connection string (a shared access policy), a [`ServiceClient`] signs every request with a fresh
 //! SAS token and hands out the clients of each area: [`RegistryClient`] (device identities, with etags),
 //! [`TwinClient`] (get, patch, replace with etags), [`MethodClient`] (direct methods with response and connect
-//! timeouts), [`JobClient`] (scheduled method and twin jobs, their progress and cancellation) and
-//! [`QueryClient`] (the query language, paged). Requests and answers are the wire types of
-//! [`iothub_proto`]; the hub's error bodies become [`Error::Hub`] with the status, `ErrorCode` and message.
-//! Throttled requests (429) are retried with back-off; 5xx answers only for requests that are safe to repeat.
+//! timeouts), [`JobClient`] (scheduled method and twin jobs, their progress and cancellation),
+//! [`QueryClient`] (the query language, paged) and [`MessageClient`] (cloud-to-device messages). Requests and
+//! answers are the wire types of [`iothub_proto`]; the hub's error bodies become [`Error::Hub`] with the
+//! status, `ErrorCode` and message. Throttled requests (429) are retried with back-off; 5xx answers only for
+//! requests that are safe to repeat.
+//!
+//! Cloud-to-device messages ([`CloudToDeviceMessage`]) go over one AMQPS connection (port 5671), opened on the
+//! first send and kept: TLS with the same trust as HTTPS, a SAS token put on `$cbs` and renewed before it
+//! expires, and a sender to `/messages/devicebound`. A message the hub refuses is an [`Error::Hub`] with the
+//! code the Azure SDKs report (`DeviceNotFound`, `DeviceMaximumQueueDepthExceeded`, `MessageTooLarge`, ...).
+//! Delivery feedback ([`FeedbackBatch`]) and queue purges go over HTTPS; [`ServiceClient::close`] closes the
+//! AMQP connection.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), iothub_service::Error> {
@@ -20,12 +29,37 @@
 //! println!("{:?}", job.status);
 //! # Ok(()) }
 //! ```
+//!
+//! Sending a message and reading what became of it:
+//!
+//! ```no_run
+//! # async fn demo(hub: iothub_service::ServiceClient) -> Result<(), iothub_service::Error> {
+//! use iothub_service::CloudToDeviceMessage;
+//! use iothub_service::proto::messages::Ack;
+//! let message = CloudToDeviceMessage::new(r#"{"lock":true}"#)
+//!     .with_message_id("lock-1")
+//!     .with_content_type("application/json")
+//!     .with_ack(Ack::Full)
+//!     .with_property("priority", "high");
+//! hub.messages().send("myDeviceId", &message).await?;
+//! if let Some(batch) = hub.messages().receive_feedback().await? {
+//!     for record in &batch.records {
+//!         println!("{} for {}: {}", record.original_message_id, record.device_id, record.status_code);
+//!     }
+//!     hub.messages().complete_feedback(&batch.lock_token).await?;
+//! }
+//! hub.close().await;
+//! # Ok(()) }
+//! ```
 
 #![warn(missing_docs)]
 
+mod amqp;
 mod client;
 mod error;
 mod jobs;
+mod message;
+mod messages;
 mod methods;
 mod query;
 mod registry;
@@ -35,6 +69,8 @@ pub use client::{API_VERSION, RetryPolicy, ServiceClient, ServiceOptions, Trust}
 pub use error::Error;
 pub use iothub_proto as proto;
 pub use jobs::{JobClient, JobMonitor, Schedule};
+pub use message::CloudToDeviceMessage;
+pub use messages::{FeedbackBatch, MessageClient};
 pub use methods::MethodClient;
 pub use query::{MAX_PAGE_SIZE, Page, Pager, QueryClient};
 pub use registry::{Etag, RegistryClient};

@@ -4,6 +4,7 @@
 mod device;
 mod errors;
 mod jobs;
+mod messages;
 mod methods;
 mod queries;
 mod registry;
@@ -57,6 +58,16 @@ pub const ALL: &[Scenario] = &[
     scenario!("method-timeout", "a device too slow to answer: 504101", methods::timeout),
     scenario!("telemetry", "device-to-cloud messages with properties, acknowledged at QoS 1", device::telemetry),
     scenario!("websocket", "MQTT over WebSockets: a method and a reported patch", device::websocket),
+    scenario!(
+        "c2d-round-trip",
+        "a cloud-to-device message over AMQP with properties reaches its MQTT device; full ack gives Success feedback",
+        messages::round_trip
+    ),
+    scenario!(
+        "c2d-refusals",
+        "cloud-to-device sends the hub refuses (unknown device, 51st message, over 64 KiB) and a purge",
+        messages::refusals
+    ),
     scenario!(
         "twin-reported",
         "reported properties from the device, read by the service, with versions",

@@ -1,12 +1,13 @@
 //! `/messages/devicebound`: the service sends cloud-to-device messages. Each is read into the hub's message (its
 //! `to` names the device), queued durably, and only then accepted; a refusal is a rejected disposition with the
 //! condition the SDKs map to their errors (`amqp:not-found` -> DeviceNotFound, `amqp:resource-limit-exceeded` ->
-//! DeviceMaximumQueueDepthExceeded, `amqp:link:message-size-exceeded` -> MessageTooLarge).
+//! DeviceMaximumQueueDepthExceeded, `amqp:link:message-size-exceeded` -> MessageTooLarge,
+//! `com.microsoft:device-container-throttled` -> ThrottlingError).
 
 use fe2o3_amqp::Receiver;
-use fe2o3_amqp::types::definitions::{self, AmqpError, LinkError};
+use fe2o3_amqp::types::definitions::{self, AmqpError, ErrorCondition, LinkError};
 use fe2o3_amqp::types::messaging::{AmqpValue, Body, Message as AmqpMessage, MessageId};
-use fe2o3_amqp::types::primitives::{SimpleValue, Value};
+use fe2o3_amqp::types::primitives::{SimpleValue, Symbol, Value};
 use jiff::Timestamp;
 use tokio_util::sync::CancellationToken;
 
@@ -15,6 +16,9 @@ use super::links::{Next, error, next_delivery};
 use crate::domain::c2d::{Ack, Message};
 use crate::domain::throttle::Operation;
 use crate::error::HubError;
+
+/// The condition of a send refused by throttling (`--throttle`), as the hub names it.
+const THROTTLED: &str = "com.microsoft:device-container-throttled";
 
 /// The text of a message or correlation id, whatever AMQP type the sender used.
 pub(super) fn id_text(id: &MessageId) -> String {
@@ -112,7 +116,8 @@ fn refusal(error: &HubError) -> definitions::Error {
         HubError::DeviceNotFound(_) => super::links::error(AmqpError::NotFound, text),
         HubError::QueueFull(_) => super::links::error(AmqpError::ResourceLimitExceeded, text),
         HubError::MessageTooLarge(_) => super::links::error(LinkError::MessageSizeExceeded, text),
-        HubError::Throttled(_) => super::links::error(AmqpError::ResourceLimitExceeded, text),
+        // The hub's vendor condition for throttling: the SDKs report it as ThrottlingError / 429, not as a full queue.
+        HubError::Throttled(_) => super::links::error(ErrorCondition::Custom(Symbol::from(THROTTLED)), text),
         _ => super::links::error(AmqpError::InternalError, text),
     }
 }

@@ -117,7 +117,12 @@ pub(super) async fn serve_replies(
             () = stop.cancelled() => break true,
             _ = sender.on_detach() => break false,
             Some(reply) = queued.recv() => {
-                if sender.send(reply).await.is_err() {
+                // The client's disposition may never come (fe2o3 does not end the wait when the connection does).
+                let sent = tokio::select! {
+                    () = stop.cancelled() => break true,
+                    sent = sender.send(reply) => sent,
+                };
+                if sent.is_err() {
                     break false;
                 }
             }

@@ -103,6 +103,9 @@ where
     }
     tracing::debug!(%peer, sasl = use_sasl, "AMQP connection open");
     let sessions = TaskTracker::new();
+    // Ends every link once the connection is gone: fe2o3 never resolves a send whose disposition was still
+    // awaited when the connection ended, so a link blocked there would otherwise outlive the connection.
+    let ended = shutdown.child_token();
     let local_close = loop {
         tokio::select! {
             () = shutdown.cancelled() => break Some(error(ConnectionError::ConnectionForced, "The emulator is shutting down")),
@@ -110,7 +113,7 @@ where
                 let Some(incoming) = incoming else { break None };
                 match SessionAcceptor::new().accept_incoming_session(incoming, &mut handle).await {
                     Ok(session) => {
-                        sessions.spawn(links::serve_session(session, Arc::clone(&connection), shutdown.child_token()));
+                        sessions.spawn(links::serve_session(session, Arc::clone(&connection), ended.child_token()));
                     }
                     Err(error) => {
                         tracing::debug!(%peer, ?error, "session refused");
@@ -126,6 +129,7 @@ where
             let _ = handle.on_close().await;
         }
     }
+    ended.cancel();
     sessions.close();
     if tokio::time::timeout(CLOSE_TIMEOUT, sessions.wait()).await.is_err() {
         kill.cancel();

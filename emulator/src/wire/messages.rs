@@ -3,8 +3,8 @@
 //! body (`application/vnd.microsoft.iothub.feedback.json`) and the purge answer. (AMQP sections are mapped in
 //! `crate::amqp`, beside the AMQP types.)
 
-use iothub_proto::messages::{FeedbackRecord, devicebound_to as to};
 pub use iothub_proto::messages::{FEEDBACK_CONTENT_TYPE, PurgeMessageQueueResult};
+use iothub_proto::messages::{FeedbackRecord, devicebound_to as to};
 
 use crate::clock::format_time;
 use crate::domain::c2d::{FeedbackBatch, Queued};

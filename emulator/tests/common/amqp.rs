@@ -2,6 +2,7 @@
 //! SDKs do: optional SASL, `$cbs` put-token, a sender to `/messages/devicebound`, a receiver of feedback.
 
 use fe2o3_amqp::connection::ConnectionHandle;
+use fe2o3_amqp::link::{DetachError, LinkStateError, RecvError};
 use fe2o3_amqp::sasl_profile::SaslProfile;
 use fe2o3_amqp::session::SessionHandle;
 use fe2o3_amqp::types::definitions::{self, ErrorCondition};
@@ -22,14 +23,19 @@ pub struct Amqp {
 
 /// Opens a connection to the AMQPS port (no SASL when `sasl` is `None`, as Node's rhea does) and a session.
 pub async fn open(hub: &TestHub, sasl: Option<SaslProfile>) -> Amqp {
+    try_open(hub, sasl).await.expect("AMQP open")
+}
+
+/// Like [`open`], but gives back why the hub refused the connection (a SASL outcome, say).
+pub async fn try_open(hub: &TestHub, sasl: Option<SaslProfile>) -> Result<Amqp, String> {
     let stream = tls_to(hub, hub.emulator.amqp_addr()).await;
     let mut builder = Connection::builder().container_id("test-client").hostname("localhost");
     if let Some(profile) = sasl {
         builder = builder.sasl_profile(profile);
     }
-    let mut connection = builder.open_with_stream(stream).await.expect("AMQP open");
+    let mut connection = builder.open_with_stream(stream).await.map_err(|e| format!("{e:?}"))?;
     let session = Session::begin(&mut connection).await.expect("session");
-    Amqp { connection, session }
+    Ok(Amqp { connection, session })
 }
 
 impl Amqp {
@@ -81,6 +87,16 @@ impl Amqp {
             .expect("feedback receiver")
     }
 
+    /// A sender to `address` (the hub accepts every attach, then detaches the links it refuses).
+    pub async fn sender_to(&mut self, name: &str, address: &str) -> Sender {
+        Sender::attach(&mut self.session, name, address).await.expect("sender attach")
+    }
+
+    /// A receiver from `address`.
+    pub async fn receiver_from(&mut self, name: &str, address: &str) -> Receiver {
+        Receiver::attach(&mut self.session, name, address).await.expect("receiver attach")
+    }
+
     pub async fn close(mut self) {
         let _ = self.session.end().await;
         let _ = self.connection.close().await;
@@ -111,4 +127,25 @@ pub fn rejected_with(outcome: &Outcome) -> Option<ErrorCondition> {
 pub fn token_for(hub: &TestHub, policy: &str, resource: &str, secs: u64) -> String {
     let key = &hub.emulator.hub().policies().get(policy).expect("policy").primary_key;
     iothub_proto::generate_token(resource, key, Some(policy), unix_now() + secs).expect("token")
+}
+
+/// The condition the hub detaches `sender` with, once it does (`None`: detached without one).
+pub async fn sender_refusal(sender: &mut Sender) -> Option<ErrorCondition> {
+    match tokio::time::timeout(WAIT, sender.on_detach()).await.expect("the hub detaches the link in time") {
+        DetachError::RemoteClosedWithError(error) | DetachError::RemoteDetachedWithError(error) => {
+            Some(error.condition)
+        }
+        _ => None,
+    }
+}
+
+/// The condition the hub detaches `receiver` with, once it does (`None`: it delivered a message or detached
+/// without one).
+pub async fn receiver_refusal(receiver: &mut Receiver) -> Option<ErrorCondition> {
+    match tokio::time::timeout(WAIT, receiver.recv::<Body<Value>>()).await.expect("the hub detaches the link in time") {
+        Err(RecvError::LinkStateError(
+            LinkStateError::RemoteClosedWithError(error) | LinkStateError::RemoteDetachedWithError(error),
+        )) => Some(error.condition),
+        _ => None,
+    }
 }

@@ -115,12 +115,10 @@ fn assert_within_limits(kind: SectionKind, section: &Object) {
     assert!(rules::check_size(kind, section).is_ok(), "an accepted write left {} over its size limit", kind.name());
 }
 
-/// A hub (in memory, real clock) with one device, and the encoded MQTT CONNECT that device logs in with: the
-/// start of every session-level fuzz input and test, so they reach the session proper rather than the login.
-pub fn hub_with_connected_device(device_id: &str) -> (Arc<crate::hub::Hub>, Vec<u8>) {
-    use rumqttc::mqttbytes::v4::{Connect, Packet};
-    let now = Timestamp::now();
-    let device = create_device(device_id, &DeviceSpec::default(), now, 1).expect("a valid fixed device id");
+/// A hub (in memory, real clock) with one device, and that device's primary key.
+fn hub_with_device(device_id: &str) -> (Arc<crate::hub::Hub>, String) {
+    let device =
+        create_device(device_id, &DeviceSpec::default(), Timestamp::now(), 1).expect("a valid fixed device id");
     let key = device.authentication.primary_key.clone().expect("a new device has keys");
     let loaded = crate::store::Loaded { devices: vec![device], ..crate::store::Loaded::default() };
     let hub = Arc::new(crate::hub::Hub::new(
@@ -130,7 +128,19 @@ pub fn hub_with_connected_device(device_id: &str) -> (Arc<crate::hub::Hub>, Vec<
         crate::store::Store::memory(),
         loaded,
     ));
-    let expiry = u64::try_from(now.as_second()).unwrap_or(0) + 365 * 24 * 3600;
+    (hub, key)
+}
+
+fn unix_now() -> u64 {
+    u64::try_from(Timestamp::now().as_second()).unwrap_or(0)
+}
+
+/// A hub (in memory, real clock) with one device, and the encoded MQTT CONNECT that device logs in with: the
+/// start of every session-level fuzz input and test, so they reach the session proper rather than the login.
+pub fn hub_with_connected_device(device_id: &str) -> (Arc<crate::hub::Hub>, Vec<u8>) {
+    use rumqttc::mqttbytes::v4::{Connect, Packet};
+    let (hub, key) = hub_with_device(device_id);
+    let expiry = unix_now() + 365 * 24 * 3600;
     let resource = format!("localhost/devices/{device_id}");
     let token = iothub_proto::generate_token(&resource, &key, None, expiry).expect("a generated key signs");
     let mut connect = Connect::new(device_id);
@@ -140,6 +150,10 @@ pub fn hub_with_connected_device(device_id: &str) -> (Arc<crate::hub::Hub>, Vec<
     Packet::Connect(connect).write(&mut bytes, 1 << 20).expect("a CONNECT encodes");
     (hub, bytes.to_vec())
 }
+
+mod amqp;
+
+pub use self::amqp::{AmqpStart, AmqpTarget, ServerSaid};
 
 #[cfg(test)]
 mod tests {
