@@ -7,39 +7,25 @@
 //! client reads its connection in order, so once a method call queued after a message has been answered, the
 //! client has received that message.
 
+mod common;
+
 use std::time::Duration;
 
+use common::{WAIT, emulator_with, options};
+
 use futures_util::StreamExt as _;
-use iothub_device::{Ack, ClientOptions, CloudToDeviceMessage, DeviceClient, MethodResponse, RetryPolicy};
+use iothub_device::{Ack, CloudToDeviceMessage, DeviceClient, MethodResponse};
+use iothub_emulator::RunningEmulator;
 use iothub_emulator::domain::c2d::{FeedbackStatus, Message};
-use iothub_emulator::domain::registry::DeviceSpec;
 use iothub_emulator::wire::methods::parse_call_value;
-use iothub_emulator::{Emulator, RunningEmulator};
 use serde_json::{Value, json};
-
-const WAIT: Duration = Duration::from_secs(10);
-
-async fn emulator_with(ids: &[&str]) -> RunningEmulator {
-    let emulator = Emulator::builder().start().await.expect("emulator");
-    for id in ids {
-        emulator.hub().put_device(id, &DeviceSpec::default(), None).await.expect("device");
-    }
-    emulator
-}
 
 /// A client for `id` that answers `ping`.
 async fn connect(emulator: &RunningEmulator, id: &str) -> DeviceClient {
-    let fast = RetryPolicy {
-        initial_delay: Duration::from_millis(50),
-        max_delay: Duration::from_millis(200),
-        max_attempts: None,
-    };
-    let options =
-        ClientOptions::default().with_ca_pem(emulator.ca_pem()).with_port(emulator.mqtt_addr().port()).with_retry(fast);
     let cs = emulator.device_connection_string(id).expect("connection string");
     DeviceClient::builder(&cs)
         .expect("builder")
-        .options(options)
+        .options(options(emulator))
         .on_method("ping", |_| async { MethodResponse::ok(json!("pong")) })
         .connect()
         .await

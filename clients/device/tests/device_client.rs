@@ -1,39 +1,21 @@
 //! The device client against the in-process emulator over real TLS (and WebSockets): methods, twin, desired
 //! updates, telemetry, reconnects after the hub drops the connection, token renewal, and typed errors.
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use iothub_device::{
-    ClientOptions, ConnectionStatus, DesiredUpdate, DeviceClient, Error, Message, MethodResponse, RetryPolicy,
-    Transport,
-};
+use common::{WAIT, emulator_with, options};
+
+use iothub_device::{ConnectionStatus, DesiredUpdate, DeviceClient, Error, Message, MethodResponse, Transport};
 use iothub_emulator::domain::registry::{DeviceSpec, DeviceStatus, IfMatch};
 use iothub_emulator::domain::twin::json::{object_from_json, object_to_json};
 use iothub_emulator::domain::twin::{TwinWrite, WriteMode};
 use iothub_emulator::wire::methods::parse_call_value;
 use iothub_emulator::{Emulator, HubError, RunningEmulator};
 use serde_json::{Value, json};
-
-const WAIT: Duration = Duration::from_secs(10);
-
-async fn emulator_with(ids: &[&str]) -> RunningEmulator {
-    let emulator = Emulator::builder().start().await.expect("emulator");
-    for id in ids {
-        emulator.hub().put_device(id, &DeviceSpec::default(), None).await.expect("device");
-    }
-    emulator
-}
-
-fn options(emulator: &RunningEmulator) -> ClientOptions {
-    let fast = RetryPolicy {
-        initial_delay: Duration::from_millis(50),
-        max_delay: Duration::from_millis(200),
-        max_attempts: None,
-    };
-    ClientOptions::default().with_ca_pem(emulator.ca_pem()).with_port(emulator.mqtt_addr().port()).with_retry(fast)
-}
 
 async fn connect(emulator: &RunningEmulator, id: &str) -> DeviceClient {
     let cs = emulator.device_connection_string(id).expect("connection string");

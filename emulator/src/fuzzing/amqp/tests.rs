@@ -156,6 +156,21 @@ const LEFT: &str = "close amqp:illegal-state";
 /// The server's side of a connection that never got past the Open.
 const REFUSED: &[&str] = &["header 0", "open", "close", LEFT];
 
+/// What the server says to a SASL PLAIN login with a devicebound and a feedback link, up to the feedback
+/// message it offers (left unsettled).
+const LINKS_UP: &[&str] = &[
+    "header 3",
+    "sasl mechanisms",
+    "sasl outcome Ok",
+    "header 0",
+    "open",
+    "begin",
+    "attach 0",
+    "flow",
+    "attach 1",
+    "transfer 1",
+];
+
 /// Hand-written AMQP inputs: what they are, where they start, the bytes that follow, and the answer.
 fn amqp_cases() -> Vec<(&'static str, AmqpStart, Vec<u8>, Expect)> {
     use super::{attach, begin, encode, open, transfer, transfer_part};
@@ -306,18 +321,7 @@ fn amqp_cases() -> Vec<(&'static str, AmqpStart, Vec<u8>, Expect)> {
             "a message property declaring 4 GiB",
             AmqpStart::DeviceBound,
             b"\x00\x00\x00\x72\x02\x00\x00\x00\x00\x53\x14\xc0\x0b\x05\x43\x43\xa0\x04\x00\x00\x00\x00\x43\x42\x00\x53\x73\xd0\x00\x00\x00\x2a\x00\x00\x00\x03\x40\x40\xb1\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x00\x53\x74\xd1\x00\x00\x00\xcb\x16\x00\x00\x00\x02\xa1\x0a\x69\x6f\x74\x68\x75\x62\x2d\x7a\x2d\x6c\x69\x6e\x6b\x52\x02\x42\x50\x00\x40\x00\x53\x28\xc0\x0c\x01\xa1\x09\x66\x75\x7a\x61\x63\x6b\x00\x00\x00\x00\x00\x00\x00\xa1\x04\x41\x75\x6c\x6c\x00\x53\x75\xb0\x00\x00\x00\x02\x68\x69".to_vec(),
-            Only(&[
-                "header 3",
-                "sasl mechanisms",
-                "sasl outcome Ok",
-                "header 0",
-                "open",
-                "begin",
-                "attach 0",
-                "flow",
-                "attach 1",
-                "transfer 1",
-            ]),
+            Only(LINKS_UP),
         ),
         // The same in a message sent over two frames.
         (
@@ -328,18 +332,7 @@ fn amqp_cases() -> Vec<(&'static str, AmqpStart, Vec<u8>, Expect)> {
                 transfer_part(0, false, vec![0xff, 0xff, 0xff, b'x']),
             ]),
             // Cut off before any disposition ("transfer 1": feedback from the cases before, never settled).
-            Only(&[
-                "header 3",
-                "sasl mechanisms",
-                "sasl outcome Ok",
-                "header 0",
-                "open",
-                "begin",
-                "attach 0",
-                "flow",
-                "attach 1",
-                "transfer 1",
-            ]),
+            Only(LINKS_UP),
         ),
     ]
 }
