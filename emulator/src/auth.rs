@@ -322,11 +322,22 @@ impl Claim {
 
 /// Checks a policy token put on a connection for `audience` (the put-token `name`; a scheme and a port are
 /// ignored): it must be live, signed by a known policy, and its resource must cover the audience.
-pub fn verify_claim(policies: &Policies, token_text: &str, audience: &str, now: u64) -> Result<Claim, AuthFailure> {
+pub fn verify_claim(
+    policies: &Policies,
+    host: &str,
+    token_text: &str,
+    audience: &str,
+    now: u64,
+) -> Result<Claim, AuthFailure> {
     let token = parse_live(token_text, now)?;
     let name = token.key_name.clone().ok_or(AuthFailure::DeviceTokenOnServiceApi)?;
     let audience = audience.split_once("://").map_or(audience, |(_, rest)| rest);
     let audience = without_port(audience.trim_end_matches('/'));
+    // Only this hub's own nodes: a well-signed token for another hub's name is no claim here.
+    let audience_host = audience.split_once('/').map_or(audience.as_str(), |(h, _)| h);
+    if !audience_host.eq_ignore_ascii_case(host) {
+        return Err(AuthFailure::WrongScope(audience));
+    }
     check_scope(&token, &audience)?;
     let policy = check_policy(policies, &token, &name, Rights::all())?;
     Ok(Claim { resource: without_port(&token.resource), policy: name, rights: policy.rights, expires: token.expiry })

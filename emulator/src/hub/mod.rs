@@ -239,10 +239,12 @@ impl Hub {
     /// Checks a policy token a client puts on an AMQP connection for `audience` (claims-based security).
     /// Failures are logged with their reason and all become the same 401.
     pub fn verify_claim(&self, token: &str, audience: &str) -> Result<Claim, HubError> {
-        auth::verify_claim(&self.policies, token, audience, self.clock.unix_seconds()).map_err(|failure| {
-            tracing::debug!(%failure, audience, "token refused");
-            HubError::Unauthorized
-        })
+        auth::verify_claim(&self.policies, &self.host_name, token, audience, self.clock.unix_seconds()).map_err(
+            |failure| {
+                tracing::debug!(%failure, audience, "token refused");
+                HubError::Unauthorized
+            },
+        )
     }
 
     /// Checks a device's connection credentials (MQTT CONNECT password).
