@@ -15,7 +15,7 @@ const { Http } = require('azure-iot-device-http');
 const { Client: ServiceClient, Registry, AmqpWs } = require('azure-iothub');
 const { Message } = require('azure-iot-device');
 const harness = require('./harness');
-const { check, fail, finish, withTimeout } = harness;
+const { check, run, withTimeout } = harness;
 
 const { connectionString, hostName } = harness.ownerConnection();
 const registry = Registry.fromConnectionString(connectionString);
@@ -26,13 +26,7 @@ const clients = [];
 
 const scenario = (name, body) => harness.scenario(name, body, 40000);
 
-async function createDevice(label) {
-  const deviceId = `conf-node-c2d-${label}-${suffix}`;
-  const { responseBody } = await registry.create({ deviceId });
-  created.push(deviceId);
-  const key = responseBody.authentication.symmetricKey.primaryKey;
-  return { deviceId, connectionString: `HostName=${hostName};DeviceId=${deviceId};SharedAccessKey=${key}` };
-}
+const createDevice = harness.deviceMaker(registry, hostName, 'conf-node-c2d', suffix, created);
 
 // Feedback records as they arrive on the one feedback receiver, and waiters for a record matching a predicate.
 const feedback = [];
@@ -170,21 +164,4 @@ async function main() {
   });
 }
 
-const overall = setTimeout(() => {
-  console.log('FAIL timeout: the scenarios did not finish within 240 s');
-  process.exit(1);
-}, 240000);
-
-main()
-  .catch((err) => fail('unexpected', err))
-  .finally(async () => {
-    for (const c of clients) {
-      try { await c.close(); } catch (_) { /* already closed */ }
-    }
-    try { await service.close(); } catch (_) { /* already closed */ }
-    for (const id of created) {
-      try { await registry.delete(id); } catch (_) { /* already gone */ }
-    }
-    clearTimeout(overall);
-    finish();
-  });
+run(main, { seconds: 240, clients, service, registry, created });

@@ -12,7 +12,7 @@ const { Client: DeviceClient, Message } = require('azure-iot-device');
 const { Mqtt, MqttWs } = require('azure-iot-device-mqtt');
 const { Client: ServiceClient, Registry } = require('azure-iothub');
 const harness = require('./harness');
-const { check, fail, finish } = harness;
+const { check, run } = harness;
 
 const { connectionString, hostName } = harness.ownerConnection();
 const registry = Registry.fromConnectionString(connectionString);
@@ -24,13 +24,7 @@ const clients = [];
 // Device scenarios get 30 s each.
 const scenario = (name, body) => harness.scenario(name, body, 30000);
 
-async function createDevice(label) {
-  const deviceId = `conf-node-${label}-${suffix}`;
-  const { responseBody } = await registry.create({ deviceId });
-  created.push(deviceId);
-  const key = responseBody.authentication.symmetricKey.primaryKey;
-  return { deviceId, connectionString: `HostName=${hostName};DeviceId=${deviceId};SharedAccessKey=${key}` };
-}
+const createDevice = harness.deviceMaker(registry, hostName, 'conf-node', suffix, created);
 
 async function connect(device, transport) {
   const client = DeviceClient.fromConnectionString(device.connectionString, transport);
@@ -168,22 +162,4 @@ async function main() {
   });
 }
 
-const overall = setTimeout(() => {
-  console.log('FAIL timeout: the scenarios did not finish within 120 s');
-  process.exit(1);
-}, 120000);
-
-main()
-  .catch((err) => {
-    fail('unexpected', err);
-  })
-  .finally(async () => {
-    for (const c of clients) {
-      try { await c.close(); } catch (_) { /* already closed */ }
-    }
-    for (const id of created) {
-      try { await registry.delete(id); } catch (_) { /* already gone */ }
-    }
-    clearTimeout(overall);
-    finish();
-  });
+run(main, { seconds: 120, clients, registry, created });

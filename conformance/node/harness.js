@@ -52,4 +52,40 @@ function finish() {
   process.exit(failed === 0 ? 0 : 1);
 }
 
-module.exports = { ownerConnection, check, scenario, withTimeout, fail, finish };
+// A `createDevice(label)` that registers `<prefix>-<label>-<suffix>`, remembers it in `created` for `run` to
+// delete, and returns its id and connection string.
+function deviceMaker(registry, hostName, prefix, suffix, created) {
+  return async function createDevice(label) {
+    const deviceId = `${prefix}-${label}-${suffix}`;
+    const { responseBody } = await registry.create({ deviceId });
+    created.push(deviceId);
+    const key = responseBody.authentication.symmetricKey.primaryKey;
+    return { deviceId, connectionString: `HostName=${hostName};DeviceId=${deviceId};SharedAccessKey=${key}` };
+  };
+}
+
+// Runs `main` under an overall time limit, then closes `clients` (in order, as filled by `main`) and the
+// `service` client if given, deletes the `created` devices and finishes: the ending every device script shares.
+function run(main, { seconds, clients, service, registry, created }) {
+  const overall = setTimeout(() => {
+    console.log(`FAIL timeout: the scenarios did not finish within ${seconds} s`);
+    process.exit(1);
+  }, seconds * 1000);
+  main()
+    .catch((err) => fail('unexpected', err))
+    .finally(async () => {
+      for (const c of clients) {
+        try { await c.close(); } catch (_) { /* already closed */ }
+      }
+      if (service) {
+        try { await service.close(); } catch (_) { /* already closed */ }
+      }
+      for (const id of created) {
+        try { await registry.delete(id); } catch (_) { /* already gone */ }
+      }
+      clearTimeout(overall);
+      finish();
+    });
+}
+
+module.exports = { ownerConnection, check, scenario, withTimeout, fail, finish, deviceMaker, run };

@@ -11,18 +11,15 @@ SSL_CERT_FILE=<ca.pem> (uamqp reads only that) and IOTHUB_CA_FILE=<ca.pem> (the 
 """
 
 import json
-import os
 import secrets
-import signal
 import threading
 import time
-import traceback
 
 import uamqp
 from azure.iot.device import IoTHubDeviceClient
 from azure.iot.hub import IoTHubRegistryManager
 
-from harness import check, hub_settings, scenario, summary
+from harness import check, hub_settings, run, scenario
 
 CONNECTION_STRING, HOST, CA_PEM = hub_settings()
 
@@ -133,31 +130,5 @@ def main():
         check(registry.get_device(offline_id).cloud_to_device_message_count == 0, "empty after the purge")
 
 
-def finish(code):
-    for client in clients:
-        try:
-            client.shutdown()
-        except Exception:
-            pass
-    for device_id in created:
-        try:
-            registry.delete_device(device_id)
-        except Exception:
-            pass
-    os._exit(0 if summary(code) == 0 else 1)
-
-
-def on_timeout(signum, frame):
-    print("FAIL timeout: the scenarios did not finish within 150 s", flush=True)
-    os._exit(1)
-
-
 if __name__ == "__main__":
-    signal.signal(signal.SIGALRM, on_timeout)
-    signal.alarm(150)
-    try:
-        main()
-        finish(0)
-    except Exception:
-        print(f"FAIL unexpected: {traceback.format_exc()}", flush=True)
-        finish(1)
+    run(main, registry, clients, created)

@@ -46,3 +46,36 @@ def summary(extra_failures=0):
     failed = len(results) - passed + extra_failures
     print(f"{passed} passed, {failed} failed", flush=True)
     return failed
+
+
+def run(main, registry, clients, created, seconds=150):
+    """Runs `main` with a time limit, then shuts the device `clients` down, deletes the `created` devices and
+    exits with 0 only when every scenario passed (an exception out of `main` counts as one more failure)."""
+    import signal
+    import traceback
+
+    def on_timeout(signum, frame):
+        print(f"FAIL timeout: the scenarios did not finish within {seconds} s", flush=True)
+        os._exit(1)
+
+    def finish(code):
+        for client in clients:
+            try:
+                client.shutdown()
+            except Exception:
+                pass
+        for device_id in created:
+            try:
+                registry.delete_device(device_id)
+            except Exception:
+                pass
+        os._exit(0 if summary(code) == 0 else 1)
+
+    signal.signal(signal.SIGALRM, on_timeout)
+    signal.alarm(seconds)
+    try:
+        main()
+        finish(0)
+    except Exception:
+        print(f"FAIL unexpected: {traceback.format_exc()}", flush=True)
+        finish(1)

@@ -16,17 +16,14 @@ import os
 import time
 import uuid
 import secrets
-import signal
-import sys
 import threading
-import traceback
 
 from azure.iot.device import IoTHubDeviceClient, Message, MethodResponse
 from azure.iot.hub import IoTHubJobManager, IoTHubRegistryManager
 from azure.iot.hub.models import CloudToDeviceMethod, JobRequest, QuerySpecification, Twin, TwinProperties
 from msrest.exceptions import HttpOperationError
 
-from harness import check, hub_settings, scenario, summary
+from harness import check, hub_settings, run, scenario
 
 CONNECTION_STRING, HOST, CA_PEM = hub_settings()
 
@@ -263,31 +260,5 @@ def main():
         raise AssertionError("the deleted device is still there")
 
 
-def finish(code):
-    for client in clients:
-        try:
-            client.shutdown()
-        except Exception:
-            pass
-    for device_id in created:
-        try:
-            registry.delete_device(device_id)
-        except Exception:
-            pass
-    os._exit(0 if summary(code) == 0 else 1)
-
-
-def on_timeout(signum, frame):
-    print("FAIL timeout: the scenarios did not finish within 150 s", flush=True)
-    os._exit(1)
-
-
 if __name__ == "__main__":
-    signal.signal(signal.SIGALRM, on_timeout)
-    signal.alarm(150)
-    try:
-        main()
-        finish(0)
-    except Exception:
-        print(f"FAIL unexpected: {traceback.format_exc()}", flush=True)
-        finish(1)
+    run(main, registry, clients, created)
