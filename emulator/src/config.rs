@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::clock::{SharedClock, SystemClock};
+use crate::domain::eventlog::LogSettings;
 use crate::domain::throttle::Tier;
 use crate::hub::JobSettings;
 
@@ -48,6 +49,10 @@ pub struct Config {
     /// The real hub's operation rates for one unit of this tier (429 ThrottlingException past them);
     /// `None`: no throttling.
     pub throttle: Option<Tier>,
+    /// The built-in Event Hubs-compatible endpoint: partitions, retention, size cap, consumer groups.
+    pub event_log: LogSettings,
+    /// Port of plain (no TLS) AMQP on loopback for Event Hubs clients' `UseDevelopmentEmulator=true`; `None`: off.
+    pub eventhubs_plain_port: Option<u16>,
 }
 
 impl Default for Config {
@@ -66,6 +71,8 @@ impl Default for Config {
             jobs: JobSettings::default(),
             max_connections: None,
             throttle: None,
+            event_log: LogSettings::default(),
+            eventhubs_plain_port: None,
         }
     }
 }
@@ -84,6 +91,8 @@ impl std::fmt::Debug for Config {
             .field("jobs", &self.jobs)
             .field("max_connections", &self.max_connections)
             .field("throttle", &self.throttle)
+            .field("event_log", &self.event_log)
+            .field("eventhubs_plain_port", &self.eventhubs_plain_port)
             .finish_non_exhaustive()
     }
 }

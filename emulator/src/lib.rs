@@ -132,6 +132,12 @@ impl EmulatorBuilder {
         self
     }
 
+    /// How the built-in Event Hubs-compatible endpoint is set up (partitions, retention, size cap, consumer groups).
+    pub fn event_log(mut self, settings: domain::eventlog::LogSettings) -> Self {
+        self.config.event_log = settings;
+        self
+    }
+
     /// Devices to create at start.
     pub fn seed_file(mut self, path: impl Into<PathBuf>) -> Self {
         self.config.seed = Some(path.into());
@@ -208,7 +214,8 @@ async fn start(config: Config) -> Result<RunningEmulator, StartError> {
     let hub = Arc::new(
         Hub::new(config.host_name.clone(), policies, config.clock.clone(), store, loaded)
             .with_job_settings(config.jobs)
-            .with_throttle(config.throttle),
+            .with_throttle(config.throttle)
+            .with_event_log(config.event_log.clone()),
     );
     hub.start();
     if let Some(path) = &config.seed {
@@ -399,6 +406,23 @@ impl RunningEmulator {
                 key: policy.primary_key.clone(),
             }
             .to_string(),
+        )
+    }
+
+    /// The Event Hub-compatible connection string of the built-in endpoint (as the portal shows it under
+    /// Built-in endpoints), for the `iothubowner` policy. The port appears only when it is not 5671.
+    pub fn event_hub_connection_string(&self) -> String {
+        let Some(policy) = self.hub.policies().get(OWNER_POLICY) else { return String::new() };
+        let host = self.hub.host_name();
+        let endpoint = match self.amqp_addr.port() {
+            config::DEFAULT_AMQP_PORT => host.to_owned(),
+            port => format!("{host}:{port}"),
+        };
+        format!(
+            "Endpoint=sb://{endpoint}/;SharedAccessKeyName={};SharedAccessKey={};EntityPath={}",
+            policy.key_name,
+            policy.primary_key,
+            self.hub.event_hub_name()
         )
     }
 

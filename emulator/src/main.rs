@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use iothub_emulator::clock::SystemClock;
 use iothub_emulator::config::{self, Config};
+use iothub_emulator::domain::eventlog;
 use iothub_emulator::domain::throttle::Tier;
 use iothub_emulator::hub::JobSettings;
 use iothub_emulator::{Emulator, RunningEmulator};
@@ -79,6 +80,37 @@ struct Cli {
     /// telemetry and job fan-out are slowed down. Off by default.
     #[arg(long, env = "IOTHUB_EMULATOR_THROTTLE", value_parser = parse_tier)]
     throttle: Option<Tier>,
+
+    /// Partitions of the built-in Event Hubs-compatible endpoint. Fixed when the hub is created: a data dir
+    /// keeps the count it was created with.
+    #[arg(long, env = "IOTHUB_EMULATOR_PARTITIONS", default_value_t = eventlog::DEFAULT_PARTITIONS,
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(eventlog::MAX_PARTITIONS)))]
+    partitions: u32,
+
+    /// Hours device-to-cloud messages are kept on the built-in endpoint (a new hub keeps them 24, at most 168).
+    #[arg(long, env = "IOTHUB_EMULATOR_RETENTION_HOURS", default_value_t = 24,
+          value_parser = clap::value_parser!(u64).range(1..=168))]
+    retention_hours: u64,
+
+    /// Most megabytes of device-to-cloud messages kept over all partitions; the oldest are dropped first.
+    #[arg(long, env = "IOTHUB_EMULATOR_EVENTS_MAX_MB", default_value_t = eventlog::DEFAULT_MAX_BYTES / (1024 * 1024),
+          value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
+    events_max_mb: u64,
+
+    /// A consumer group of the built-in endpoint besides $Default (repeatable; comma-separated in the
+    /// environment).
+    #[arg(long = "consumer-group", env = "IOTHUB_EMULATOR_CONSUMER_GROUPS", value_delimiter = ',',
+          value_parser = parse_consumer_group)]
+    consumer_groups: Vec<String>,
+
+    /// Serve plain AMQP (no TLS) on this loopback port for Event Hubs clients with `UseDevelopmentEmulator=true`
+    /// in their connection string (they dial 5672). Off by default.
+    #[arg(long, env = "IOTHUB_EMULATOR_EVENTHUBS_PLAIN_PORT")]
+    eventhubs_plain_port: Option<u16>,
+}
+
+fn parse_consumer_group(text: &str) -> Result<String, String> {
+    eventlog::LogSettings::check_consumer_group_name(text).map(|()| text.to_owned())
 }
 
 fn parse_tier(text: &str) -> Result<Tier, String> {
@@ -117,6 +149,13 @@ async fn main() -> ExitCode {
         },
         max_connections: cli.max_connections,
         throttle: cli.throttle,
+        event_log: eventlog::LogSettings {
+            partitions: cli.partitions,
+            retention: Duration::from_secs(cli.retention_hours * 3600),
+            max_bytes: cli.events_max_mb * 1024 * 1024,
+            consumer_groups: cli.consumer_groups.clone(),
+        },
+        eventhubs_plain_port: cli.eventhubs_plain_port,
     };
     let emulator = match Emulator::builder().config(config).start().await {
         Ok(emulator) => emulator,
@@ -160,17 +199,25 @@ fn banner(emulator: &RunningEmulator, startup_ms: f64) -> String {
     let mut text = format!(
         "iothub-emulator listening ({startup_ms:.0} ms): hub '{host}'\n\
          \x20 service API  https://{host}:{} (bound to {https}); MQTT and AMQP over WebSockets at /$iothub/websocket\n\
-         \x20 messages     amqps://{host}:{} (bound to {amqp}): cloud-to-device messages and their feedback\n\
+         \x20 messages     amqps://{host}:{} (bound to {amqp}): cloud-to-device messages and their feedback, and\n\
+         \x20              the Event Hubs-compatible endpoint ({} partitions; consumer groups {})\n\
          \x20 devices      mqtts://{host}:{} (bound to {mqtt})\n\
          \x20 data         {storage}\n\
          \x20 limits       up to {} connections at once (open-file limit {}); {}\n\
          \x20 connection string (iothubowner):\n\
+         \x20   {}\n\
+         \x20 Event Hub-compatible connection string (read telemetry with @azure/event-hubs, azure-eventhub):\n\
          \x20   {}\n\
          \x20 CA certificate: {ca}\n\
          \x20 trust it:  Node    NODE_EXTRA_CA_CERTS={ca}\n\
          \x20            Python  REQUESTS_CA_BUNDLE={ca} and SSL_CERT_FILE={ca} (service: AMQP reads the second); server_verification_cert=open('{ca}').read() or SSL_CERT_FILE={ca} (device)\n",
         https.port(),
         amqp.port(),
+        emulator.hub().event_log().partition_count(),
+        std::iter::once(eventlog::DEFAULT_CONSUMER_GROUP)
+            .chain(emulator.hub().event_log().settings().consumer_groups.iter().map(String::as_str))
+            .collect::<Vec<_>>()
+            .join(", "),
         mqtt.port(),
         emulator.max_connections(),
         emulator.open_file_limit(),
@@ -179,6 +226,7 @@ fn banner(emulator: &RunningEmulator, startup_ms: f64) -> String {
             None => "no throttling".to_owned(),
         },
         emulator.service_connection_string(),
+        emulator.event_hub_connection_string(),
     );
     if !https.ip().is_loopback() {
         // Right under the first line, where nobody misses it.

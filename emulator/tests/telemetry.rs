@@ -23,15 +23,18 @@ async fn telemetry_with_properties_is_acknowledged_streamed_and_readable() {
     publish(&mut mqtt, "devices/d1/messages/events/", QoS::AtMostOnce, &[0xff, 0x00]).await;
 
     let first = tokio::time::timeout(Duration::from_secs(5), stream.recv()).await.expect("in time").expect("message");
+    let generation_id = hub.get_json::<Value>("/devices/d1").await["generationId"].clone();
+    assert_eq!(first.message.generation_id, generation_id.as_str().expect("generationId"));
+    let first = &first.message;
     assert_eq!(first.device_id, "d1");
-    assert_eq!(first.body, br#"{"temperature":21.5}"#);
+    assert_eq!(first.body, &br#"{"temperature":21.5}"#[..]);
     assert_eq!(first.system_properties["messageId"], "m-1");
     assert_eq!(first.system_properties["contentType"], "application/json");
     assert_eq!(first.properties["alert"], "high temp");
     assert_eq!(first.properties["flag"], "");
 
     let second = tokio::time::timeout(Duration::from_secs(5), stream.recv()).await.expect("in time").expect("message");
-    assert_eq!(second.body, vec![0xff, 0x00]);
+    assert_eq!(second.message.body, vec![0xff, 0x00]);
 
     let messages: Vec<Value> = hub.get_json("/emulator/devices/d1/messages/events").await;
     assert_eq!(messages.len(), 2);
@@ -39,6 +42,8 @@ async fn telemetry_with_properties_is_acknowledged_streamed_and_readable() {
     assert_eq!(messages[0]["systemProperties"]["contentEncoding"], "utf-8");
     assert_eq!(messages[1]["body"], Value::Null, "a body that is not UTF-8 is only in bodyBase64");
     assert_eq!(messages[1]["bodyBase64"], "/wA=");
+    assert_eq!(messages[0]["partitionId"], messages[1]["partitionId"], "a device's messages share a partition");
+    assert_eq!(messages[1]["sequenceNumber"].as_u64(), messages[0]["sequenceNumber"].as_u64().map(|n| n + 1));
     let device: Value = hub.get_json("/devices/d1").await;
     assert_ne!(device["lastActivityTime"], "0001-01-01T00:00:00Z");
 }

@@ -129,12 +129,12 @@ async fn telemetry_carries_its_properties_and_waits_for_the_puback() {
         Message::json(&json!({"temperature": 21.5})).expect("json").property("alert", "true").message_id("m-1");
     client.send_telemetry(message).await.expect("acknowledged");
     let received = tokio::time::timeout(WAIT, feed.recv()).await.expect("in time").expect("message");
-    assert_eq!(received.device_id, "tel");
-    assert_eq!(serde_json::from_slice::<Value>(&received.body).expect("json"), json!({"temperature": 21.5}));
-    assert_eq!(received.properties.get("alert").map(String::as_str), Some("true"));
-    assert_eq!(received.system_properties.get("contentType").map(String::as_str), Some("application/json"));
-    assert_eq!(received.system_properties.get("contentEncoding").map(String::as_str), Some("utf-8"));
-    assert_eq!(received.system_properties.get("messageId").map(String::as_str), Some("m-1"));
+    assert_eq!(received.message.device_id, "tel");
+    assert_eq!(serde_json::from_slice::<Value>(&received.message.body).expect("json"), json!({"temperature": 21.5}));
+    assert_eq!(received.message.properties.get("alert").map(String::as_str), Some("true"));
+    assert_eq!(received.message.system_properties.get("contentType").map(String::as_str), Some("application/json"));
+    assert_eq!(received.message.system_properties.get("contentEncoding").map(String::as_str), Some("utf-8"));
+    assert_eq!(received.message.system_properties.get("messageId").map(String::as_str), Some("m-1"));
     client.close().await;
 }
 
@@ -165,7 +165,7 @@ async fn after_the_hub_drops_the_connection_the_device_comes_back_and_misses_not
         let telemetry = client.send_telemetry(Message::new(format!("round {round}")));
         tokio::time::timeout(WAIT, telemetry).await.expect("acknowledged in time").expect("acknowledged");
         let received = tokio::time::timeout(WAIT, feed.recv()).await.expect("in time").expect("message");
-        assert_eq!(received.body, format!("round {round}").into_bytes());
+        assert_eq!(received.message.body, format!("round {round}").into_bytes());
         let update = loop {
             match tokio::time::timeout(WAIT, updates.next()).await.expect("in time").expect("update") {
                 DesiredUpdate::Full { desired, version } => break (desired, version),
@@ -208,7 +208,7 @@ async fn short_lived_tokens_are_renewed_without_losing_work() {
     }
     let mut received = Vec::new();
     while let Ok(message) = feed.try_recv() {
-        received.push(String::from_utf8(message.body.clone()).expect("utf8"));
+        received.push(String::from_utf8(message.message.body.to_vec()).expect("utf8"));
     }
     for i in 0..30 {
         assert!(received.contains(&i.to_string()), "message {i} arrived (at least once)");

@@ -1,6 +1,7 @@
 //! Pure hub logic: no sockets, no HTTP or MQTT details. The transports translate to and from these types.
 
 pub mod c2d;
+pub mod eventlog;
 pub mod jobs;
 pub mod methods;
 pub mod query;

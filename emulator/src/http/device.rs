@@ -113,10 +113,13 @@ pub async fn telemetry(
     }
     hub.record_telemetry(TelemetryMessage {
         device_id: id,
+        module_id: None,
+        generation_id: String::new(),
         enqueued_time: hub.clock().now(),
-        body: body.to_vec(),
+        body,
         system_properties,
         properties,
-    });
+    })
+    .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -25,12 +25,13 @@ pub use jobs::{JobSettings, JobSnapshot, MAX_JOBS_PAGE};
 pub use messages::Delivery;
 pub use presence::{Connected, ConnectionLease, Subscriptions, ToDevice};
 pub use query::{MAX_PAGE_SIZE, QueryItem, QueryPage};
+pub use telemetry::EventLog;
 
 use crate::auth::{self, AuthFailure, Claim, Policies, Principal, Rights};
 use crate::clock::SharedClock;
+use crate::domain::eventlog::{Event, LogSettings};
 use crate::domain::methods::PendingCalls;
 use crate::domain::registry::{self, Device, DeviceSpec, DeviceStatus, IfMatch, Liveness};
-use crate::domain::telemetry::{DeviceBuffer, TelemetryMessage};
 use crate::domain::throttle::{Operation, Throttle, Tier};
 use crate::error::HubError;
 use crate::store::{Loaded, Pending, Store, Write};
@@ -61,8 +62,6 @@ struct State {
     sessions: HashMap<String, Subscriptions>,
     /// Last activity of devices that are not connected now (kept in memory only).
     last_activity: HashMap<String, Timestamp>,
-    /// Recent telemetry per device.
-    telemetry: HashMap<String, DeviceBuffer>,
     /// Cloud-to-device queues and feedback.
     messages: messages::Messages,
 }
@@ -92,7 +91,9 @@ pub struct Hub {
     /// Woken whenever a device connects or changes its subscriptions (direct methods wait on it).
     presence_changed: Notify,
     pending_calls: PendingCalls,
-    telemetry_feed: broadcast::Sender<Arc<TelemetryMessage>>,
+    telemetry_feed: broadcast::Sender<Arc<Event>>,
+    /// The Event Hubs-compatible log of device-to-cloud messages.
+    events: EventLog,
     jobs: jobs::Jobs,
     /// Woken whenever feedback records wait for the service (AMQP feedback readers wait on it).
     feedback_changed: Notify,
@@ -112,6 +113,8 @@ impl Hub {
             loaded.devices.into_iter().map(|d| (d.device_id.clone(), Arc::new(d))).collect();
         let messages = loaded.messages.into_iter().filter(|(id, _)| devices.contains_key(id)).collect();
         let sessions = loaded.sessions.into_iter().filter(|(id, _)| devices.contains_key(id)).collect();
+        let events =
+            EventLog::new(LogSettings::default(), loaded.event_hub, loaded.events, &loaded.continuations, clock.now());
         Self {
             host_name,
             policies,
@@ -124,12 +127,12 @@ impl Hub {
                 next_connection: 1,
                 sessions,
                 last_activity: HashMap::new(),
-                telemetry: HashMap::new(),
                 messages: messages::Messages::new(messages, loaded.feedback),
             }),
             presence_changed: Notify::new(),
             pending_calls: PendingCalls::default(),
             telemetry_feed: broadcast::channel(telemetry::FEED_CAPACITY).0,
+            events,
             jobs,
             feedback_changed: Notify::new(),
             background: TaskTracker::new(),
@@ -142,6 +145,7 @@ impl Hub {
     /// for message expiries and locks that ran out.
     pub fn start(self: &Arc<Self>) {
         self.start_jobs();
+        self.background.spawn(Arc::clone(self).run_event_retention());
         let hub = Arc::clone(self);
         let stop = self.stop.clone();
         self.background.spawn(async move {
@@ -202,6 +206,12 @@ impl Hub {
     /// The hub's host name, as in connection strings and token resources.
     pub fn host_name(&self) -> &str {
         &self.host_name
+    }
+
+    /// The name of the built-in Event Hubs-compatible endpoint (its `EntityPath`): the hub's name, the first
+    /// label of its host name.
+    pub fn event_hub_name(&self) -> &str {
+        self.host_name.split('.').next().unwrap_or(&self.host_name)
     }
 
     /// The shared access policies.
@@ -338,7 +348,6 @@ impl Hub {
             let previous = state.devices.remove(id);
             state.disconnect(id);
             state.sessions.remove(id);
-            state.telemetry.remove(id);
             state.messages.queues.remove(id);
             (previous, pending)
         };

@@ -361,13 +361,23 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Session<'_, IO> {
                 if publish.retain {
                     properties.insert("mqtt-retain".into(), "true".into());
                 }
-                self.hub.record_telemetry(TelemetryMessage {
-                    device_id: self.device_id().to_owned(),
-                    enqueued_time: self.hub.clock().now(),
-                    body: publish.payload.to_vec(),
-                    system_properties,
-                    properties,
-                });
+                let recorded = self
+                    .hub
+                    .record_telemetry(TelemetryMessage {
+                        device_id: self.device_id().to_owned(),
+                        module_id: None,
+                        generation_id: String::new(),
+                        enqueued_time: self.hub.clock().now(),
+                        body: publish.payload.clone(),
+                        system_properties,
+                        properties,
+                    })
+                    .await;
+                // Unsaved means unacknowledged: the device sends it again after reconnecting.
+                if let Err(error) = recorded {
+                    tracing::warn!(device_id = self.device_id(), %error, "telemetry not saved; closing the connection");
+                    return Flow::Close("device-to-cloud message could not be saved");
+                }
                 None
             }
             Inbound::Unknown => {

@@ -7,7 +7,7 @@ use std::thread::JoinHandle;
 use redb::{Database, DatabaseError, ReadableDatabase as _, ReadableTable as _, TableDefinition};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Loaded, StoreError, Write, decode, encode, legacy};
+use super::{Loaded, StoreError, Write, decode, encode, events, legacy};
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const DEVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("devices");
@@ -22,6 +22,12 @@ const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
 const MESSAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("c2d_messages");
 /// Feedback records, keyed by their sequence (20 digits, so keys sort as numbers).
 const FEEDBACK: TableDefinition<&str, &[u8]> = TableDefinition::new("c2d_feedback");
+/// The Event Hubs-compatible log, keyed (partition, sequence) (`events::encode`). Created on first use: files
+/// written before it simply have no telemetry.
+const EVENTS: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("events");
+/// The endpoint's record and each trimmed partition's continuation (JSON), under `hub` and `continue/<n>`.
+const EVENT_META: TableDefinition<&str, &[u8]> = TableDefinition::new("event_meta");
+const EVENT_HUB_KEY: &str = "hub";
 
 /// The file format this build writes and reads. Version 2 added the job tables, version 3 the MQTT sessions,
 /// version 4 typed twins and typed jobs (`legacy`) and the cloud-to-device queues and feedback. An older file is upgraded in place, in one transaction: the
@@ -258,7 +264,37 @@ fn load(db: &impl redb::ReadableDatabase, shown: &str) -> Result<Loaded, StoreEr
             .map(|(key, message)| (key.rsplit_once('/').map_or(key.clone(), |(device, _)| device.to_owned()), message))
             .collect(),
         feedback: read_all(&read, FEEDBACK, "feedback record", shown)?,
+        ..load_events(&read, shown)?
     })
+}
+
+/// The Event Hubs-compatible log and its records (empty in files written before it existed).
+fn load_events(read: &redb::ReadTransaction, shown: &str) -> Result<Loaded, StoreError> {
+    let corrupt = |detail: String| StoreError::Corrupt(format!("{shown}: {detail}"));
+    let mut loaded = Loaded::default();
+    if let Ok(meta) = read.open_table(EVENT_META) {
+        for entry in meta.iter().map_err(|e| corrupt(e.to_string()))? {
+            let (key, value) = entry.map_err(|e| corrupt(e.to_string()))?;
+            match key.value() {
+                EVENT_HUB_KEY => loaded.event_hub = Some(decode("the event hub", value.value())?),
+                other => {
+                    let partition = other.strip_prefix("continue/").and_then(|n| n.parse().ok());
+                    let partition = partition.ok_or_else(|| corrupt(format!("unknown event record '{other}'")))?;
+                    loaded.continuations.push((partition, decode("a partition's continuation", value.value())?));
+                }
+            }
+        }
+    }
+    if let Ok(table) = read.open_table(EVENTS) {
+        for entry in table.iter().map_err(|e| corrupt(e.to_string()))? {
+            let (key, value) = entry.map_err(|e| corrupt(e.to_string()))?;
+            let (partition, sequence) = key.value();
+            let event = events::decode(partition, sequence, value.value())
+                .map_err(|e| corrupt(format!("event {sequence} of partition {partition} is unreadable: {e}")))?;
+            loaded.events.push(event);
+        }
+    }
+    Ok(loaded)
 }
 
 /// Reads a file of an older format without changing it (a read-only data dir).
@@ -370,6 +406,8 @@ fn commit_group(db: &Database, group: &[Batch]) -> Result<(), redb::Error> {
         let mut sessions = txn.open_table(SESSIONS)?;
         let mut messages = txn.open_table(MESSAGES)?;
         let mut feedback = txn.open_table(FEEDBACK)?;
+        let mut events = txn.open_table(EVENTS)?;
+        let mut event_meta = txn.open_table(EVENT_META)?;
         for write in group.iter().flat_map(|b| &b.writes) {
             match write {
                 Write::PutDevice(device) => {
@@ -417,6 +455,16 @@ fn commit_group(db: &Database, group: &[Batch]) -> Result<(), redb::Error> {
                     jobs.remove(id.as_str())?;
                     let (from, to) = prefix_range(id);
                     device_jobs.retain_in(from.as_str()..to.as_str(), |_, _| false)?;
+                }
+                Write::PutEventHub(record) => {
+                    event_meta.insert(EVENT_HUB_KEY, encode(record).as_slice())?;
+                }
+                Write::AppendEvent(event) => {
+                    events.insert((event.partition, event.sequence), events::encode(event).as_slice())?;
+                }
+                Write::TrimEvents { partition, through, continuation } => {
+                    events.retain_in((*partition, 0)..=(*partition, *through), |_, _| false)?;
+                    event_meta.insert(format!("continue/{partition}").as_str(), encode(continuation).as_slice())?;
                 }
             }
         }

@@ -6,6 +6,7 @@
 //! one fsync.
 
 mod disk;
+pub mod events;
 mod legacy;
 
 use std::path::Path;
@@ -14,6 +15,7 @@ use std::sync::Arc;
 use tokio::sync::oneshot;
 
 use crate::domain::c2d::{FeedbackRecord, Queued};
+use crate::domain::eventlog::{Continuation, Event};
 use crate::domain::jobs::{DeviceJob, Job};
 use crate::domain::registry::Device;
 use crate::domain::sessions::Subscriptions;
@@ -46,6 +48,13 @@ pub enum Write {
     PutFeedback(Box<FeedbackRecord>),
     /// Forget feedback records (read and completed, or dropped beyond the limit).
     DeleteFeedback(Vec<u64>),
+    /// Record the built-in endpoint's partition count and creation time (once, when the hub is created).
+    PutEventHub(events::EventHubRecord),
+    /// Append a telemetry message to the Event Hubs-compatible log.
+    AppendEvent(Arc<Event>),
+    /// Drop a partition's events up to and including `through` (retention, size cap), remembering where the
+    /// partition continues.
+    TrimEvents { partition: u32, through: u64, continuation: Continuation },
 }
 
 impl Write {
@@ -94,6 +103,12 @@ pub struct Loaded {
     pub messages: Vec<(String, Queued)>,
     /// Feedback records not read yet.
     pub feedback: Vec<FeedbackRecord>,
+    /// The built-in endpoint, once the hub recorded it.
+    pub event_hub: Option<events::EventHubRecord>,
+    /// The Event Hubs-compatible log, in (partition, sequence) order.
+    pub events: Vec<Event>,
+    /// Where trimmed partitions continue.
+    pub continuations: Vec<(u32, Continuation)>,
 }
 
 /// The hub's persistence.
