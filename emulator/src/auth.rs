@@ -113,6 +113,12 @@ impl Policy {
     fn decoded_keys(&self) -> impl Iterator<Item = Vec<u8>> + '_ {
         [&self.primary_key, &self.secondary_key].into_iter().filter_map(|k| BASE64.decode(k.as_bytes()).ok())
     }
+
+    /// The keys as HMAC keys in both conventions: base64-decoded (IoT Hub SDKs) and the key text's UTF-8 bytes
+    /// (Event Hubs SDKs, which the built-in endpoint must accept with the hub's own policy keys).
+    fn keys_either_convention(&self) -> impl Iterator<Item = Vec<u8>> + '_ {
+        self.decoded_keys().chain([&self.primary_key, &self.secondary_key].map(|k| k.as_bytes().to_vec()))
+    }
 }
 
 /// Problems reading the policies file.
@@ -278,10 +284,19 @@ fn check_policy<'a>(
     if !policy.decoded_keys().any(|key| token.is_signed_with(&key)) {
         return Err(AuthFailure::BadSignature);
     }
+    check_rights(policy, needed)
+}
+
+fn check_rights(policy: &Policy, needed: Rights) -> Result<&Policy, AuthFailure> {
     if !policy.rights.intersects(needed) {
-        return Err(AuthFailure::MissingPermission { policy: name.to_owned(), needed });
+        return Err(AuthFailure::MissingPermission { policy: policy.key_name.clone(), needed });
     }
     Ok(policy)
+}
+
+/// A resource without its scheme: Event Hubs clients sign `sb://<host>/<hub>/...`.
+fn without_scheme(resource: &str) -> &str {
+    resource.split_once("://").map_or(resource, |(_, rest)| rest)
 }
 
 /// Authorizes a service API call on `target` (`<host>/<path>`) that needs any one of `needed`.
@@ -321,7 +336,8 @@ impl Claim {
 }
 
 /// Checks a policy token put on a connection for `audience` (the put-token `name`; a scheme and a port are
-/// ignored): it must be live, signed by a known policy, and its resource must cover the audience.
+/// ignored): it must be live, signed by a known policy (its key base64-decoded as IoT Hub SDKs sign, or as text
+/// as Event Hubs SDKs sign), and its resource must cover the audience.
 pub fn verify_claim(
     policies: &Policies,
     host: &str,
@@ -331,16 +347,21 @@ pub fn verify_claim(
 ) -> Result<Claim, AuthFailure> {
     let token = parse_live(token_text, now)?;
     let name = token.key_name.clone().ok_or(AuthFailure::DeviceTokenOnServiceApi)?;
-    let audience = audience.split_once("://").map_or(audience, |(_, rest)| rest);
-    let audience = without_port(audience.trim_end_matches('/'));
+    let audience = without_port(without_scheme(audience).trim_end_matches('/'));
     // Only this hub's own nodes: a well-signed token for another hub's name is no claim here.
     let audience_host = audience.split_once('/').map_or(audience.as_str(), |(h, _)| h);
     if !audience_host.eq_ignore_ascii_case(host) {
         return Err(AuthFailure::WrongScope(audience));
     }
-    check_scope(&token, &audience)?;
-    let policy = check_policy(policies, &token, &name, Rights::all())?;
-    Ok(Claim { resource: without_port(&token.resource), policy: name, rights: policy.rights, expires: token.expiry })
+    let resource = without_port(without_scheme(&token.resource));
+    if !resource_covers(&resource, &audience) {
+        return Err(AuthFailure::WrongScope(audience));
+    }
+    let policy = policies.get(&name).ok_or_else(|| AuthFailure::UnknownPolicy(name.clone()))?;
+    if !policy.keys_either_convention().any(|key| token.is_signed_with(&key)) {
+        return Err(AuthFailure::BadSignature);
+    }
+    Ok(Claim { resource, policy: name, rights: policy.rights, expires: token.expiry })
 }
 
 /// Authorizes a device connection for `device`: a token signed with the device's key for `<host>/devices/<id>`,

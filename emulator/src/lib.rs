@@ -29,7 +29,7 @@ pub mod tls;
 pub mod wire;
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -138,6 +138,13 @@ impl EmulatorBuilder {
         self
     }
 
+    /// Serve plain AMQP on this loopback port for Event Hubs clients' `UseDevelopmentEmulator=true` (0: any
+    /// free port).
+    pub fn eventhubs_plain_port(mut self, port: u16) -> Self {
+        self.config.eventhubs_plain_port = Some(port);
+        self
+    }
+
     /// Devices to create at start.
     pub fn seed_file(mut self, path: impl Into<PathBuf>) -> Self {
         self.config.seed = Some(path.into());
@@ -180,6 +187,7 @@ pub struct RunningEmulator {
     https_addr: SocketAddr,
     mqtt_addr: SocketAddr,
     amqp_addr: SocketAddr,
+    eventhubs_plain_addr: Option<SocketAddr>,
     ca_pem: String,
     ca_path: Option<PathBuf>,
     data_dir: Option<PathBuf>,
@@ -233,6 +241,7 @@ async fn start(config: Config) -> Result<RunningEmulator, StartError> {
     let https_addr = local_addr(&https_listener)?;
     let mqtt_addr = local_addr(&mqtt_listener)?;
     let amqp_addr = local_addr(&amqp_listener)?;
+    hub.set_amqp_port(amqp_addr.port());
 
     let open_file_limit = listener::raise_open_file_limit();
     let by_files =
@@ -283,12 +292,35 @@ async fn start(config: Config) -> Result<RunningEmulator, StartError> {
         // No room: the TLS session is closed at once (clients see a connection error and retry).
         |stream, _peer| async move { drop(stream) },
     ));
-    tracing::info!(%https_addr, %mqtt_addr, %amqp_addr, host = %config.host_name, "listening");
+    let eventhubs_plain_addr = match config.eventhubs_plain_port {
+        None => None,
+        Some(port) => {
+            // Loopback only, whatever --bind says: this port has no TLS.
+            let loopback =
+                if config.bind.is_ipv6() { IpAddr::V6(Ipv6Addr::LOCALHOST) } else { IpAddr::V4(Ipv4Addr::LOCALHOST) };
+            let listener =
+                bind(loopback, port, "plain AMQP", "--eventhubs-plain-port / IOTHUB_EMULATOR_EVENTHUBS_PLAIN_PORT")
+                    .await?;
+            let addr = local_addr(&listener)?;
+            let hub = hub.clone();
+            let stop = shutdown.clone();
+            tracker.spawn(listener::accept_plain(
+                listener,
+                shutdown.clone(),
+                tracker.clone(),
+                gate.clone(),
+                move |stream, peer| amqp::serve_connection(stream, hub.clone(), stop.clone(), peer),
+            ));
+            Some(addr)
+        }
+    };
+    tracing::info!(%https_addr, %mqtt_addr, %amqp_addr, ?eventhubs_plain_addr, host = %config.host_name, "listening");
     Ok(RunningEmulator {
         hub,
         https_addr,
         mqtt_addr,
         amqp_addr,
+        eventhubs_plain_addr,
         ca_pem: ca.cert_pem().to_owned(),
         ca_path: ca.cert_path().map(Path::to_path_buf),
         data_dir: config.data_dir.clone(),
@@ -349,6 +381,11 @@ impl RunningEmulator {
     /// Where the AMQP/TLS endpoint listens.
     pub fn amqp_addr(&self) -> SocketAddr {
         self.amqp_addr
+    }
+
+    /// Where plain AMQP for Event Hubs clients' `UseDevelopmentEmulator=true` is served, when it is on.
+    pub fn eventhubs_plain_addr(&self) -> Option<SocketAddr> {
+        self.eventhubs_plain_addr
     }
 
     /// The CA certificate (PEM) that clients must trust.

@@ -130,6 +130,44 @@ pub async fn accept_tls<H, F, R, RF>(
     }
 }
 
+/// Accepts plain TCP connections (no TLS: the Event Hubs clients' development-emulator form) and runs `handle`
+/// on each admitted one; connections past the ceiling are closed at once.
+pub async fn accept_plain<H, F>(
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    gate: Arc<ConnectionGate>,
+    handle: H,
+) where
+    H: Fn(TcpStream, SocketAddr) -> F + Clone + Send + 'static,
+    F: Future<Output = ()> + Send + 'static,
+{
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = shutdown.cancelled() => break,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(error) => {
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let Some(place) = gate.try_admit() else {
+            tracing::warn!(%peer, ceiling = gate.ceiling(), "connection refused: the emulator is at its connection ceiling");
+            continue;
+        };
+        let handle = handle.clone();
+        tracker.spawn(async move {
+            let _place = place;
+            handle(tcp, peer).await;
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -228,6 +228,11 @@ fn banner(emulator: &RunningEmulator, startup_ms: f64) -> String {
         emulator.service_connection_string(),
         emulator.event_hub_connection_string(),
     );
+    if let Some(plain) = emulator.eventhubs_plain_addr() {
+        text.push_str(&format!(
+            "  plain AMQP   amqp://{plain} for Event Hubs clients with UseDevelopmentEmulator=true (loopback only, no TLS)\n"
+        ));
+    }
     if !https.ip().is_loopback() {
         // Right under the first line, where nobody misses it.
         let warning = format!(

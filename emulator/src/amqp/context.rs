@@ -1,5 +1,5 @@
 //! What one AMQP connection knows across its sessions and links: who it is (the hub, the peer), the claims its
-//! tokens established (claims-based security), and where `$cbs` replies go.
+//! tokens established (claims-based security), and where `$cbs` and `$management` replies go.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,10 +14,10 @@ use tokio::sync::{Notify, mpsc};
 use crate::auth::{Claim, Rights};
 use crate::hub::Hub;
 
-/// How long a `$cbs` reply waits for the client to attach its reply link.
+/// How long a reply waits for the client to attach its reply link.
 const REPLY_LINK_WAIT: Duration = Duration::from_secs(5);
 
-/// A `$cbs` reply on its way to the client.
+/// A `$cbs` or `$management` reply on its way to the client.
 pub(super) type Reply = Message<Body<Value>>;
 
 /// The state one connection shares with its links.
@@ -26,12 +26,22 @@ pub(super) struct Connection {
     pub(super) peer: SocketAddr,
     claims: Mutex<Vec<Claim>>,
     claims_changed: Notify,
-    pub(super) cbs: CbsRouter,
+    /// Where `$cbs` replies go.
+    pub(super) cbs: ReplyRouter,
+    /// Where `$management` replies go.
+    pub(super) management: ReplyRouter,
 }
 
 impl Connection {
     pub(super) fn new(hub: Arc<Hub>, peer: SocketAddr) -> Self {
-        Self { hub, peer, claims: Mutex::default(), claims_changed: Notify::new(), cbs: CbsRouter::default() }
+        Self {
+            hub,
+            peer,
+            claims: Mutex::default(),
+            claims_changed: Notify::new(),
+            cbs: ReplyRouter::default(),
+            management: ReplyRouter::default(),
+        }
     }
 
     fn claims(&self) -> MutexGuard<'_, Vec<Claim>> {
@@ -71,10 +81,11 @@ impl Connection {
     }
 }
 
-/// Routes `$cbs` replies to the link the client reads them on. Clients differ: Node sends `reply-to: cbs` and
-/// attaches a receiver without a target; uamqp sends no `reply-to` and attaches `$cbs-receiver`.
+/// Routes replies of a request node (`$cbs`, `$management`) to the link the client reads them on. Clients differ:
+/// Node sends `reply-to: cbs` and attaches a receiver without a target; uamqp and Python's pyamqp send no
+/// `reply-to` and attach `$cbs-receiver` or a receiver targeting the node itself.
 #[derive(Default)]
-pub(super) struct CbsRouter {
+pub(super) struct ReplyRouter {
     next_id: AtomicU64,
     links: Mutex<Vec<ReplyLink>>,
     changed: Notify,
@@ -88,12 +99,12 @@ struct ReplyLink {
     replies: mpsc::Sender<Reply>,
 }
 
-impl CbsRouter {
+impl ReplyRouter {
     fn links(&self) -> MutexGuard<'_, Vec<ReplyLink>> {
         self.links.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Registers a client receiver on `$cbs`; returns its id for `unregister`.
+    /// Registers a client receiver of replies; returns its id for `unregister`.
     pub(super) fn register(&self, name: String, address: Option<String>, replies: mpsc::Sender<Reply>) -> u64 {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.links().push(ReplyLink { id, name, address, replies });

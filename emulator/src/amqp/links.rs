@@ -10,14 +10,16 @@ use fe2o3_amqp::link::RecvError;
 use fe2o3_amqp::types::definitions::{self, AmqpError, ReceiverSettleMode, Role};
 use fe2o3_amqp::types::messaging::{Body, TargetArchetype};
 use fe2o3_amqp::types::performatives::Attach;
-use fe2o3_amqp::types::primitives::Value;
+use fe2o3_amqp::types::primitives::{Symbol, Value};
 use fe2o3_amqp::{Delivery, Receiver, Sender};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::context::Connection;
-use super::{c2d, cbs, feedback};
+use super::eventhubs::{self, EventsNode};
+use super::{c2d, cbs, feedback, request};
 use crate::auth::Rights;
+use crate::hub::Hub;
 
 /// How long attaching one link may take.
 const ATTACH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -38,6 +40,12 @@ enum Node {
     DeviceBound,
     /// The client reads delivery feedback.
     Feedback,
+    /// The client sends `$management` requests (Event Hubs READ).
+    ManagementRequests,
+    /// The client reads `$management` replies; its target address, if any.
+    ManagementReplies(Option<String>),
+    /// The client reads the Event Hubs-compatible endpoint (or is redirected to it).
+    Events(Box<EventsNode>),
     /// Anything else: the address as given, and whether the client sends to it.
     Unknown(String),
 }
@@ -60,7 +68,7 @@ fn target_address(attach: &Attach) -> Option<String> {
     }
 }
 
-fn classify(attach: &Attach) -> Node {
+fn classify(attach: &Attach, hub: &Hub) -> Node {
     let source = attach.source.as_ref().and_then(|s| s.address.clone());
     let target = target_address(attach);
     match attach.role {
@@ -69,6 +77,7 @@ fn classify(attach: &Attach) -> Node {
             let address = target.unwrap_or_default();
             match path_of(&address) {
                 "$cbs" => Node::CbsRequests,
+                "$management" => Node::ManagementRequests,
                 path if path.eq_ignore_ascii_case("/messages/devicebound") => Node::DeviceBound,
                 _ => Node::Unknown(address),
             }
@@ -78,8 +87,12 @@ fn classify(attach: &Attach) -> Node {
             let address = source.unwrap_or_default();
             match path_of(&address) {
                 "$cbs" => Node::CbsReplies(target),
+                "$management" => Node::ManagementReplies(target),
                 path if path.eq_ignore_ascii_case("/messages/serviceBound/feedback") => Node::Feedback,
-                _ => Node::Unknown(address),
+                path => match eventhubs::classify(hub, path, attach) {
+                    Some(events) => Node::Events(Box::new(events)),
+                    None => Node::Unknown(address),
+                },
             }
         }
     }
@@ -97,6 +110,10 @@ pub(super) async fn serve_session(
         .supported_receiver_settle_modes(SupportedReceiverSettleModes::First)
         .fallback_receiver_settle_mode(ReceiverSettleMode::First)
         .max_message_size(MAX_LINK_MESSAGE_BYTES)
+        // Full attach frames and terminus lists for pyamqp (see `full_frame_properties`).
+        .properties(super::full_frame_properties())
+        .source_capabilities(Vec::<Symbol>::new())
+        .target_capabilities(Vec::<Symbol>::new())
         .build();
     let links = TaskTracker::new();
     loop {
@@ -107,7 +124,7 @@ pub(super) async fn serve_session(
                 None => break,
             },
         };
-        let node = classify(&attach);
+        let node = classify(&attach, &connection.hub);
         tracing::debug!(peer = %connection.peer, link = %attach.name, ?node, "attach");
         match tokio::time::timeout(ATTACH_TIMEOUT, acceptor.accept_incoming_attach(attach, &mut session)).await {
             Ok(Ok(link)) => {
@@ -129,6 +146,7 @@ fn needs(connection: &Connection, node: &Node) -> Option<(String, Rights)> {
     match node {
         Node::DeviceBound => Some((format!("{host}/messages/devicebound"), Rights::SERVICE_CONNECT)),
         Node::Feedback => Some((format!("{host}/messages/servicebound/feedback"), Rights::SERVICE_CONNECT)),
+        Node::Events(events) => eventhubs::needs(&connection.hub, events),
         _ => None,
     }
 }
@@ -180,11 +198,41 @@ async fn serve_link(
 ) -> Option<LinkEndpoint> {
     match (node, link) {
         (Node::CbsRequests, LinkEndpoint::Receiver(receiver)) => {
-            cbs::serve_requests(receiver, connection, stop).await.map(LinkEndpoint::Receiver)
+            request::serve_requests(receiver, connection, &connection.cbs, stop, cbs::put_token)
+                .await
+                .map(LinkEndpoint::Receiver)
         }
         (Node::CbsReplies(address), LinkEndpoint::Sender(sender)) => {
-            cbs::serve_replies(sender, address, connection, stop).await.map(LinkEndpoint::Sender)
+            request::serve_replies(sender, address, &connection.cbs, stop).await.map(LinkEndpoint::Sender)
         }
+        (Node::ManagementRequests, LinkEndpoint::Receiver(receiver)) => {
+            request::serve_requests(receiver, connection, &connection.management, stop, eventhubs::management)
+                .await
+                .map(LinkEndpoint::Receiver)
+        }
+        (Node::ManagementReplies(address), LinkEndpoint::Sender(sender)) => {
+            request::serve_replies(sender, address, &connection.management, stop).await.map(LinkEndpoint::Sender)
+        }
+        (Node::Events(events), LinkEndpoint::Sender(sender)) => match *events {
+            EventsNode::Partition { group, partition, start: Ok(start), epoch } => {
+                eventhubs::serve_partition(sender, connection, &group, partition, start, epoch, stop)
+                    .await
+                    .map(LinkEndpoint::Sender)
+            }
+            EventsNode::Partition { start: Err(description), .. } => {
+                close_sender(sender, Some(error(eventhubs::argument_error(), description))).await;
+                None
+            }
+            EventsNode::Redirect { rest } => {
+                eventhubs::redirect(sender, &connection.hub, &rest).await;
+                None
+            }
+            EventsNode::Refused { condition, description } => {
+                let condition = definitions::ErrorCondition::Custom(condition.as_str().into());
+                close_sender(sender, Some(error(condition, description))).await;
+                None
+            }
+        },
         (Node::DeviceBound, LinkEndpoint::Receiver(receiver)) => {
             c2d::serve(receiver, connection, stop).await.map(LinkEndpoint::Receiver)
         }
@@ -223,6 +271,7 @@ pub(super) async fn next_delivery(receiver: &mut Receiver, stop: &CancellationTo
         match received {
             Ok(delivery) => return Next::Delivery(Box::new(delivery)),
             Err(RecvError::MessageDecode(undecodable)) => {
+                tracing::debug!(error = %undecodable.source, "an undecodable message is rejected");
                 let refusal = error(AmqpError::DecodeError, "The message could not be decoded");
                 if receiver.reject(undecodable.info, refusal).await.is_err() {
                     return Next::Ended;

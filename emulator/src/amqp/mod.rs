@@ -10,9 +10,11 @@
 mod c2d;
 mod cbs;
 mod context;
+mod eventhubs;
 mod feedback;
 mod io;
 mod links;
+mod request;
 mod sasl;
 
 use std::net::SocketAddr;
@@ -36,6 +38,8 @@ const AMQP_HEADER: [u8; 8] = *b"AMQP\x00\x01\x00\x00";
 const SASL_HEADER: [u8; 8] = *b"AMQP\x03\x01\x00\x00";
 /// Largest frame either side sends.
 const MAX_FRAME_SIZE: u32 = 64 * 1024;
+/// Most links one session may have attached at once (its handle-max + 1).
+const MAX_LINKS_PER_SESSION: u32 = 4095;
 /// Idle time-out announced to clients: they send something (an empty frame will do) at least this often.
 const IDLE_TIMEOUT_MS: u32 = 240_000;
 
@@ -73,7 +77,8 @@ where
         .container_id("iothub-emulator")
         .max_frame_size(MAX_FRAME_SIZE)
         .channel_max(255u16)
-        .idle_time_out(IDLE_TIMEOUT_MS);
+        .idle_time_out(IDLE_TIMEOUT_MS)
+        .properties(full_frame_properties());
     let sasl = Sasl::new(Arc::clone(&hub));
     let opening = async {
         if use_sasl {
@@ -111,7 +116,12 @@ where
             () = shutdown.cancelled() => break Some(error(ConnectionError::ConnectionForced, "The emulator is shutting down")),
             incoming = handle.next_incoming_session() => {
                 let Some(incoming) = incoming else { break None };
-                match SessionAcceptor::new().accept_incoming_session(incoming, &mut handle).await {
+                // An explicit handle-max: fe2o3 leaves the default (2^32-1) out, and pyamqp compares with it.
+                let acceptor = SessionAcceptor::builder()
+                    .handle_max(MAX_LINKS_PER_SESSION)
+                    .properties(full_frame_properties())
+                    .build();
+                match acceptor.accept_incoming_session(incoming, &mut handle).await {
                     Ok(session) => {
                         sessions.spawn(links::serve_session(session, Arc::clone(&connection), ended.child_token()));
                     }
@@ -136,6 +146,16 @@ where
         sessions.wait().await;
     }
     tracing::debug!(%peer, "AMQP connection closed");
+}
+
+/// A non-empty last field for open, begin and attach. fe2o3 leaves trailing null fields out of a performative
+/// (the spec allows it), but Python's `azure-eventhub` (pyamqp) reads every field by index and fails with "list
+/// index out of range" on a short open, begin, attach or transfer; a set `properties` (the last field) makes
+/// fe2o3 write them all.
+pub(super) fn full_frame_properties() -> definitions::Fields {
+    let mut properties = definitions::Fields::new();
+    properties.insert("product".into(), fe2o3_amqp::types::primitives::Value::String("iothub-emulator".into()));
+    properties
 }
 
 /// Closes the connection with `reason`; a peer that never answers has its stream cut.

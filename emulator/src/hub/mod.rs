@@ -25,7 +25,7 @@ pub use jobs::{JobSettings, JobSnapshot, MAX_JOBS_PAGE};
 pub use messages::Delivery;
 pub use presence::{Connected, ConnectionLease, Subscriptions, ToDevice};
 pub use query::{MAX_PAGE_SIZE, QueryItem, QueryPage};
-pub use telemetry::EventLog;
+pub use telemetry::{EventLog, MAX_READERS_PER_PARTITION, ReaderLease, ReaderRefused};
 
 use crate::auth::{self, AuthFailure, Claim, Policies, Principal, Rights};
 use crate::clock::SharedClock;
@@ -102,6 +102,8 @@ pub struct Hub {
     stop: CancellationToken,
     /// The throttling profile, when one is on.
     throttle: Option<Throttle>,
+    /// The AMQPS port the hub listens on, once bound: where the built-in endpoint's redirect points.
+    amqp_port: std::sync::OnceLock<u16>,
 }
 
 impl Hub {
@@ -138,7 +140,18 @@ impl Hub {
             background: TaskTracker::new(),
             stop: CancellationToken::new(),
             throttle: None,
+            amqp_port: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Records the AMQPS port once it is bound.
+    pub fn set_amqp_port(&self, port: u16) {
+        let _ = self.amqp_port.set(port);
+    }
+
+    /// The AMQPS port (5671 until one is bound).
+    pub fn amqp_port(&self) -> u16 {
+        self.amqp_port.get().copied().unwrap_or(crate::config::DEFAULT_AMQP_PORT)
     }
 
     /// Starts the hub's own work: resumes the jobs the store loaded, and sweeps for finished job retention and

@@ -5,10 +5,12 @@
 //! Each partition has its own lock (senders to different partitions never wait on each other, nor on the hub's
 //! state lock) and a watch of how far it is durable, which readers wait on.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use jiff::Timestamp;
 use tokio::sync::{broadcast, watch};
+use tokio_util::sync::CancellationToken;
 
 use super::Hub;
 use crate::domain::eventlog::{self, Continuation, Event, LogSettings, Partition, PartitionInfo, StartAt};
@@ -29,6 +31,50 @@ pub struct EventLog {
     /// False until the endpoint's record (partition count, creation time) is in the store.
     recorded: bool,
     partitions: Vec<PartitionCell>,
+    readers: SharedReaders,
+    next_reader: std::sync::atomic::AtomicU64,
+}
+
+/// Most receivers of one partition in one consumer group (Event Hubs' limit).
+pub const MAX_READERS_PER_PARTITION: usize = 5;
+
+/// The receivers of each (consumer group, partition).
+type SharedReaders = Arc<Mutex<HashMap<(String, u32), Vec<Reader>>>>;
+
+struct Reader {
+    id: u64,
+    epoch: Option<i64>,
+    stolen: CancellationToken,
+}
+
+/// Why a receiver may not read a partition.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReaderRefused {
+    #[error("At most {MAX_READERS_PER_PARTITION} receivers may read a partition in one consumer group")]
+    TooMany,
+    #[error("A receiver with epoch {held} reads this partition; a receiver with a lower or no epoch may not")]
+    EpochHeld { held: i64 },
+}
+
+/// A receiver's place among a partition's readers; dropping it leaves. `stolen` fires when a receiver with a
+/// higher epoch takes the partition over.
+pub struct ReaderLease {
+    readers: SharedReaders,
+    key: (String, u32),
+    id: u64,
+    pub stolen: CancellationToken,
+}
+
+impl Drop for ReaderLease {
+    fn drop(&mut self) {
+        let mut readers = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(list) = readers.get_mut(&self.key) {
+            list.retain(|r| r.id != self.id);
+            if list.is_empty() {
+                readers.remove(&self.key);
+            }
+        }
+    }
 }
 
 struct PartitionCell {
@@ -84,7 +130,45 @@ impl EventLog {
             })
             .collect();
         let created_at = record.and_then(|r| Timestamp::from_millisecond(r.created_at_ms).ok()).unwrap_or(now);
-        Self { settings, created_at, recorded: record.is_some(), partitions }
+        Self {
+            settings,
+            created_at,
+            recorded: record.is_some(),
+            partitions,
+            readers: Arc::default(),
+            next_reader: std::sync::atomic::AtomicU64::new(1),
+        }
+    }
+
+    /// Joins the readers of `partition` in `group` (a declared group, any spelling), as Event Hubs admits
+    /// receivers: an epoch receiver takes the partition from every receiver with a lower or no epoch (their
+    /// `stolen` fires); one with a lower or no epoch is refused while a higher epoch holds it; at most
+    /// `MAX_READERS_PER_PARTITION` at once.
+    pub fn join_readers(&self, group: &str, partition: u32, epoch: Option<i64>) -> Result<ReaderLease, ReaderRefused> {
+        let key = (group.to_ascii_lowercase(), partition);
+        let mut readers = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+        let list = readers.entry(key.clone()).or_default();
+        if let Some(held) = list.iter().filter_map(|r| r.epoch).max()
+            && epoch.is_none_or(|e| e < held)
+        {
+            return Err(ReaderRefused::EpochHeld { held });
+        }
+        if let Some(epoch) = epoch {
+            list.retain(|r| {
+                let keeps = r.epoch.is_some_and(|e| e >= epoch);
+                if !keeps {
+                    r.stolen.cancel();
+                }
+                keeps
+            });
+        }
+        if list.len() >= MAX_READERS_PER_PARTITION {
+            return Err(ReaderRefused::TooMany);
+        }
+        let id = self.next_reader.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let stolen = CancellationToken::new();
+        list.push(Reader { id, epoch, stolen: stolen.clone() });
+        Ok(ReaderLease { readers: Arc::clone(&self.readers), key, id, stolen })
     }
 
     /// The same log under other settings (the partition count only if none was recorded).
