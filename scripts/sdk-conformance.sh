@@ -52,8 +52,10 @@ stop_emulator() {
   emulator_pid=""
 }
 
-start_emulator
+# A second consumer group and plain AMQP on loopback for the Event Hubs scenarios.
+start_emulator --consumer-group second --eventhubs-plain-port 5672
 connection_string="$(grep -o 'HostName=[^ ]*' "$work/banner.txt" | head -n 1)"
+eventhub_connection_string="$(grep -o 'Endpoint=sb://[^ ]*' "$work/banner.txt" | head -n 1)"
 ca="$work/data/ca.pem"
 if [ -z "$connection_string" ] || [ ! -f "$ca" ]; then
   echo "the emulator printed no connection string:" >&2
@@ -156,6 +158,10 @@ for suite in registry device jobs c2d; do
   run_suite "node-$suite" env IOTHUB_CONNECTION_STRING="$connection_string" NODE_EXTRA_CA_CERTS="$ca" \
     IOTHUB_JOBS_CONNECTION_STRING="$jobs_connection_string" node "conformance/node/$suite.js"
 done
+# Telemetry read back through the Event Hubs-compatible endpoint (@azure/event-hubs).
+run_suite node-eventhubs env IOTHUB_CONNECTION_STRING="$connection_string" NODE_EXTRA_CA_CERTS="$ca" \
+  IOTHUB_EVENTHUB_CONNECTION_STRING="$eventhub_connection_string" IOTHUB_CONSUMER_GROUP_2=second \
+  IOTHUB_EVENTHUB_PLAIN_PORT=5672 node conformance/node/eventhubs.js
 
 venv=conformance/python/.venv
 if [ ! -x "$venv/bin/python" ] || ! cmp -s conformance/python/requirements.lock "$venv/installed.lock"; then
@@ -170,6 +176,9 @@ run_suite python env IOTHUB_CONNECTION_STRING="$connection_string" REQUESTS_CA_B
 # uamqp (the service SDK's AMQP for cloud-to-device messages) trusts only SSL_CERT_FILE.
 run_suite python-c2d env IOTHUB_CONNECTION_STRING="$connection_string" REQUESTS_CA_BUNDLE="$ca" SSL_CERT_FILE="$ca" \
   IOTHUB_CA_FILE="$ca" "$venv/bin/python" conformance/python/c2d_conformance.py
+run_suite python-eventhubs env IOTHUB_CONNECTION_STRING="$connection_string" REQUESTS_CA_BUNDLE="$ca" \
+  IOTHUB_CA_FILE="$ca" IOTHUB_EVENTHUB_CONNECTION_STRING="$eventhub_connection_string" IOTHUB_CONSUMER_GROUP_2=second \
+  IOTHUB_EVENTHUB_PLAIN_PORT=5672 "$venv/bin/python" conformance/python/eventhubs_conformance.py
 
 # The tutorial's apps written with the Rust clients (built by `cargo test`; built here when missing).
 if [ ! -x target/debug/examples/sim_device ] || [ ! -x target/debug/examples/schedule_job_service ]; then

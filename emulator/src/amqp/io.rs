@@ -9,6 +9,11 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
+use super::padding::FramePadder;
+
+/// Padded bytes the stream may hold back before a write waits for the peer to read.
+const MAX_UNWRITTEN: usize = 256 * 1024;
+
 /// Replays `header` before reading from `inner`. Once `kill` is cancelled every read/write fails,
 /// which makes fe2o3's connection engine (a task we cannot abort) stop promptly. It also runs a
 /// [`FrameGuard`] over the inbound bytes, because fe2o3 0.18.4 panics on frames whose size field
@@ -21,6 +26,10 @@ pub(super) struct PrefixedIo<S> {
     pos: usize,
     inner: S,
     guard: FrameGuard,
+    /// Outbound frames get their full field lists (`padding`), and wait in `out` until the stream takes them.
+    padder: FramePadder,
+    out: Vec<u8>,
+    written: usize,
     kill: CancellationToken,
     killed: Pin<Box<WaitForCancellationFutureOwned>>,
 }
@@ -28,7 +37,17 @@ pub(super) struct PrefixedIo<S> {
 impl<S> PrefixedIo<S> {
     pub(super) fn new(header: [u8; 8], inner: S, kill: CancellationToken) -> Self {
         let killed = Box::pin(kill.clone().cancelled_owned());
-        Self { header, pos: 0, inner, guard: FrameGuard::default(), kill, killed }
+        Self {
+            header,
+            pos: 0,
+            inner,
+            guard: FrameGuard::default(),
+            padder: FramePadder::default(),
+            out: Vec::new(),
+            written: 0,
+            kill,
+            killed,
+        }
     }
     /// Err if killed; otherwise registers the waker so a later kill wakes the pending I/O.
     fn check_killed(&mut self, cx: &mut Context<'_>) -> std::io::Result<()> {
@@ -362,16 +381,49 @@ fn walk_after(code: u8, bytes: &mut &[u8], depth: u32) -> Result<bool, u32> {
     Ok(true)
 }
 
+impl<S: AsyncWrite + Unpin> PrefixedIo<S> {
+    /// Writes what waits in `out`; Ready once all of it is written.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        while self.written < self.out.len() {
+            let (inner, out, written) = (&mut self.inner, &self.out, self.written);
+            match Pin::new(inner).poll_write(cx, &out[written..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => self.written += n,
+                Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        self.out.clear();
+        self.written = 0;
+        Poll::Ready(Ok(()))
+    }
+}
+
 impl<S: AsyncWrite + Unpin> AsyncWrite for PrefixedIo<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
         self.check_killed(cx)?;
-        Pin::new(&mut self.inner).poll_write(cx, data)
+        if let Poll::Ready(Err(error)) = self.poll_drain(cx) {
+            return Poll::Ready(Err(error));
+        }
+        if self.out.len() - self.written > MAX_UNWRITTEN {
+            return Poll::Pending;
+        }
+        let this = &mut *self;
+        this.padder.push(data, &mut this.out);
+        if let Poll::Ready(Err(error)) = self.poll_drain(cx) {
+            return Poll::Ready(Err(error));
+        }
+        Poll::Ready(Ok(data.len()))
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         self.check_killed(cx)?;
+        std::task::ready!(self.poll_drain(cx))?;
         Pin::new(&mut self.inner).poll_flush(cx)
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if !self.kill.is_cancelled() {
+            std::task::ready!(self.poll_drain(cx))?;
+        }
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

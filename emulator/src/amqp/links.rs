@@ -10,7 +10,7 @@ use fe2o3_amqp::link::RecvError;
 use fe2o3_amqp::types::definitions::{self, AmqpError, ReceiverSettleMode, Role};
 use fe2o3_amqp::types::messaging::{Body, TargetArchetype};
 use fe2o3_amqp::types::performatives::Attach;
-use fe2o3_amqp::types::primitives::{Symbol, Value};
+use fe2o3_amqp::types::primitives::Value;
 use fe2o3_amqp::{Delivery, Receiver, Sender};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -110,10 +110,6 @@ pub(super) async fn serve_session(
         .supported_receiver_settle_modes(SupportedReceiverSettleModes::First)
         .fallback_receiver_settle_mode(ReceiverSettleMode::First)
         .max_message_size(MAX_LINK_MESSAGE_BYTES)
-        // Full attach frames and terminus lists for pyamqp (see `full_frame_properties`).
-        .properties(super::full_frame_properties())
-        .source_capabilities(Vec::<Symbol>::new())
-        .target_capabilities(Vec::<Symbol>::new())
         .build();
     let links = TaskTracker::new();
     loop {

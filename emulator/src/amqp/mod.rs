@@ -14,6 +14,7 @@ mod eventhubs;
 mod feedback;
 mod io;
 mod links;
+mod padding;
 mod request;
 mod sasl;
 
@@ -77,8 +78,7 @@ where
         .container_id("iothub-emulator")
         .max_frame_size(MAX_FRAME_SIZE)
         .channel_max(255u16)
-        .idle_time_out(IDLE_TIMEOUT_MS)
-        .properties(full_frame_properties());
+        .idle_time_out(IDLE_TIMEOUT_MS);
     let sasl = Sasl::new(Arc::clone(&hub));
     let opening = async {
         if use_sasl {
@@ -117,10 +117,7 @@ where
             incoming = handle.next_incoming_session() => {
                 let Some(incoming) = incoming else { break None };
                 // An explicit handle-max: fe2o3 leaves the default (2^32-1) out, and pyamqp compares with it.
-                let acceptor = SessionAcceptor::builder()
-                    .handle_max(MAX_LINKS_PER_SESSION)
-                    .properties(full_frame_properties())
-                    .build();
+                let acceptor = SessionAcceptor::builder().handle_max(MAX_LINKS_PER_SESSION).build();
                 match acceptor.accept_incoming_session(incoming, &mut handle).await {
                     Ok(session) => {
                         sessions.spawn(links::serve_session(session, Arc::clone(&connection), ended.child_token()));
@@ -146,16 +143,6 @@ where
         sessions.wait().await;
     }
     tracing::debug!(%peer, "AMQP connection closed");
-}
-
-/// A non-empty last field for open, begin and attach. fe2o3 leaves trailing null fields out of a performative
-/// (the spec allows it), but Python's `azure-eventhub` (pyamqp) reads every field by index and fails with "list
-/// index out of range" on a short open, begin, attach or transfer; a set `properties` (the last field) makes
-/// fe2o3 write them all.
-pub(super) fn full_frame_properties() -> definitions::Fields {
-    let mut properties = definitions::Fields::new();
-    properties.insert("product".into(), fe2o3_amqp::types::primitives::Value::String("iothub-emulator".into()));
-    properties
 }
 
 /// Closes the connection with `reason`; a peer that never answers has its stream cut.
