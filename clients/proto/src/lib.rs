@@ -17,4 +17,4 @@ pub mod topics;
 pub mod twin;
 
 pub use connection_string::{ConnectionStringError, DeviceConnectionString, ServiceConnectionString};
-pub use sas::{SasParseError, SasSignError, SasToken, generate_token};
+pub use sas::{SasParseError, SasSignError, SasToken, generate_event_hubs_token, generate_token};

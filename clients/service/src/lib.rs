@@ -57,6 +57,7 @@
 mod amqp;
 mod client;
 mod error;
+mod events;
 mod jobs;
 mod message;
 mod messages;
@@ -67,6 +68,7 @@ mod twins;
 
 pub use client::{API_VERSION, RetryPolicy, ServiceClient, ServiceOptions, Trust};
 pub use error::Error;
+pub use events::{EventHubConsumer, EventPosition, PartitionReceiver, ReceivedEvent};
 pub use iothub_proto as proto;
 pub use jobs::{JobClient, JobMonitor, Schedule};
 pub use message::CloudToDeviceMessage;

@@ -19,7 +19,7 @@ const REPLY_TO: &str = "cbs";
 const SAS_TOKEN_TYPE: &str = "servicebus.windows.net:sastoken";
 
 /// The two links of `$cbs`: requests out, replies in.
-pub(super) struct Cbs {
+pub(crate) struct Cbs {
     requests: Sender,
     replies: Receiver,
     next_id: u64,
@@ -27,7 +27,7 @@ pub(super) struct Cbs {
 
 impl Cbs {
     /// Attaches both links on `session`; `suffix` makes the link names unique.
-    pub(super) async fn attach(session: &mut SessionHandle<()>, suffix: &str) -> Result<Self, Error> {
+    pub(crate) async fn attach(session: &mut SessionHandle<()>, suffix: &str) -> Result<Self, Error> {
         let requests = Sender::attach(session, format!("cbs-sender-{suffix}"), CBS_ADDRESS)
             .await
             .map_err(|e| Error::Transport(format!("cannot attach to $cbs: {e}")))?;
@@ -43,7 +43,7 @@ impl Cbs {
 
     /// Puts `token` for `audience` and waits for the hub's verdict: 200 is `Ok`, 401 the hub's unauthorized
     /// error, anything else an [`Error::Hub`] with that status.
-    pub(super) async fn put_token(&mut self, audience: &str, token: String) -> Result<(), Error> {
+    pub(crate) async fn put_token(&mut self, audience: &str, token: String) -> Result<(), Error> {
         self.next_id += 1;
         let id = self.next_id;
         let request = Message::builder()
@@ -102,7 +102,7 @@ impl Cbs {
     }
 
     /// Detaches both links.
-    pub(super) async fn close(self) {
+    pub(crate) async fn close(self) {
         let _ = self.requests.close().await;
         let _ = self.replies.close().await;
     }

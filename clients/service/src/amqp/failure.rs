@@ -9,12 +9,12 @@ use fe2o3_amqp::types::primitives::Symbol;
 use crate::error::Error;
 
 /// The hub's answer to a token or policy that does not allow sending.
-pub(super) fn unauthorized(message: String) -> Error {
+pub(crate) fn unauthorized(message: String) -> Error {
     Error::Hub { status: 401, code: "IotHubUnauthorizedAccess".into(), message, number: None }
 }
 
 /// The wire name of a condition, e.g. `amqp:not-found`.
-pub(super) fn condition_text(condition: &ErrorCondition) -> String {
+pub(crate) fn condition_text(condition: &ErrorCondition) -> String {
     let symbol = match condition {
         ErrorCondition::AmqpError(e) => Symbol::from(e),
         ErrorCondition::ConnectionError(e) => Symbol::from(e),
@@ -44,7 +44,7 @@ fn status_and_code(condition: &ErrorCondition) -> (u16, String) {
 }
 
 /// The error a rejected message becomes.
-pub(super) fn rejection(error: Option<&definitions::Error>) -> Error {
+pub(crate) fn rejection(error: Option<&definitions::Error>) -> Error {
     match error {
         Some(error) => {
             let (status, code) = status_and_code(&error.condition);
@@ -61,7 +61,7 @@ pub(super) fn rejection(error: Option<&definitions::Error>) -> Error {
 }
 
 /// The error the peer gave when it ended a link, its session or the connection.
-pub(super) fn state_cause(error: &LinkStateError) -> Option<&definitions::Error> {
+pub(crate) fn state_cause(error: &LinkStateError) -> Option<&definitions::Error> {
     match error {
         LinkStateError::RemoteDetachedWithError(e) | LinkStateError::RemoteClosedWithError(e) => Some(e),
         LinkStateError::SessionStopped(reason) => session_cause(reason),
@@ -80,7 +80,7 @@ fn session_cause(reason: &SessionStopReason) -> Option<&definitions::Error> {
 }
 
 /// The peer's error behind a failed send, if it gave one.
-pub(super) fn send_cause(error: &SendError) -> Option<&definitions::Error> {
+pub(crate) fn send_cause(error: &SendError) -> Option<&definitions::Error> {
     match error {
         SendError::LinkStateError(state) => state_cause(state),
         SendError::Detached(DetachError::RemoteDetachedWithError(e) | DetachError::RemoteClosedWithError(e)) => Some(e),
@@ -91,7 +91,7 @@ pub(super) fn send_cause(error: &SendError) -> Option<&definitions::Error> {
 
 /// A link that failed while doing `what`: the hub's unauthorized error when that is why the hub ended it, else
 /// a transport error.
-pub(super) fn link_error(what: &str, detail: &str, cause: Option<&definitions::Error>) -> Error {
+pub(crate) fn link_error(what: &str, detail: &str, cause: Option<&definitions::Error>) -> Error {
     match cause {
         Some(cause) if cause.condition == ErrorCondition::AmqpError(AmqpError::UnauthorizedAccess) => {
             unauthorized(cause.description.clone().unwrap_or_else(|| "The hub refused the link".into()))

@@ -5,8 +5,8 @@
 //! TLS is the crate's own rustls configuration (fe2o3-amqp gets the tokio-rustls stream), and no SASL is used:
 //! the token on `$cbs` authorizes the links, as the Node SDK does it.
 
-mod cbs;
-mod failure;
+pub(crate) mod cbs;
+pub(crate) mod failure;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -196,17 +196,7 @@ impl Amqp {
 
     /// TCP, TLS, AMQP open (no SASL), a session, `$cbs` with a token for the hub, and the devicebound sender.
     async fn open(&self) -> Result<AmqpLink, Error> {
-        let config = self.trust.client_config(&[]).map_err(|e| Error::Config(e.to_string()))?;
-        let name = ServerName::try_from(self.host.clone())
-            .map_err(|_| Error::Config(format!("'{}' is not a valid host name", self.host)))?;
-        let tcp = TcpStream::connect((self.host.as_str(), self.port))
-            .await
-            .map_err(|e| Error::Transport(format!("cannot connect to {}:{}: {e}", self.host, self.port)))?;
-        let _ = tcp.set_nodelay(true);
-        let tls = TlsConnector::from(Arc::new(config))
-            .connect(name, tcp)
-            .await
-            .map_err(|e| Error::Transport(format!("TLS handshake with {}:{}: {e}", self.host, self.port)))?;
+        let tls = connect_tls(&self.host, self.port, &self.trust).await?;
         let generation = rand::random::<u64>();
         let suffix = format!("{generation:016x}");
         let mut connection = Connection::builder()
@@ -225,6 +215,25 @@ impl Amqp {
         tracing::debug!(host = %self.host, port = self.port, "AMQP connection open");
         Ok(AmqpLink { connection, session, cbs, devicebound, token_put: Instant::now(), generation })
     }
+}
+
+/// TCP and TLS to `host:port`, trusting `trust`: the stream fe2o3 runs AMQP on.
+pub(crate) async fn connect_tls(
+    host: &str,
+    port: u16,
+    trust: &Trust,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, Error> {
+    let config = trust.client_config(&[]).map_err(|e| Error::Config(e.to_string()))?;
+    let name = ServerName::try_from(host.to_owned())
+        .map_err(|_| Error::Config(format!("'{host}' is not a valid host name")))?;
+    let tcp = TcpStream::connect((host, port))
+        .await
+        .map_err(|e| Error::Transport(format!("cannot connect to {host}:{port}: {e}")))?;
+    let _ = tcp.set_nodelay(true);
+    TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| Error::Transport(format!("TLS handshake with {host}:{port}: {e}")))
 }
 
 impl AmqpLink {
