@@ -74,6 +74,11 @@ pub const SURFACES: &[Surface] = &[
         &["c2d-round-trip", "c2d-refusals"],
     ),
     row(
+        "AMQP",
+        "the Event Hubs-compatible endpoint: `$management` partition ids, a receiver with a selector filter, the hub's annotations",
+        &["telemetry"],
+    ),
+    row(
         "REST",
         "`GET /messages/serviceBound/feedback` and its completion; `DELETE /devices/{id}/commands` (purge)",
         &["c2d-round-trip", "c2d-refusals"],

@@ -5,11 +5,14 @@ use std::sync::Arc;
 
 use iothub_device::{ClientOptions, Trust};
 use iothub_emulator::{Emulator, RunningEmulator};
-use iothub_service::{ServiceClient, ServiceOptions};
+use iothub_service::{EventHubConsumer, ServiceClient, ServiceOptions};
 
 /// The environment variable with a real hub's connection string. Its policy needs registry read and write
 /// and service connect (e.g. `iothubowner`).
 pub const AZURE_CONNECTION_STRING: &str = "IOTHUB_CONNECTION_STRING";
+/// The environment variable with that hub's Event Hub-compatible connection string (the portal's Built-in
+/// endpoints); without it, scenarios against Azure skip reading telemetry back.
+pub const AZURE_EVENT_HUB_CONNECTION_STRING: &str = "IOTHUB_EVENTHUB_CONNECTION_STRING";
 
 /// Which hub a run talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +48,8 @@ pub struct Target {
     pub mqtt_port: u16,
     /// TLS settings for the raw requests of the bad-input scenarios.
     pub tls: Arc<rustls::ClientConfig>,
+    /// A reader of the hub's built-in Event Hubs-compatible endpoint (`$Default`), when it is known.
+    pub event_hub: Option<EventHubConsumer>,
     /// The in-process emulator, kept running while the target lives.
     pub emulator: Option<RunningEmulator>,
 }
@@ -72,6 +77,11 @@ impl Target {
             https_port,
             mqtt_port,
             tls: Arc::new(Trust::CaPem(ca.clone()).client_config(&[])?),
+            event_hub: Some(EventHubConsumer::from_connection_string(
+                &emulator.event_hub_connection_string(),
+                "$Default",
+                Trust::CaPem(ca.clone()),
+            )?),
             emulator: Some(emulator),
         })
     }
@@ -90,6 +100,10 @@ impl Target {
             https_port: 443,
             mqtt_port: 8883,
             tls: Arc::new(Trust::PlatformRoots.client_config(&[])?),
+            event_hub: std::env::var(AZURE_EVENT_HUB_CONNECTION_STRING)
+                .ok()
+                .map(|cs| EventHubConsumer::from_connection_string(&cs, "$Default", Trust::PlatformRoots))
+                .transpose()?,
             emulator: None,
         }))
     }

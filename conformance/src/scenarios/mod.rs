@@ -56,7 +56,11 @@ pub const ALL: &[Scenario] = &[
     scenario!("method-round-trip", "a direct method with payloads both ways", methods::round_trip),
     scenario!("method-offline", "a method on a device that is not connected: 404103", methods::offline),
     scenario!("method-timeout", "a device too slow to answer: 504101", methods::timeout),
-    scenario!("telemetry", "device-to-cloud messages with properties, acknowledged at QoS 1", device::telemetry),
+    scenario!(
+        "telemetry",
+        "device-to-cloud messages with properties, acknowledged at QoS 1 and read back from the Event Hubs-compatible endpoint",
+        device::telemetry
+    ),
     scenario!("websocket", "MQTT over WebSockets: a method and a reported patch", device::websocket),
     scenario!(
         "c2d-round-trip",

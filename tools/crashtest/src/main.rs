@@ -3,10 +3,12 @@
 //! - every write that was acknowledged is there: an HTTP 2xx for a twin patch, a device create or delete and a
 //!   job; `res/204` for a reported patch;
 //! - versions only move forward;
-//! - every acknowledged job is still known and comes to an end.
+//! - every acknowledged job is still known and comes to an end;
+//! - every telemetry message the hub acknowledged (PUBACK) is read back from the Event Hubs-compatible endpoint
+//!   by a consumer that resumes from its checkpoints (the last sequence number read per partition): nothing
+//!   acknowledged is lost, nothing is read twice, sequence numbers only grow.
 //!
-//! Repeats for many iterations and reports the anomalies (there must be none). Telemetry is not checked: the
-//! emulator keeps it in memory only, by design.
+//! Repeats for many iterations and reports the anomalies (there must be none).
 //!
 //! Usage: `iothub-crashtest --emulator target/release/iothub-emulator [--iterations 50]`.
 
@@ -18,10 +20,10 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
-use iothub_device::{ClientOptions, DeviceClient, RetryPolicy};
+use iothub_device::{ClientOptions, DeviceClient, Message, RetryPolicy};
 use iothub_service::proto::jobs::JobStatus;
 use iothub_service::proto::twin::Twin;
-use iothub_service::{Etag, Schedule, ServiceClient, ServiceOptions};
+use iothub_service::{Etag, EventHubConsumer, EventPosition, Schedule, ServiceClient, ServiceOptions};
 use serde_json::{Value, json};
 
 /// Kills the emulator under load, again and again, and checks nothing acknowledged was lost.
@@ -39,12 +41,17 @@ struct Cli {
     /// MQTT port for the emulator.
     #[arg(long, default_value_t = 19883)]
     mqtt_port: u16,
+    /// AMQP port for the emulator (the Event Hubs-compatible endpoint).
+    #[arg(long, default_value_t = 19671)]
+    amqp_port: u16,
 }
 
 /// Devices whose twins the service patches.
 const SERVICE_DEVICES: usize = 16;
 /// Devices connected, each patching its reported properties.
 const REPORTING_DEVICES: usize = 4;
+/// Devices connected, each sending numbered telemetry.
+const TELEMETRY_DEVICES: usize = 2;
 
 /// What the emulator acknowledged, and so must still hold after any crash.
 #[derive(Default)]
@@ -61,12 +68,19 @@ struct Ledger {
     jobs: BTreeSet<String>,
     /// Device -> the highest twin version ever seen (versions only move forward).
     versions: BTreeMap<String, u64>,
+    /// Device -> the numbers of its acknowledged telemetry messages.
+    telemetry: BTreeMap<String, BTreeSet<u64>>,
+    /// Device -> the numbers read back from the endpoint.
+    telemetry_read: BTreeMap<String, BTreeSet<u64>>,
+    /// Partition -> the last sequence number read (the consumer's checkpoint).
+    checkpoints: BTreeMap<String, i64>,
 }
 
 /// How to reach a running emulator.
 #[derive(Clone)]
 struct Info {
     connection_string: String,
+    event_hub_connection_string: String,
     ca_pem: String,
 }
 
@@ -81,6 +95,7 @@ fn start(cli: &Cli, data: &Path) -> anyhow::Result<Emulator> {
     let log = std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
     let mut child = Command::new(&cli.emulator)
         .args(["--https-port", &cli.https_port.to_string(), "--mqtt-port", &cli.mqtt_port.to_string()])
+        .args(["--amqp-port", &cli.amqp_port.to_string()])
         .arg("--data-dir")
         .arg(data)
         .stdout(Stdio::piped())
@@ -90,10 +105,14 @@ fn start(cli: &Cli, data: &Path) -> anyhow::Result<Emulator> {
     let stdout = child.stdout.take().context("stdout")?;
     let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
     let mut connection_string = None;
+    let mut event_hub_connection_string = String::new();
     for line in lines.by_ref() {
         let line = line?;
         if let Some(at) = line.find("HostName=") {
             connection_string = Some(line[at..].trim().to_owned());
+        }
+        if let Some(at) = line.find("Endpoint=sb://") {
+            line[at..].trim().clone_into(&mut event_hub_connection_string);
         }
         if line.contains("Python") {
             break;
@@ -106,7 +125,7 @@ fn start(cli: &Cli, data: &Path) -> anyhow::Result<Emulator> {
         anyhow::bail!("the emulator printed no connection string; its stderr:\n{}", stderr.trim_end());
     };
     let ca_pem = std::fs::read_to_string(data.join("ca.pem"))?;
-    Ok(Emulator { child, info: Info { connection_string, ca_pem } })
+    Ok(Emulator { child, info: Info { connection_string, event_hub_connection_string, ca_pem } })
 }
 
 fn service(cli: &Cli, emulator: &Info) -> anyhow::Result<ServiceClient> {
@@ -187,6 +206,44 @@ async fn load(
             }
         });
     }
+    for index in 0..TELEMETRY_DEVICES {
+        let (ledger, mut stop) = (ledger.clone(), stop.clone());
+        let device_id = format!("tel-{index}");
+        let key = hub
+            .registry()
+            .get_device(&device_id)
+            .await?
+            .authentication
+            .and_then(|a| a.symmetric_key)
+            .and_then(|k| k.primary_key)
+            .context("key")?;
+        let cs = format!("HostName=localhost;DeviceId={device_id};SharedAccessKey={key}");
+        let options = ClientOptions::default()
+            .with_ca_pem(emulator.ca_pem.clone())
+            .with_port(cli.mqtt_port)
+            .with_retry(RetryPolicy { max_attempts: Some(0), ..RetryPolicy::default() });
+        tasks.spawn(async move {
+            let Ok(client) = DeviceClient::from_connection_string(&cs, options).await else { return };
+            // Every number is sent once: each round numbers its messages from round * 1,000,000.
+            let mut next = 1_000_000 * round as u64;
+            loop {
+                next += 1;
+                let message = Message::new(format!("{{\"device\":\"{device_id}\",\"n\":{next}}}"));
+                let sent = tokio::select! {
+                    sent = client.send_telemetry(message) => sent,
+                    _ = stop.changed() => break,
+                };
+                match sent {
+                    Ok(()) => {
+                        if let Ok(mut ledger) = ledger.lock() {
+                            ledger.telemetry.entry(device_id.clone()).or_default().insert(next);
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+        });
+    }
     {
         let (hub, ledger, stop) = (hub.clone(), ledger.clone(), stop.clone());
         tasks.spawn(async move {
@@ -242,7 +299,7 @@ async fn load(
 }
 
 /// Checks the restarted hub against the ledger; returns the anomalies.
-async fn verify(hub: &ServiceClient, ledger: &Mutex<Ledger>) -> anyhow::Result<Vec<String>> {
+async fn verify(hub: &ServiceClient, info: &Info, ledger: &Mutex<Ledger>) -> anyhow::Result<Vec<String>> {
     let (desired, reported, created, deleted, jobs, versions) = {
         let l = ledger.lock().map_err(|_| anyhow::anyhow!("ledger poisoned"))?;
         (
@@ -306,6 +363,44 @@ async fn verify(hub: &ServiceClient, ledger: &Mutex<Ledger>) -> anyhow::Result<V
             l.versions.insert(device, version);
         }
     }
+    anomalies.extend(verify_telemetry(info, ledger).await?);
+    Ok(anomalies)
+}
+
+/// Reads every partition from its checkpoint to the end and checks the acknowledged telemetry against it.
+async fn verify_telemetry(info: &Info, ledger: &Mutex<Ledger>) -> anyhow::Result<Vec<String>> {
+    let trust = iothub_service::Trust::CaPem(info.ca_pem.clone());
+    let consumer = EventHubConsumer::from_connection_string(&info.event_hub_connection_string, "$Default", trust)?;
+    let mut anomalies = Vec::new();
+    for partition in consumer.partition_ids().await? {
+        let checkpoint = ledger.lock().ok().and_then(|l| l.checkpoints.get(&partition).copied());
+        let start = checkpoint.map_or(EventPosition::Earliest, EventPosition::AfterSequenceNumber);
+        let mut receiver = consumer.receive(&partition, start).await?;
+        // The hub is local and idle: half a second without an event is the end of the partition.
+        while let Ok(event) = tokio::time::timeout(Duration::from_millis(500), receiver.next()).await {
+            let event = event?;
+            let body: Value = serde_json::from_slice(&event.body).unwrap_or_default();
+            let (Some(device), Some(n)) = (body["device"].as_str(), body["n"].as_u64()) else { continue };
+            let Ok(mut l) = ledger.lock() else { break };
+            let last = l.checkpoints.insert(partition.clone(), event.sequence_number);
+            if last.is_some_and(|last| event.sequence_number <= last) {
+                anomalies
+                    .push(format!("partition {partition}: sequence number {} after {last:?}", event.sequence_number));
+            }
+            if !l.telemetry_read.entry(device.to_owned()).or_default().insert(n) {
+                anomalies.push(format!("{device}: telemetry message {n} was read twice"));
+            }
+        }
+        receiver.close().await;
+    }
+    let Ok(l) = ledger.lock() else { anyhow::bail!("ledger poisoned") };
+    for (device, acked) in &l.telemetry {
+        let read = l.telemetry_read.get(device);
+        let lost: Vec<_> = acked.iter().filter(|n| !read.is_some_and(|r| r.contains(n))).take(5).collect();
+        if !lost.is_empty() {
+            anomalies.push(format!("{device}: acknowledged telemetry not in the log, e.g. {lost:?}"));
+        }
+    }
     Ok(anomalies)
 }
 
@@ -323,6 +418,9 @@ async fn main() -> anyhow::Result<()> {
         }
         for i in 0..REPORTING_DEVICES {
             hub.registry().create_sas_device(&format!("dev-{i}")).await?;
+        }
+        for i in 0..TELEMETRY_DEVICES {
+            hub.registry().create_sas_device(&format!("tel-{i}")).await?;
         }
         emulator.child.kill()?;
         emulator.child.wait()?;
@@ -345,19 +443,20 @@ async fn main() -> anyhow::Result<()> {
         let (load_result, ()) = tokio::join!(loaded, killer);
         load_result?;
         let mut restarted = start(&cli, &data)?;
-        let mut anomalies = verify(&service(&cli, &restarted.info)?, &ledger).await?;
+        let mut anomalies = verify(&service(&cli, &restarted.info)?, &restarted.info, &ledger).await?;
         anomalies.retain(|anomaly| !total_anomalies.contains(anomaly));
-        let (desired, reported, devices, jobs) = {
+        let (desired, reported, devices, jobs, telemetry) = {
             let l = ledger.lock().map_err(|_| anyhow::anyhow!("ledger poisoned"))?;
             (
                 l.desired.values().map(|(c, _)| c).sum::<u64>(),
                 l.reported.values().map(|(r, _)| r).sum::<u64>(),
                 l.created.len() + 2 * l.deleted.len(),
                 l.jobs.len(),
+                l.telemetry.values().map(BTreeSet::len).sum::<usize>(),
             )
         };
         println!(
-            "round {round}: killed after {} ms; acknowledged so far: {desired} desired patches, {reported} reported patches, {devices} creates and deletes, {jobs} jobs; {} anomalies",
+            "round {round}: killed after {} ms; acknowledged so far: {desired} desired patches, {reported} reported patches, {devices} creates and deletes, {jobs} jobs, {telemetry} telemetry messages; {} anomalies",
             kill_after.as_millis(),
             anomalies.len()
         );
