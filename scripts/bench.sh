@@ -80,6 +80,7 @@ start_emulator() {
     sleep 0.05
   done
   connection_string="$(grep -o 'HostName=[^ ]*' "$work/banner.txt" | head -n 1)"
+  event_hub_connection_string="$(grep -o 'Endpoint=sb://[^ ]*' "$work/banner.txt" | head -n 1)"
 }
 
 stop_emulator() {
@@ -89,7 +90,7 @@ stop_emulator() {
 }
 
 lg() {
-  "$loadgen" --mqtt "127.0.0.1:$mqtt_port" --https "127.0.0.1:$https_port" --amqp "127.0.0.1:$amqp_port" --ca "$work/data/ca.pem" \
+  IOTHUB_EVENTHUB_CONNECTION_STRING="$event_hub_connection_string" "$loadgen" --mqtt "127.0.0.1:$mqtt_port" --https "127.0.0.1:$https_port" --amqp "127.0.0.1:$amqp_port" --ca "$work/data/ca.pem" \
     --devices "$work/devices.json" --service "$connection_string" --source-ip "$sources" "$@"
 }
 
@@ -140,6 +141,9 @@ scenario telemetry-30k --count "$devices" telemetry --seconds "$seconds" --rate-
 scenario telemetry-load --count "$devices" telemetry --seconds "$seconds"
 scenario c2d-load --count "$devices" c2d --senders 64 --seconds "$seconds"
 scenario c2d-10k --count "$devices" c2d --senders 64 --seconds "$seconds" --rate 10000
+scenario eventhubs-load --count "$devices" events --seconds "$seconds"
+scenario eventhubs-10k --count "$devices" events --seconds "$seconds" \
+  --rate-per-device "$(python3 -c "print(10000 / $devices)")"
 
 # The anchor: the same request/response load through Mosquitto, TLS on both sides, its certificate issued by the
 # emulator's CA so the load generator trusts it the same way.

@@ -62,7 +62,7 @@ fn a_taken_port_is_a_clear_error() {
     let dir = tempfile::tempdir().expect("tempdir");
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = taken.local_addr().expect("addr").port().to_string();
-    let stderr = failed_start(&["--https-port", &port, "--mqtt-port", "0"], dir.path());
+    let stderr = failed_start(&["--https-port", &port, "--mqtt-port", "0", "--amqp-port", "0"], dir.path());
     assert!(stderr.contains(&format!("port {port} is already in use")), "{stderr}");
     assert!(stderr.contains("--https-port"), "says which flag to change: {stderr}");
 }
@@ -72,7 +72,7 @@ fn a_corrupt_data_file_is_a_clear_error_and_is_left_alone() {
     let dir = tempfile::tempdir().expect("tempdir");
     let garbage = b"definitely not a redb file, someone put a note here";
     std::fs::write(dir.path().join("hub.redb"), garbage).expect("write");
-    let stderr = failed_start(&["--https-port", "0", "--mqtt-port", "0"], dir.path());
+    let stderr = failed_start(&["--https-port", "0", "--mqtt-port", "0", "--amqp-port", "0"], dir.path());
     assert!(stderr.contains("not an iothub-emulator data file"), "{stderr}");
     assert_eq!(std::fs::read(dir.path().join("hub.redb")).expect("read"), garbage, "never a silent reset");
 }
@@ -83,6 +83,8 @@ fn start_and_read_banner(data_dir: &std::path::Path) -> (Child, String) {
         .env("RUST_LOG", "warn")
         .env("IOTHUB_EMULATOR_HTTPS_PORT", "0")
         .env("IOTHUB_EMULATOR_MQTT_PORT", "0")
+        // Ephemeral AMQP too: tests run side by side, and two emulators on 5671 would collide.
+        .env("IOTHUB_EMULATOR_AMQP_PORT", "0")
         .env("IOTHUB_EMULATOR_DATA_DIR", data_dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -152,7 +154,7 @@ fn start_logged(
 ) -> (Child, String, u16, u16) {
     let mut child = Command::new(BIN)
         .env("RUST_LOG", log_level)
-        .args(["--https-port", "0", "--mqtt-port", "0"])
+        .args(["--https-port", "0", "--mqtt-port", "0", "--amqp-port", "0"])
         .args(extra)
         .arg("--data-dir")
         .arg(data_dir)

@@ -252,7 +252,11 @@ pub async fn serve(
                 }
                 Work::Telemetry => {
                     let pkid = u16::try_from(seq % 65_000 + 2).unwrap_or(2);
-                    let body = Bytes::from(format!("{{\"seq\":{seq},\"temperature\":21.5,\"humidity\":40}}"));
+                    // The send time first: Event Hubs readers time the message from it (`events::sent_at`).
+                    let body = Bytes::from(format!(
+                        "{{\"t\":{},\"seq\":{seq},\"temperature\":21.5,\"humidity\":40}}",
+                        crate::c2d::now_nanos()
+                    ));
                     let mut publish = Publish::from_bytes(telemetry_topic.as_str(), QoS::AtLeastOnce, body);
                     publish.pkid = pkid;
                     mqtt.send(Packet::Publish(publish)).await?;

@@ -11,6 +11,7 @@ mod c2d;
 mod callers;
 mod device;
 mod echo;
+mod events;
 mod fleet;
 mod stats;
 
@@ -124,6 +125,15 @@ enum Command {
         /// Messages per second in all (default: each sender back to back).
         #[arg(long)]
         rate: Option<f64>,
+    },
+    /// QoS 1 telemetry from every device (one in flight per device) read back by one consumer per partition of
+    /// the Event Hubs-compatible endpoint: ingest and send-to-read latency.
+    Events {
+        #[command(flatten)]
+        load: DeviceLoad,
+        /// The Event Hub-compatible connection string (the emulator's banner prints it).
+        #[arg(long, env = "IOTHUB_EVENTHUB_CONNECTION_STRING")]
+        event_hub: String,
     },
     /// The Mosquitto anchor: request/response echo through a plain MQTT broker at `--mqtt`.
     Echo {
@@ -278,6 +288,21 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Reported(load) => device_load(connect_fleet().await?, Work::Reported, "reported", &load).await,
         Command::Telemetry(load) => device_load(connect_fleet().await?, Work::Telemetry, "telemetry", &load).await,
+        Command::Events { load, event_hub } => {
+            let ca = cli.ca.as_ref().context("--ca is required")?;
+            let pem = std::fs::read_to_string(ca).with_context(|| format!("reading {}", ca.display()))?;
+            let consumer = iothub_service::EventHubConsumer::from_connection_string(
+                &event_hub,
+                "$Default",
+                iothub_service::Trust::CaPem(pem),
+            )?;
+            let fleet = connect_fleet().await?;
+            let devices = fleet.connected;
+            let readers = events::start(&consumer).await?;
+            let started = std::time::Instant::now();
+            device_load(fleet, Work::Telemetry, "eventhubs-ingest", &load).await;
+            readers.finish(started, devices).await;
+        }
         Command::Jobs { runs, condition } => {
             let fleet = connect_fleet().await?;
             let service = service()?;
