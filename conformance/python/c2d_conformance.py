@@ -19,7 +19,7 @@ import uamqp
 from azure.iot.device import IoTHubDeviceClient
 from azure.iot.hub import IoTHubRegistryManager
 
-from harness import check, hub_settings, run, scenario
+from harness import check, device_maker, hub_settings, run, scenario
 
 CONNECTION_STRING, HOST, CA_PEM = hub_settings()
 
@@ -32,12 +32,7 @@ clients = []
 feedback = {}
 
 
-def create_device(label):
-    device_id = f"conf-py-c2d-{label}-{suffix}"
-    device = registry.create_device_with_sas(device_id, "", "", "enabled")
-    created.append(device_id)
-    key = device.authentication.symmetric_key.primary_key
-    return device_id, f"HostName={HOST};DeviceId={device_id};SharedAccessKey={key}"
+create_device = device_maker(registry, HOST, "conf-py-c2d", suffix, created)
 
 
 def connect(device_connection_string):

@@ -21,7 +21,7 @@ from azure.eventhub import EventHubConsumerClient, TransportType
 from azure.iot.device import IoTHubDeviceClient, Message
 from azure.iot.hub import IoTHubRegistryManager
 
-from harness import check, hub_settings, run, scenario
+from harness import check, device_maker, hub_settings, run, scenario
 
 CONNECTION_STRING, HOST, CA_PEM = hub_settings()
 EVENTHUB_CONNECTION_STRING = os.environ["IOTHUB_EVENTHUB_CONNECTION_STRING"]
@@ -36,17 +36,17 @@ created = []
 clients = []
 
 
+make_device = device_maker(registry, HOST, "conf-py-eh", suffix, created)
+
+
 def create_device(label):
-    device_id = f"conf-py-eh-{label}-{suffix}"
-    device = registry.create_device_with_sas(device_id, "", "", "enabled")
-    created.append(device_id)
-    key = device.authentication.symmetric_key.primary_key
+    """A registered device, connected over MQTT: its id, generation id and client."""
+    device_id, connection_string = make_device(label)
     client = IoTHubDeviceClient.create_from_connection_string(
-        f"HostName={HOST};DeviceId={device_id};SharedAccessKey={key}",
-        **({"server_verification_cert": CA_PEM} if CA_PEM else {}))
+        connection_string, **({"server_verification_cert": CA_PEM} if CA_PEM else {}))
     clients.append(client)
     client.connect()
-    return device_id, device.generation_id, client
+    return device_id, registry.get_device(device_id).generation_id, client
 
 
 def send(client, body, message_id=None, **properties):

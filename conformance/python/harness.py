@@ -48,6 +48,18 @@ def summary(extra_failures=0):
     return failed
 
 
+def device_maker(registry, host, prefix, suffix, created):
+    """A `create_device(label)` that registers `<prefix>-<label>-<suffix>` with SAS keys, remembers it in `created`
+    for `run` to delete, and returns its id and connection string."""
+    def create_device(label):
+        device_id = f"{prefix}-{label}-{suffix}"
+        device = registry.create_device_with_sas(device_id, "", "", "enabled")
+        created.append(device_id)
+        key = device.authentication.symmetric_key.primary_key
+        return device_id, f"HostName={host};DeviceId={device_id};SharedAccessKey={key}"
+    return create_device
+
+
 def run(main, registry, clients, created, seconds=150):
     """Runs `main` with a time limit, then shuts the device `clients` down, deletes the `created` devices and
     exits with 0 only when every scenario passed (an exception out of `main` counts as one more failure)."""

@@ -23,7 +23,7 @@ from azure.iot.hub import IoTHubJobManager, IoTHubRegistryManager
 from azure.iot.hub.models import CloudToDeviceMethod, JobRequest, QuerySpecification, Twin, TwinProperties
 from msrest.exceptions import HttpOperationError
 
-from harness import check, hub_settings, run, scenario
+from harness import check, device_maker, hub_settings, run, scenario
 
 CONNECTION_STRING, HOST, CA_PEM = hub_settings()
 
@@ -34,12 +34,7 @@ created = []
 clients = []
 
 
-def create_device(label):
-    device_id = f"conf-py-{label}-{suffix}"
-    device = registry.create_device_with_sas(device_id, "", "", "enabled")
-    created.append(device_id)
-    key = device.authentication.symmetric_key.primary_key
-    return device_id, f"HostName={HOST};DeviceId={device_id};SharedAccessKey={key}"
+create_device = device_maker(registry, HOST, "conf-py", suffix, created)
 
 
 def connect(device_connection_string, websockets=False):

@@ -67,6 +67,27 @@ pub fn raise_open_file_limit() -> u64 {
     }
 }
 
+/// The next accepted connection (TCP_NODELAY set), or `None` once `shutdown` fires. A failed accept (usually out of
+/// file descriptors) backs off briefly instead of spinning.
+async fn next_connection(listener: &TcpListener, shutdown: &CancellationToken) -> Option<(TcpStream, SocketAddr)> {
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = shutdown.cancelled() => return None,
+        };
+        match accepted {
+            Ok((tcp, peer)) => {
+                let _ = tcp.set_nodelay(true);
+                return Some((tcp, peer));
+            }
+            Err(error) => {
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
 /// Accepts TLS connections until `shutdown` fires; each admitted one runs `handle` in a task tracked by
 /// `tracker`, each one past the gate's ceiling runs `refuse`.
 pub async fn accept_tls<H, F, R, RF>(
@@ -83,21 +104,7 @@ pub async fn accept_tls<H, F, R, RF>(
     R: Fn(TlsStream<TcpStream>, SocketAddr) -> RF + Clone + Send + 'static,
     RF: Future<Output = ()> + Send + 'static,
 {
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            () = shutdown.cancelled() => break,
-        };
-        let (tcp, peer) = match accepted {
-            Ok(pair) => pair,
-            Err(error) => {
-                // Usually out of file descriptors: back off briefly instead of spinning.
-                tracing::warn!(%error, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = tcp.set_nodelay(true);
+    while let Some((tcp, peer)) = next_connection(&listener, &shutdown).await {
         let admitted = gate.try_admit();
         if admitted.is_none() {
             tracing::warn!(%peer, ceiling = gate.ceiling(), "connection refused: the emulator is at its connection ceiling");
@@ -142,20 +149,7 @@ pub async fn accept_plain<H, F>(
     H: Fn(TcpStream, SocketAddr) -> F + Clone + Send + 'static,
     F: Future<Output = ()> + Send + 'static,
 {
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            () = shutdown.cancelled() => break,
-        };
-        let (tcp, peer) = match accepted {
-            Ok(pair) => pair,
-            Err(error) => {
-                tracing::warn!(%error, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = tcp.set_nodelay(true);
+    while let Some((tcp, peer)) = next_connection(&listener, &shutdown).await {
         let Some(place) = gate.try_admit() else {
             tracing::warn!(%peer, ceiling = gate.ceiling(), "connection refused: the emulator is at its connection ceiling");
             continue;

@@ -139,6 +139,29 @@ fn counter(section: Option<&serde_json::Map<String, Value>>, key: &str) -> u64 {
     section.and_then(|s| s.get(key)).and_then(Value::as_u64).unwrap_or(0)
 }
 
+/// How a load device connects: its connection string from the registry, no reconnects (a crash ends it).
+async fn device_connector(
+    cli: &Cli,
+    emulator: &Info,
+    hub: &ServiceClient,
+    device_id: &str,
+) -> anyhow::Result<impl Future<Output = Result<DeviceClient, iothub_device::Error>> + Send + 'static> {
+    let key = hub
+        .registry()
+        .get_device(device_id)
+        .await?
+        .authentication
+        .and_then(|a| a.symmetric_key)
+        .and_then(|k| k.primary_key)
+        .context("key")?;
+    let cs = format!("HostName=localhost;DeviceId={device_id};SharedAccessKey={key}");
+    let options = ClientOptions::default()
+        .with_ca_pem(emulator.ca_pem.clone())
+        .with_port(cli.mqtt_port)
+        .with_retry(RetryPolicy { max_attempts: Some(0), ..RetryPolicy::default() });
+    Ok(async move { DeviceClient::from_connection_string(&cs, options).await })
+}
+
 /// One round of load until `stop`: service twin patches, device reported patches, creates and deletes, jobs.
 async fn load(
     cli: &Cli,
@@ -172,21 +195,9 @@ async fn load(
     for index in 0..REPORTING_DEVICES {
         let (ledger, mut stop) = (ledger.clone(), stop.clone());
         let device_id = format!("dev-{index}");
-        let key = hub
-            .registry()
-            .get_device(&device_id)
-            .await?
-            .authentication
-            .and_then(|a| a.symmetric_key)
-            .and_then(|k| k.primary_key)
-            .context("key")?;
-        let cs = format!("HostName=localhost;DeviceId={device_id};SharedAccessKey={key}");
-        let options = ClientOptions::default()
-            .with_ca_pem(emulator.ca_pem.clone())
-            .with_port(cli.mqtt_port)
-            .with_retry(RetryPolicy { max_attempts: Some(0), ..RetryPolicy::default() });
+        let connect = device_connector(cli, emulator, &hub, &device_id).await?;
         tasks.spawn(async move {
-            let Ok(client) = DeviceClient::from_connection_string(&cs, options).await else { return };
+            let Ok(client) = connect.await else { return };
             loop {
                 let next = ledger.lock().map(|l| l.reported.get(&device_id).map_or(0, |(r, _)| *r)).unwrap_or(0) + 1;
                 let patch = json!({"r": next});
@@ -209,21 +220,9 @@ async fn load(
     for index in 0..TELEMETRY_DEVICES {
         let (ledger, mut stop) = (ledger.clone(), stop.clone());
         let device_id = format!("tel-{index}");
-        let key = hub
-            .registry()
-            .get_device(&device_id)
-            .await?
-            .authentication
-            .and_then(|a| a.symmetric_key)
-            .and_then(|k| k.primary_key)
-            .context("key")?;
-        let cs = format!("HostName=localhost;DeviceId={device_id};SharedAccessKey={key}");
-        let options = ClientOptions::default()
-            .with_ca_pem(emulator.ca_pem.clone())
-            .with_port(cli.mqtt_port)
-            .with_retry(RetryPolicy { max_attempts: Some(0), ..RetryPolicy::default() });
+        let connect = device_connector(cli, emulator, &hub, &device_id).await?;
         tasks.spawn(async move {
-            let Ok(client) = DeviceClient::from_connection_string(&cs, options).await else { return };
+            let Ok(client) = connect.await else { return };
             // Every number is sent once: each round numbers its messages from round * 1,000,000.
             let mut next = 1_000_000 * round as u64;
             loop {
