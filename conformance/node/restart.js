@@ -2,9 +2,10 @@
 // Restart conformance with Microsoft's unmodified Node SDKs: a device connected with `azure-iot-device-mqtt`
 // while the hub stops (SIGTERM) and starts again on the same data dir finds, without any help from its code,
 // that it is connected again: what was acknowledged before is there, methods reach it, desired changes reach
-// it, its reported patches land.
+// it, its reported patches land. An Event Hubs consumer that checkpointed before the restart resumes after it and
+// reads exactly what was sent since: nothing twice, nothing lost.
 //
-// Needs IOTHUB_CONNECTION_STRING (hub owner), NODE_EXTRA_CA_CERTS=<ca.pem>, and someone to restart the hub: the
+// Needs IOTHUB_CONNECTION_STRING (hub owner), IOTHUB_EVENTHUB_CONNECTION_STRING, NODE_EXTRA_CA_CERTS=<ca.pem>, and someone to restart the hub: the
 // script prints "READY" once its writes are acknowledged and waits for a line on stdin, which must come after
 // the hub is back (scripts/sdk-conformance.sh does this). Prints "PASS <name>" / "FAIL <name>: <why>", then
 // "N passed, M failed"; exits 0 only when nothing failed.
@@ -15,7 +16,8 @@ const { Client: DeviceClient } = require('azure-iot-device');
 const { Mqtt } = require('azure-iot-device-mqtt');
 const { Client: ServiceClient, Registry } = require('azure-iothub');
 const { Message } = require('azure-iot-device');
-const { ownerConnection, check, scenario, fail, finish } = require('./harness');
+const { EventHubConsumerClient } = require('@azure/event-hubs');
+const { ownerConnection, check, scenario, fail, finish, withTimeout } = require('./harness');
 
 const { connectionString, hostName } = ownerConnection();
 const registry = Registry.fromConnectionString(connectionString);
@@ -24,6 +26,8 @@ const deviceId = `conf-node-restart-${crypto.randomBytes(5).toString('hex')}`;
 // A device that is away during the restart: a cloud-to-device message queued for it before must reach it after.
 const awayId = `${deviceId}-away`;
 let client;
+// The consumer's checkpoint: the partition of the device's telemetry and the last sequence number read.
+let checkpoint;
 
 function sleep(ms) {
   return new Promise((resolve) => setTimeout(resolve, ms));
@@ -38,6 +42,45 @@ function waitForStdinLine() {
     });
     lines.once('close', resolve);
   });
+}
+
+function sendTelemetry(body) {
+  const message = new Message(JSON.stringify(body));
+  message.contentType = 'application/json';
+  message.contentEncoding = 'utf-8';
+  return new Promise((resolve, reject) => client.sendEvent(message, (err) => (err ? reject(err) : resolve())));
+}
+
+// Reads the device's telemetry from `position` on (all partitions, or `partitionId`) until `count` arrived.
+async function readTelemetry(position, count, partitionId) {
+  const consumer = new EventHubConsumerClient('$Default', process.env.IOTHUB_EVENTHUB_CONNECTION_STRING);
+  const events = [];
+  let subscription;
+  try {
+    await withTimeout(new Promise((resolve, reject) => {
+      const handlers = {
+        processEvents: async (batch, context) => {
+          for (const event of batch) {
+            if (event.systemProperties['iothub-connection-device-id'] === deviceId) {
+              events.push({ body: event.body, sequenceNumber: event.sequenceNumber, partitionId: context.partitionId });
+            }
+          }
+          if (events.length >= count) resolve();
+        },
+        processError: async (err) => reject(err),
+      };
+      const options = { startPosition: position, maxWaitTimeInSeconds: 1 };
+      subscription = partitionId === undefined
+        ? consumer.subscribe(handlers, options)
+        : consumer.subscribe(partitionId, handlers, options);
+    }), 30000, 'reading telemetry');
+    // A moment more: anything beyond `count` would be a message read twice.
+    await sleep(1500);
+    return events;
+  } finally {
+    if (subscription) await subscription.close();
+    await consumer.close();
+  }
 }
 
 function updateReported(twin, patch) {
@@ -92,6 +135,14 @@ async function main() {
     await service.close();
   });
 
+  await scenario('before-restart-telemetry-read-and-checkpointed', async () => {
+    for (const n of [1, 2, 3]) await sendTelemetry({ n });
+    const events = await readTelemetry({ offset: '-1' }, 3);
+    check(JSON.stringify(events.map((e) => e.body)) === JSON.stringify([{ n: 1 }, { n: 2 }, { n: 3 }]),
+      `read ${JSON.stringify(events)}`);
+    checkpoint = events[2];
+  });
+
   console.log('READY');
   await waitForStdinLine();
 
@@ -127,6 +178,16 @@ async function main() {
     } finally {
       await late.close();
     }
+  });
+
+  await scenario('event-hubs-consumer-resumes-from-its-checkpoint', async () => {
+    check(checkpoint, 'no checkpoint was taken before the restart');
+    for (const n of [4, 5]) await sendTelemetry({ n });
+    const events = await readTelemetry(
+      { sequenceNumber: checkpoint.sequenceNumber, isInclusive: false }, 2, checkpoint.partitionId);
+    check(JSON.stringify(events.map((e) => e.body)) === JSON.stringify([{ n: 4 }, { n: 5 }]),
+      `after the checkpoint: ${JSON.stringify(events)}`);
+    check(events[0].sequenceNumber > checkpoint.sequenceNumber, 'sequence numbers went on after the restart');
   });
 
   await scenario('reported-patch-after-the-restart-lands', async () => {
