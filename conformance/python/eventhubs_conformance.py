@@ -49,7 +49,12 @@ def create_device(label):
     return device_id, registry.get_device(device_id).generation_id, client
 
 
+# Messages the sender device has sent so far (every one acknowledged).
+sent = []
+
+
 def send(client, body, message_id=None, **properties):
+    sent.append(body)
     message = Message(json.dumps(body))
     message.content_type = "application/json"
     message.content_encoding = "utf-8"
@@ -179,8 +184,10 @@ def main():
         default, second = Reader(consumer(), device_id, starting_position="-1"), \
             Reader(consumer(SECOND_GROUP), device_id, starting_position="-1")
         try:
-            check(len(default.wait(3)) >= 3 and len(second.wait(3)) >= 3, "both groups read the same messages")
-            check([e.sequence_number for e in default.events] == [e.sequence_number for e in second.events],
+            count = len(sent)
+            check(default.wait(count) == sent and second.wait(count) == sent,
+                  f"both groups read all {count} messages: {default.wait(count, 0)} / {second.wait(count, 0)}")
+            check([e.sequence_number for e in default.events[:count]] == [e.sequence_number for e in second.events[:count]],
                   "independently, from the same positions")
         finally:
             default.close()
