@@ -34,7 +34,7 @@ fn message(batch: &FeedbackBatch, hub_name: &str, now: jiff::Timestamp) -> Messa
 /// Sends feedback until the link ends (`None`) or `stop` fires (the link, to detach).
 pub(super) async fn serve(mut sender: Sender, connection: &Connection, stop: CancellationToken) -> Option<Sender> {
     let hub = &connection.hub;
-    let hub_name = hub.host_name().split('.').next().unwrap_or_default().to_owned();
+    let hub_name = hub.event_hub_name().to_owned();
     loop {
         tokio::select! {
             () = stop.cancelled() => return Some(sender),

@@ -221,8 +221,8 @@ impl Hub {
         &self.host_name
     }
 
-    /// The name of the built-in Event Hubs-compatible endpoint (its `EntityPath`): the hub's name, the first
-    /// label of its host name.
+    /// The hub's name, the first label of its host name: the `EntityPath` of the built-in Event Hubs-compatible
+    /// endpoint and the `user-id` of feedback messages.
     pub fn event_hub_name(&self) -> &str {
         self.host_name.split('.').next().unwrap_or(&self.host_name)
     }
