@@ -191,7 +191,7 @@ run_suite rust-tutorial env IOTHUB_CONNECTION_STRING="$connection_string" IOTHUB
 # dir; they reconnect by themselves and find everything that was acknowledged.
 run_restart_suites \
   node-restart "IOTHUB_CONNECTION_STRING='$connection_string' IOTHUB_EVENTHUB_CONNECTION_STRING='$eventhub_connection_string' NODE_EXTRA_CA_CERTS='$ca' node conformance/node/restart.js" \
-  python-restart "IOTHUB_CONNECTION_STRING='$connection_string' REQUESTS_CA_BUNDLE='$ca' IOTHUB_CA_FILE='$ca' '$venv/bin/python' conformance/python/restart_conformance.py"
+  python-restart "IOTHUB_CONNECTION_STRING='$connection_string' IOTHUB_EVENTHUB_CONNECTION_STRING='$eventhub_connection_string' REQUESTS_CA_BUNDLE='$ca' IOTHUB_CA_FILE='$ca' '$venv/bin/python' conformance/python/restart_conformance.py"
 
 # Throttling: the same hub restarted with one S1 unit's rates; past them the SDKs get their own throttling errors.
 stop_emulator

@@ -14,21 +14,18 @@ import datetime
 import json
 import os
 import secrets
-import threading
 import time
 
-from azure.eventhub import EventHubConsumerClient, TransportType
+from azure.eventhub import TransportType
 from azure.iot.device import IoTHubDeviceClient, Message
 from azure.iot.hub import IoTHubRegistryManager
 
+from eventhub_reader import EVENTHUB_CONNECTION_STRING, Reader, consumer
 from harness import check, device_maker, hub_settings, run, scenario
 
 CONNECTION_STRING, HOST, CA_PEM = hub_settings()
-EVENTHUB_CONNECTION_STRING = os.environ["IOTHUB_EVENTHUB_CONNECTION_STRING"]
-CA_FILE = os.environ.get("IOTHUB_CA_FILE")
 SECOND_GROUP = os.environ.get("IOTHUB_CONSUMER_GROUP_2")
 PLAIN_PORT = os.environ.get("IOTHUB_EVENTHUB_PLAIN_PORT")
-WAIT = 20
 
 registry = IoTHubRegistryManager.from_connection_string(CONNECTION_STRING)
 suffix = secrets.token_hex(5)
@@ -63,54 +60,6 @@ def send(client, body, message_id=None, **properties):
     for key, value in properties.items():
         message.custom_properties[key] = value
     client.send_message(message)
-
-
-def consumer(group="$Default", connection_string=EVENTHUB_CONNECTION_STRING, **kwargs):
-    if CA_FILE and "UseDevelopmentEmulator" not in connection_string:
-        kwargs.setdefault("connection_verify", CA_FILE)
-    return EventHubConsumerClient.from_connection_string(connection_string, consumer_group=group, retry_total=1,
-                                                         **kwargs)
-
-
-class Reader:
-    """Runs `client.receive` in a thread and keeps the events of `device_id` (or every error)."""
-
-    def __init__(self, client, device_id, **receive_kwargs):
-        self.client, self.device_id = client, device_id
-        self.events, self.partitions, self.errors = [], [], []
-        self.thread = threading.Thread(target=self._receive, args=(receive_kwargs,), daemon=True)
-        self.thread.start()
-
-    def _receive(self, kwargs):
-        def on_event(context, event):
-            if event is not None and event.system_properties.get(b"iothub-connection-device-id") == \
-                    self.device_id.encode():
-                self.events.append(event)
-                self.partitions.append(context.partition_id)
-
-        def on_error(context, error):
-            self.errors.append(error)
-
-        try:
-            self.client.receive(on_event=on_event, on_error=on_error, max_wait_time=1, **kwargs)
-        except Exception as error:  # a refused receiver ends receive() itself
-            self.errors.append(error)
-
-    def wait(self, count, seconds=WAIT):
-        deadline = time.monotonic() + seconds
-        while len(self.events) < count and time.monotonic() < deadline:
-            time.sleep(0.1)
-        return [json.loads(e.body_as_str()) for e in self.events]
-
-    def wait_error(self, seconds=WAIT):
-        deadline = time.monotonic() + seconds
-        while not self.errors and time.monotonic() < deadline:
-            time.sleep(0.1)
-        return self.errors
-
-    def close(self):
-        self.client.close()
-        self.thread.join(10)
 
 
 def main():

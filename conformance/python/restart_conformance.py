@@ -2,24 +2,28 @@
 
 An `azure-iot-device` client connected while the hub stops (SIGTERM) and starts again on the same data dir
 reconnects on its own (the SDK's connection retry): what was acknowledged before is there, methods and desired
-changes reach the device, its reported patches land.
+changes reach the device, its reported patches land. An `azure-eventhub` consumer that checkpointed before the
+restart resumes after it from the checkpoint and reads exactly what was sent since.
 
-Environment: IOTHUB_CONNECTION_STRING (hub owner), REQUESTS_CA_BUNDLE=<ca.pem> and IOTHUB_CA_FILE=<ca.pem>, and
+Environment: IOTHUB_CONNECTION_STRING (hub owner), IOTHUB_EVENTHUB_CONNECTION_STRING (the Event Hub-compatible
+connection string), REQUESTS_CA_BUNDLE=<ca.pem> and IOTHUB_CA_FILE=<ca.pem>, and
 someone to restart the hub: the script prints "READY" once its writes are acknowledged and waits for a line on
 stdin, which must come after the hub is back (scripts/sdk-conformance.sh does this). Prints "PASS <name>" /
 "FAIL <name>: <why>", then "N passed, M failed"; exits 0 only when nothing failed.
 """
 
+import json
 import os
 import secrets
 import sys
 import threading
 import time
 
-from azure.iot.device import IoTHubDeviceClient, MethodResponse
+from azure.iot.device import IoTHubDeviceClient, Message, MethodResponse
 from azure.iot.hub import IoTHubRegistryManager
 from azure.iot.hub.models import CloudToDeviceMethod, Twin, TwinProperties
 
+from eventhub_reader import Reader, consumer
 from harness import check, hub_settings, scenario, summary
 
 CONNECTION_STRING, HOST, CA_PEM = hub_settings()
@@ -43,6 +47,25 @@ def ping_until_answered(seconds):
     raise AssertionError(f"the device did not answer within {seconds} s: {last}")
 
 
+def send_telemetry(client, body):
+    message = Message(json.dumps(body))
+    message.content_type = "application/json"
+    message.content_encoding = "utf-8"
+    client.send_message(message)
+
+
+def read_telemetry(count, **receive_kwargs):
+    """The device's telemetry events read from the given position on until `count` arrived, plus a moment more
+    (anything beyond `count` would be an event read twice)."""
+    reader = Reader(consumer(), device_id, **receive_kwargs)
+    try:
+        reader.wait(count)
+        time.sleep(1.5)
+        return reader.events, reader.partitions
+    finally:
+        reader.close()
+
+
 def main():
     device = registry.create_device_with_sas(device_id, "", "", "enabled")
     key = device.authentication.symmetric_key.primary_key
@@ -51,6 +74,8 @@ def main():
         f"HostName={HOST};DeviceId={device_id};SharedAccessKey={key}", **kwargs)
     desired = []
     arrived = threading.Event()
+    # The consumer's checkpoint: the partition of the device's telemetry and the last sequence number read.
+    checkpoint = {}
 
     def on_method(request):
         client.send_method_response(MethodResponse.create_from_method_request(request, 200, {"pong": request.payload["n"]}))
@@ -72,6 +97,15 @@ def main():
             client.patch_twin_reported_properties({"beforeRestart": True})
             check(ping_until_answered(10).status == 200, "ping before the restart")
 
+        @scenario("before-restart-telemetry-read-and-checkpointed")
+        def _():
+            for n in (1, 2, 3):
+                send_telemetry(client, {"n": n})
+            events, partitions = read_telemetry(3, starting_position="-1")
+            bodies = [json.loads(e.body_as_str()) for e in events]
+            check(bodies == [{"n": 1}, {"n": 2}, {"n": 3}], f"read {bodies}")
+            checkpoint.update(partition=partitions[-1], sequence_number=events[-1].sequence_number)
+
         print("READY", flush=True)
         sys.stdin.readline()
 
@@ -92,6 +126,18 @@ def main():
         def _():
             registry.update_twin(device_id, Twin(properties=TwinProperties(desired={"after": 2})), "*")
             check(arrived.wait(10), f"desired patches seen: {desired}")
+
+        @scenario("event-hubs-consumer-resumes-from-its-checkpoint")
+        def _():
+            check(checkpoint, "no checkpoint was taken before the restart")
+            for n in (4, 5):
+                send_telemetry(client, {"n": n})
+            events, _ = read_telemetry(2, partition_id=checkpoint["partition"],
+                                       starting_position=checkpoint["sequence_number"],
+                                       starting_position_inclusive=False)
+            bodies = [json.loads(e.body_as_str()) for e in events]
+            check(bodies == [{"n": 4}, {"n": 5}], f"after the checkpoint: {bodies}")
+            check(events[0].sequence_number > checkpoint["sequence_number"], "sequence numbers went on")
 
         @scenario("reported-patch-after-the-restart-lands")
         def _():

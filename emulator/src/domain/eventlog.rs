@@ -226,6 +226,11 @@ impl Partition {
         dropped
     }
 
+    /// Bytes the kept events count for (the size cap's measure).
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
     /// When the oldest kept event was enqueued.
     pub fn oldest_enqueued(&self) -> Option<Timestamp> {
         self.events.front().map(|e| e.message.enqueued_time)

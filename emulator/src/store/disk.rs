@@ -1,13 +1,16 @@
 //! The redb-backed store: one file, ACID transactions, fsync on commit, and one writer thread doing group commit.
 
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::thread::JoinHandle;
 
 use redb::{Database, DatabaseError, ReadableDatabase as _, ReadableTable as _, TableDefinition};
 use tokio::sync::{mpsc, oneshot};
 
+use super::segments::SegmentLog;
 use super::{Loaded, StoreError, Write, decode, encode, events, legacy};
+use crate::domain::eventlog::Event;
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const DEVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("devices");
@@ -22,12 +25,16 @@ const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
 const MESSAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("c2d_messages");
 /// Feedback records, keyed by their sequence (20 digits, so keys sort as numbers).
 const FEEDBACK: TableDefinition<&str, &[u8]> = TableDefinition::new("c2d_feedback");
-/// The Event Hubs-compatible log, keyed (partition, sequence) (`events::encode`). Created on first use: files
-/// written before it simply have no telemetry.
+/// The Event Hubs-compatible log, keyed (partition, sequence) (`events::encode`), where a store has no directory
+/// for segment files (`open_with`). A data dir keeps the log in segment files (`segments`) and moves records an
+/// earlier build left here into them on open.
 const EVENTS: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("events");
-/// The endpoint's record and each trimmed partition's continuation (JSON), under `hub` and `continue/<n>`.
+/// The endpoint's record, each trimmed partition's continuation and trim point (JSON), under `hub`,
+/// `continue/<n>` and `trimmed/<n>`.
 const EVENT_META: TableDefinition<&str, &[u8]> = TableDefinition::new("event_meta");
 const EVENT_HUB_KEY: &str = "hub";
+/// The directory of the log's segment files, beside the data file.
+const SEGMENTS_DIR: &str = "eventlog";
 
 /// The file format this build writes and reads. Version 2 added the job tables, version 3 the MQTT sessions,
 /// version 4 typed twins and typed jobs (`legacy`) and the cloud-to-device queues and feedback. An older file is upgraded in place, in one transaction: the
@@ -68,7 +75,7 @@ impl DiskStore {
             db
         };
         let reopen_path = path.to_path_buf();
-        Self::start(db, &shown, Box::new(move || Database::open(&reopen_path)))
+        Self::start(db, &shown, Box::new(move || Database::open(&reopen_path)), Some(segments_dir(path)))
     }
 
     /// A store over any redb backend (tests inject failing disks with it); `opener` opens it again.
@@ -78,17 +85,33 @@ impl DiskStore {
         if db.begin_read().map_err(|e| StoreError::Corrupt(e.to_string()))?.open_table(META).is_err() {
             initialise(&db).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         }
-        Self::start(db, &shown, opener)
+        Self::start(db, &shown, opener, None)
     }
 
-    fn start(db: Database, shown: &str, opener: Opener) -> Result<(Self, Loaded), StoreError> {
+    /// Opens the log's segment files in `segments` (none: the log stays in redb) and starts the writer.
+    fn start(
+        db: Database,
+        shown: &str,
+        opener: Opener,
+        segments: Option<PathBuf>,
+    ) -> Result<(Self, Loaded), StoreError> {
         let open_error = |detail: String| StoreError::Open { path: shown.to_owned(), detail };
         upgrade(&db).map_err(|e| open_error(format!("cannot upgrade it to this release's format: {e}")))?;
-        let loaded = load(&db, shown)?;
+        let mut loaded = load(&db, shown)?;
+        let segments = match segments {
+            Some(dir) => {
+                let (log, events) = SegmentLog::open(&dir, &trim_points(&db, shown)?, true).map_err(open_error)?;
+                let mut log = log.ok_or_else(|| open_error("the event log is not writable".into()))?;
+                move_events_to_segments(&db, &mut log, &loaded.events).map_err(open_error)?;
+                loaded.events = merge_events(std::mem::take(&mut loaded.events), events);
+                Some(log)
+            }
+            None => None,
+        };
         let (tx, rx) = mpsc::unbounded_channel();
         let writer = std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || run_writer(db, &opener, rx))
+            .spawn(move || run_writer(db, segments, &opener, rx))
             .map_err(|e| open_error(format!("cannot start the writer thread: {e}")))?;
         Ok((Self { tx: Mutex::new(Some(tx)), writer: Mutex::new(Some(writer)) }, loaded))
     }
@@ -135,7 +158,54 @@ pub(super) fn load_read_only(path: &Path) -> Result<Loaded, StoreError> {
             other => describe_open_error(other),
         },
     })?;
-    load(&db, &shown)
+    let mut loaded = load(&db, &shown)?;
+    let trimmed = trim_points(&db, &shown)?;
+    let (_, events) = SegmentLog::open(&segments_dir(path), &trimmed, false)
+        .map_err(|detail| StoreError::Open { path: shown.clone(), detail })?;
+    loaded.events = merge_events(std::mem::take(&mut loaded.events), events);
+    Ok(loaded)
+}
+
+/// Where the log's segment files of the data file at `path` live.
+fn segments_dir(path: &Path) -> PathBuf {
+    path.parent().unwrap_or(Path::new(".")).join(SEGMENTS_DIR)
+}
+
+/// Each trimmed partition's trim point: events at or below it are gone.
+fn trim_points(db: &impl redb::ReadableDatabase, shown: &str) -> Result<BTreeMap<u32, u64>, StoreError> {
+    let corrupt = |detail: String| StoreError::Corrupt(format!("{shown}: {detail}"));
+    let read = db.begin_read().map_err(|e| corrupt(e.to_string()))?;
+    let mut points = BTreeMap::new();
+    let Ok(meta) = read.open_table(EVENT_META) else { return Ok(points) };
+    for entry in meta.iter().map_err(|e| corrupt(e.to_string()))? {
+        let (key, value) = entry.map_err(|e| corrupt(e.to_string()))?;
+        if let Some(partition) = key.value().strip_prefix("trimmed/").and_then(|n| n.parse().ok()) {
+            points.insert(partition, decode("a partition's trim point", value.value())?);
+        }
+    }
+    Ok(points)
+}
+
+/// Moves events an earlier build kept in the redb table into the segment files, then empties the table (a crash
+/// in between leaves them in both: `merge_events` keeps one of each).
+fn move_events_to_segments(db: &Database, log: &mut SegmentLog, events: &[Event]) -> Result<(), String> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    log.append(&events.iter().collect::<Vec<_>>())
+        .map_err(|e| format!("cannot move the event log to its files: {e}"))?;
+    let txn = db.begin_write().map_err(|e| e.to_string())?;
+    txn.open_table(EVENTS).map_err(|e| e.to_string())?.retain(|_, _| false).map_err(|e| e.to_string())?;
+    txn.commit().map_err(|e| e.to_string())
+}
+
+/// Events from the redb table and from the segment files, in (partition, sequence) order, each once.
+fn merge_events(table: Vec<Event>, segments: Vec<Event>) -> Vec<Event> {
+    let mut events: BTreeMap<(u32, u64), Event> = BTreeMap::new();
+    for event in table.into_iter().chain(segments) {
+        events.insert((event.partition, event.sequence), event);
+    }
+    events.into_values().collect()
 }
 
 fn describe_open_error(error: DatabaseError) -> String {
@@ -277,6 +347,8 @@ fn load_events(read: &redb::ReadTransaction, shown: &str) -> Result<Loaded, Stor
             let (key, value) = entry.map_err(|e| corrupt(e.to_string()))?;
             match key.value() {
                 EVENT_HUB_KEY => loaded.event_hub = Some(decode("the event hub", value.value())?),
+                // Read by `trim_points`.
+                other if other.starts_with("trimmed/") => {}
                 other => {
                     let partition = other.strip_prefix("continue/").and_then(|n| n.parse().ok());
                     let partition = partition.ok_or_else(|| corrupt(format!("unknown event record '{other}'")))?;
@@ -362,7 +434,7 @@ fn read_all<T: serde::de::DeserializeOwned>(
 /// is rolled back as a whole and its writers get the error. redb then needs the file opened again; that is tried
 /// when the next group arrives (and that group fails too if the disk is still not back), so writes succeed
 /// from the first one after the disk recovers: nothing half-written, no restart, no polling while idle.
-fn run_writer(db: Database, opener: &Opener, mut rx: mpsc::UnboundedReceiver<Batch>) {
+fn run_writer(db: Database, mut segments: Option<SegmentLog>, opener: &Opener, mut rx: mpsc::UnboundedReceiver<Batch>) {
     let mut db = Some(db);
     while let Some(first) = rx.blocking_recv() {
         let mut group = vec![first];
@@ -386,7 +458,7 @@ fn run_writer(db: Database, opener: &Opener, mut rx: mpsc::UnboundedReceiver<Bat
             }
         }
         let Some(open) = &db else { continue };
-        let result = commit_group(open, &group).map_err(|e| StoreError::Write(e.to_string()));
+        let result = commit_group(open, segments.as_mut(), &group).map_err(StoreError::Write);
         if let Err(error) = &result {
             tracing::error!(%error, "commit failed; the affected requests get a server error");
             db = None;
@@ -397,7 +469,39 @@ fn run_writer(db: Database, opener: &Opener, mut rx: mpsc::UnboundedReceiver<Bat
     }
 }
 
-fn commit_group(db: &Database, group: &[Batch]) -> Result<(), redb::Error> {
+/// Commits a group: its telemetry appended to the segment files, the rest in one redb transaction (none when
+/// the group is telemetry alone). If the transaction fails, the appends are cut back, so the group fails whole.
+fn commit_group(db: &Database, mut segments: Option<&mut SegmentLog>, group: &[Batch]) -> Result<(), String> {
+    let writes = || group.iter().flat_map(|b| &b.writes);
+    let mut marks = None;
+    if let Some(log) = segments.as_deref_mut() {
+        let appended: Vec<&Event> =
+            writes().filter_map(|w| if let Write::AppendEvent(event) = w { Some(&**event) } else { None }).collect();
+        if !appended.is_empty() {
+            marks = Some(log.append(&appended).map_err(|e| format!("appending to the event log failed: {e}"))?);
+        }
+    }
+    let in_segments = segments.is_some();
+    if writes().any(|w| !(in_segments && matches!(w, Write::AppendEvent(_))))
+        && let Err(error) = commit_transaction(db, in_segments, group)
+    {
+        if let (Some(log), Some(marks)) = (segments.as_deref_mut(), marks) {
+            log.rollback(marks);
+        }
+        return Err(error.to_string());
+    }
+    if let Some(log) = segments {
+        for write in writes() {
+            if let Write::TrimEvents { partition, through, .. } = write {
+                log.trim(*partition, *through);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Everything of a group but the telemetry the segment files took (`in_segments`), in one redb transaction.
+fn commit_transaction(db: &Database, in_segments: bool, group: &[Batch]) -> Result<(), redb::Error> {
     let txn = db.begin_write()?;
     {
         let mut devices = txn.open_table(DEVICES)?;
@@ -459,12 +563,16 @@ fn commit_group(db: &Database, group: &[Batch]) -> Result<(), redb::Error> {
                 Write::PutEventHub(record) => {
                     event_meta.insert(EVENT_HUB_KEY, encode(record).as_slice())?;
                 }
+                Write::AppendEvent(_) if in_segments => {}
                 Write::AppendEvent(event) => {
                     events.insert((event.partition, event.sequence), events::encode(event).as_slice())?;
                 }
                 Write::TrimEvents { partition, through, continuation } => {
-                    events.retain_in((*partition, 0)..=(*partition, *through), |_, _| false)?;
+                    if !in_segments {
+                        events.retain_in((*partition, 0)..=(*partition, *through), |_, _| false)?;
+                    }
                     event_meta.insert(format!("continue/{partition}").as_str(), encode(continuation).as_slice())?;
+                    event_meta.insert(format!("trimmed/{partition}").as_str(), encode(through).as_slice())?;
                 }
             }
         }
@@ -578,5 +686,41 @@ mod tests {
         }
         let err = Store::open(&path).err().expect("must refuse");
         assert!(err.to_string().contains("version 99"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn telemetry_an_earlier_build_kept_in_the_data_file_moves_to_the_segment_files_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("hub.redb");
+        Store::open(&path).expect("create").0.close().await;
+        let event = Event {
+            partition: 1,
+            sequence: 4,
+            offset: 400,
+            message: crate::domain::telemetry::TelemetryMessage {
+                device_id: "d1".into(),
+                module_id: None,
+                generation_id: "g".into(),
+                enqueued_time: "2026-12-05T00:00:00Z".parse().expect("time"),
+                body: bytes::Bytes::from_static(b"{\"n\":1}"),
+                system_properties: Default::default(),
+                properties: Default::default(),
+            },
+        };
+        {
+            let db = Database::open(&path).expect("open");
+            let txn = db.begin_write().expect("txn");
+            txn.open_table(EVENTS).expect("table").insert((1, 4), events::encode(&event).as_slice()).expect("insert");
+            txn.commit().expect("commit");
+        }
+        for _ in 0..2 {
+            let (store, loaded) = Store::open(&path).expect("open");
+            assert_eq!(loaded.events, vec![event.clone()], "read back once, from the segment files");
+            store.close().await;
+        }
+        let db = Database::open(&path).expect("open");
+        let read = db.begin_read().expect("read");
+        assert!(read.open_table(EVENTS).expect("table").iter().expect("iter").next().is_none(), "the table is emptied");
+        assert!(segments_dir(&path).join("seg-0000000000.log").exists());
     }
 }

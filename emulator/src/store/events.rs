@@ -19,7 +19,21 @@ pub struct EventHubRecord {
     pub created_at_ms: i64,
 }
 
-#[derive(Serialize, Deserialize)]
+/// The record as written: borrows the event, so encoding copies nothing but bytes into the output.
+#[derive(Serialize)]
+struct StoredEventRef<'a> {
+    offset: u64,
+    enqueued_ns: i64,
+    device_id: &'a str,
+    module_id: Option<&'a str>,
+    generation_id: &'a str,
+    body: &'a Bytes,
+    system_properties: &'a BTreeMap<String, String>,
+    properties: &'a BTreeMap<String, String>,
+}
+
+/// The record as read back (the same postcard layout as [`StoredEventRef`]).
+#[derive(Deserialize)]
 struct StoredEvent {
     offset: u64,
     enqueued_ns: i64,
@@ -34,15 +48,15 @@ struct StoredEvent {
 /// The record of an event.
 pub fn encode(event: &Event) -> Vec<u8> {
     let message = &event.message;
-    let stored = StoredEvent {
+    let stored = StoredEventRef {
         offset: event.offset,
         enqueued_ns: i64::try_from(message.enqueued_time.as_nanosecond()).unwrap_or(i64::MAX),
-        device_id: message.device_id.clone(),
-        module_id: message.module_id.clone(),
-        generation_id: message.generation_id.clone(),
-        body: message.body.clone(),
-        system_properties: message.system_properties.clone(),
-        properties: message.properties.clone(),
+        device_id: &message.device_id,
+        module_id: message.module_id.as_deref(),
+        generation_id: &message.generation_id,
+        body: &message.body,
+        system_properties: &message.system_properties,
+        properties: &message.properties,
     };
     postcard::to_stdvec(&stored).unwrap_or_default()
 }

@@ -8,6 +8,7 @@
 mod disk;
 pub mod events;
 mod legacy;
+mod segments;
 
 use std::path::Path;
 use std::sync::Arc;
