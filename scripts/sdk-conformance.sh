@@ -154,9 +154,10 @@ run_restart_suites() {
 }
 
 (cd conformance/node && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
-for suite in registry device jobs c2d; do
+for suite in registry device jobs c2d modules; do
   run_suite "node-$suite" env IOTHUB_CONNECTION_STRING="$connection_string" NODE_EXTRA_CA_CERTS="$ca" \
-    IOTHUB_JOBS_CONNECTION_STRING="$jobs_connection_string" node "conformance/node/$suite.js"
+    IOTHUB_JOBS_CONNECTION_STRING="$jobs_connection_string" \
+    IOTHUB_EVENTHUB_CONNECTION_STRING="$eventhub_connection_string" node "conformance/node/$suite.js"
 done
 # Telemetry read back through the Event Hubs-compatible endpoint (@azure/event-hubs).
 run_suite node-eventhubs env IOTHUB_CONNECTION_STRING="$connection_string" NODE_EXTRA_CA_CERTS="$ca" \
@@ -173,6 +174,9 @@ fi
 run_suite python env IOTHUB_CONNECTION_STRING="$connection_string" REQUESTS_CA_BUNDLE="$ca" IOTHUB_CA_FILE="$ca" \
   IOTHUB_JOBS_CONNECTION_STRING="$jobs_connection_string" \
   "$venv/bin/python" conformance/python/sdk_conformance.py
+run_suite python-modules env IOTHUB_CONNECTION_STRING="$connection_string" REQUESTS_CA_BUNDLE="$ca" \
+  IOTHUB_CA_FILE="$ca" IOTHUB_EVENTHUB_CONNECTION_STRING="$eventhub_connection_string" \
+  "$venv/bin/python" conformance/python/modules_conformance.py
 # uamqp (the service SDK's AMQP for cloud-to-device messages) trusts only SSL_CERT_FILE.
 run_suite python-c2d env IOTHUB_CONNECTION_STRING="$connection_string" REQUESTS_CA_BUNDLE="$ca" SSL_CERT_FILE="$ca" \
   IOTHUB_CA_FILE="$ca" "$venv/bin/python" conformance/python/c2d_conformance.py

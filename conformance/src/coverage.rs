@@ -45,13 +45,22 @@ pub const SURFACES: &[Surface] = &[
         "`devices/{id}/messages/devicebound/#` cloud-to-device messages with their property bag, completed by PUBACK",
         &["c2d-round-trip"],
     ),
-    missing("MQTT", "module identities (`{device}/{module}` clients)"),
+    row(
+        "MQTT",
+        "module identities (`{device}/{module}` clients): their own twin, methods and telemetry beside the device's",
+        &["modules"],
+    ),
     row(
         "REST",
         "`PUT/GET/DELETE /devices/{id}` with etags, `GET /devices`, `GET /statistics/devices`",
         &["registry-crud", "unknown-device"],
     ),
     row("REST", "`GET/PATCH/PUT /twins/{id}` with etags", &["twin-etag", "twin-tags-and-nulls", "unknown-device"]),
+    row(
+        "REST",
+        "`PUT/GET/DELETE /devices/{id}/modules/{mid}`, `GET /devices/{id}/modules`, module twins and module methods",
+        &["modules"],
+    ),
     row(
         "REST",
         "`POST /twins/{id}/methods` (404103, 504101)",
@@ -90,7 +99,7 @@ pub const SURFACES: &[Surface] = &[
     row("query", "paging across several pages", &["query-paging"]),
     row("query", "syntax errors as 400 with the position", &["query-syntax-error"]),
     row("query", "`FROM devices.jobs` per-device job records", &["tutorial", "job-offline-devices"]),
-    missing("query", "`FROM devices.modules`"),
+    row("query", "`FROM devices.modules`", &["modules"]),
     row(
         "jobs",
         "`scheduleDeviceMethod` over a query condition, per-device outcomes",

@@ -374,7 +374,7 @@ pub fn authorize_device(
     now: u64,
 ) -> Result<Principal, AuthFailure> {
     let token = parse_live(token_text, now)?;
-    check_scope(&token, &format!("{host}/devices/{}", device.device_id))?;
+    check_scope(&token, &format!("{host}/{}", device.resource()))?;
     let principal = match &token.key_name {
         Some(name) => {
             let policy = check_policy(policies, &token, name, Rights::DEVICE_CONNECT)?;

@@ -21,6 +21,14 @@ pub enum HubError {
     DeviceDisabled(String),
     #[error("A device with ID '{0}' is already registered.")]
     DeviceAlreadyExists(String),
+    /// The device exists but has no module of this id: device id and module id.
+    #[error("Module {1} on device {0} not found")]
+    ModuleNotFound(String, String),
+    #[error("A module with ID '{1}' is already registered on device '{0}'.")]
+    ModuleAlreadyExists(String, String),
+    /// The device already has its limit of modules.
+    #[error("{0}")]
+    TooManyModules(String),
     #[error("{0}")]
     PreconditionFailed(String),
     #[error("Job {0} not found")]
@@ -104,6 +112,10 @@ impl HubError {
             // A disabled device is refused like a bad credential (wire-spec H.5).
             Self::DeviceDisabled(_) => w(401, "IotHubUnauthorizedAccess", 401002, 5),
             Self::DeviceAlreadyExists(_) => w(409, "DeviceAlreadyExists", 409001, 3),
+            Self::ModuleNotFound(..) => w(404, "ModuleNotFound", 404010, 5),
+            Self::ModuleAlreadyExists(..) => w(409, "ModuleAlreadyExistsOnDevice", 409301, 3),
+            // The hub's quota error for a registry limit.
+            Self::TooManyModules(_) => w(403, "IotHubQuotaExceeded", 403002, 3),
             Self::PreconditionFailed(_) => w(412, "PreconditionFailed", 412001, 3),
             Self::JobNotFound(_) => w(404, "JobNotFound", 404002, 3),
             // Decisions on wire-spec C.6.1: a duplicate id is JobAlreadyExists, too many active jobs the
@@ -144,6 +156,9 @@ mod tests {
             HubError::DeviceNotFound(String::new()),
             HubError::DeviceDisabled(String::new()),
             HubError::DeviceAlreadyExists(String::new()),
+            HubError::ModuleNotFound(String::new(), String::new()),
+            HubError::ModuleAlreadyExists(String::new(), String::new()),
+            HubError::TooManyModules(String::new()),
             HubError::PreconditionFailed(String::new()),
             HubError::JobNotFound(String::new()),
             HubError::JobAlreadyExists(String::new()),

@@ -472,6 +472,7 @@ impl RunningEmulator {
         Ok(DeviceConnectionString {
             host_name: self.hub.host_name().to_owned(),
             device_id: device_id.to_owned(),
+            module_id: None,
             key,
             gateway_host_name: None,
         }

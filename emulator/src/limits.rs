@@ -2,7 +2,9 @@
 
 /// Longest device or module id (wire-spec C.0.4, swagger `Twin.deviceId`).
 pub const MAX_DEVICE_ID_LEN: usize = 128;
-/// Longest `statusReason` (swagger `Device.statusReason`).
+/// Most modules a device may have (the hub's documented limit: 50 module identities per device).
+pub const MAX_MODULES_PER_DEVICE: usize = 50;
+/// Longest `statusReason` (swagger `Device.statusReason`); the emulator holds `managedBy` to it too.
 pub const MAX_STATUS_REASON_LEN: usize = 128;
 /// Symmetric keys must decode to 16..=64 bytes (the hub refuses shorter and longer keys).
 pub const MIN_KEY_BYTES: usize = 16;

@@ -56,6 +56,19 @@ fn endpoints() -> Vec<Endpoint> {
         e(Method::GET, "/jobs/v2/query", None, read),
         e(Method::POST, "/jobs/v2/job-by-policy/cancel", None, write),
         e(Method::GET, "/emulator/devices/target/messages/events", None, service),
+        e(Method::GET, "/devices/target/modules/mod", None, read),
+        e(Method::GET, "/devices/target/modules", None, read),
+        e(Method::PUT, "/devices/target/modules/by-policy", Some(json!({"moduleId": "by-policy"})), write),
+        e(Method::DELETE, "/devices/target/modules/missing-module", None, write),
+        e(Method::GET, "/twins/target/modules/mod", None, service.union(read)),
+        e(Method::PATCH, "/twins/target/modules/mod", Some(json!({"tags": {"x": 1}})), service.union(write)),
+        e(
+            Method::POST,
+            "/twins/target/modules/mod/methods",
+            Some(json!({"methodName": "m", "responseTimeoutInSeconds": 5})),
+            service,
+        ),
+        e(Method::POST, "/devices/query", Some(json!({"query": "SELECT * FROM devices.modules"})), service.union(read)),
     ]
 }
 
@@ -63,6 +76,16 @@ fn endpoints() -> Vec<Endpoint> {
 async fn every_endpoint_against_every_policy() {
     let hub = start().await;
     hub.create_device("target").await;
+    let module = hub.request(Method::PUT, "/devices/target/modules/mod").json(&json!({})).send().await.expect("send");
+    assert_eq!(module.status(), StatusCode::CREATED);
+    let module_key = hub.emulator.hub().get_device("target/mod").expect("module").authentication.primary_key.clone();
+    let module_token = iothub_proto::generate_token(
+        "localhost/devices/target/modules/mod",
+        &module_key.expect("key"),
+        None,
+        unix_now() + 600,
+    )
+    .expect("token");
     let policies: Vec<(String, Rights)> =
         hub.emulator.hub().policies().iter().map(|p| (p.key_name.clone(), p.rights)).collect();
     assert_eq!(policies.len(), 5, "the five policies of a new hub");
@@ -96,19 +119,21 @@ async fn every_endpoint_against_every_policy() {
                 );
             }
         }
-        // A device's own token is never a service credential.
+        // A device's or module's own token is never a service credential.
         let device = device_token(&hub, "target", "target", unix_now() + 600);
-        let mut request = hub.request_as(&device, endpoint.method.clone(), endpoint.path);
-        if let Some(body) = &endpoint.body {
-            request = request.json(body);
+        for (token, whose) in [(&device, "device"), (&module_token, "module")] {
+            let mut request = hub.request_as(token, endpoint.method.clone(), endpoint.path);
+            if let Some(body) = &endpoint.body {
+                request = request.json(body);
+            }
+            assert_eq!(
+                request.send().await.expect("send").status(),
+                StatusCode::UNAUTHORIZED,
+                "{} {} with a {whose} token",
+                endpoint.method,
+                endpoint.path
+            );
         }
-        assert_eq!(
-            request.send().await.expect("send").status(),
-            StatusCode::UNAUTHORIZED,
-            "{} {} with a device token",
-            endpoint.method,
-            endpoint.path
-        );
     }
     assert_eq!(table.len(), endpoints().len() * 5);
 }

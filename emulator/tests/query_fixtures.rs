@@ -1,5 +1,5 @@
 //! Table-driven query tests: `fixtures/query/cases.json` (query text -> expected ids, rows or error) over the
-//! twins of `fixtures/query/twins.json`, through the hub's query API.
+//! twins and module twins of `fixtures/query/twins.json`, through the hub's query API.
 
 use std::path::PathBuf;
 
@@ -32,6 +32,18 @@ async fn every_fixture_case_gives_its_expected_result() {
         hub.write_twin(id, &write, WriteMode::Merge, None).await.expect("tags and desired");
         if let Some(reported) = object(&twin["reported"]).filter(|r| !r.is_empty()) {
             hub.patch_reported(id, &object_from_json(&reported)).await.expect("reported");
+        }
+    }
+    for module in fixture("twins.json")["modules"].as_array().expect("modules") {
+        let (device_id, module_id) =
+            (module["deviceId"].as_str().expect("id"), module["moduleId"].as_str().expect("id"));
+        hub.put_module(device_id, module_id, &DeviceSpec::default(), None).await.expect("module");
+        let key = format!("{device_id}/{module_id}");
+        let section = |name: &str| object(&module[name]).map(|map| Some(object_from_json(&map)));
+        let write = TwinWrite { tags: section("tags"), desired: section("desired") };
+        hub.write_twin(&key, &write, WriteMode::Merge, None).await.expect("module tags and desired");
+        if let Some(reported) = object(&module["reported"]).filter(|r| !r.is_empty()) {
+            hub.patch_reported(&key, &object_from_json(&reported)).await.expect("module reported");
         }
     }
     let cases = fixture("cases.json");

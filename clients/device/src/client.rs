@@ -83,6 +83,7 @@ impl DeviceClientBuilder {
         let task = tokio::spawn(driver.run(first));
         Ok(DeviceClient {
             device_id: self.connection_string.device_id,
+            module_id: self.connection_string.module_id,
             commands,
             shared,
             request_timeout,
@@ -96,6 +97,7 @@ impl DeviceClientBuilder {
 /// closes the connection (in the background); `close` does it and waits.
 pub struct DeviceClient {
     device_id: String,
+    module_id: Option<String>,
     commands: mpsc::Sender<Command>,
     shared: Arc<Shared>,
     request_timeout: std::time::Duration,
@@ -104,7 +106,9 @@ pub struct DeviceClient {
 
 impl DeviceClient {
     /// A builder for the device in `connection_string` (`HostName=..;DeviceId=..;SharedAccessKey=..`, with an
-    /// optional `GatewayHostName=host[:port]` to connect elsewhere than `HostName`).
+    /// optional `GatewayHostName=host[:port]` to connect elsewhere than `HostName`). With `ModuleId=..` the
+    /// client is that module: its own twin, methods and telemetry, beside its device's (no cloud-to-device
+    /// messages: `messages()` then never yields).
     pub fn builder(connection_string: &str) -> Result<DeviceClientBuilder, Error> {
         Ok(DeviceClientBuilder {
             connection_string: connection_string.parse()?,
@@ -121,6 +125,11 @@ impl DeviceClient {
     /// The device id.
     pub fn device_id(&self) -> &str {
         &self.device_id
+    }
+
+    /// The module id, when the client is a module.
+    pub fn module_id(&self) -> Option<&str> {
+        self.module_id.as_deref()
     }
 
     /// Answers direct method `name` with `handler` from now on (replacing any earlier handler). Calls of methods
@@ -195,7 +204,12 @@ impl DeviceClient {
     /// Sends a telemetry message at QoS 1; returns once the hub acknowledged it. A message in flight when the
     /// connection drops is sent again after the reconnect (at least once).
     pub async fn send_telemetry(&self, message: Message) -> Result<(), Error> {
-        let topic = iothub_proto::topics::telemetry(&self.device_id, &message.property_bag());
+        let topic = match &self.module_id {
+            Some(module_id) => {
+                iothub_proto::topics::module_telemetry(&self.device_id, module_id, &message.property_bag())
+            }
+            None => iothub_proto::topics::telemetry(&self.device_id, &message.property_bag()),
+        };
         let (done, acknowledged) = oneshot::channel();
         self.commands
             .send(Command::Publish { topic, payload: message.body, done })

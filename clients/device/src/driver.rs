@@ -401,9 +401,11 @@ impl Driver {
     /// Subscribes to cloud-to-device messages once the application listens, and acknowledges the messages it
     /// took that came on this connection.
     async fn c2d_work(&mut self, mqtt: &mut Mqtt) -> Result<(), Error> {
-        if !self.c2d_subscribed && self.shared.c2d.wanted() {
+        if !self.c2d_subscribed
+            && self.shared.c2d.wanted()
+            && let Some(filter) = self.endpoint.cloud_to_device_filter()
+        {
             self.c2d_subscribed = true;
-            let filter = topics::cloud_to_device_filter(&self.endpoint.device_id);
             let mut subscribe = Subscribe::new(filter, QoS::AtLeastOnce);
             subscribe.pkid = SUBSCRIBE_PKID;
             self.send(mqtt, Packet::Subscribe(subscribe)).await?;

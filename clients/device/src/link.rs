@@ -44,6 +44,8 @@ pub(crate) struct Endpoint {
     /// `HostName`: the SAS audience and user-name prefix.
     pub host_name: String,
     pub device_id: String,
+    /// Set when the connection string names a module: the client then connects as `<deviceId>/<moduleId>`.
+    pub module_id: Option<String>,
     pub key: String,
     /// Where the socket goes and the name the certificate must carry (`GatewayHostName` or `HostName`).
     pub connect_host: String,
@@ -75,6 +77,7 @@ impl Endpoint {
         Ok(Self {
             host_name: cs.host_name.clone(),
             device_id: cs.device_id.clone(),
+            module_id: cs.module_id.clone(),
             key: cs.key.clone(),
             port: options.port.or(gateway_port).unwrap_or(options.transport.default_port()),
             connect_host,
@@ -85,9 +88,22 @@ impl Endpoint {
         })
     }
 
+    /// The MQTT client id: `<deviceId>`, or `<deviceId>/<moduleId>` for a module.
+    pub(crate) fn client_id(&self) -> String {
+        match &self.module_id {
+            Some(module_id) => format!("{}/{module_id}", self.device_id),
+            None => self.device_id.clone(),
+        }
+    }
+
+    /// The cloud-to-device filter; none for a module (modules receive no cloud-to-device messages).
+    pub(crate) fn cloud_to_device_filter(&self) -> Option<String> {
+        self.module_id.is_none().then(|| topics::cloud_to_device_filter(&self.device_id))
+    }
+
     fn user_name(&self) -> String {
         let agent = concat!("iothub-device-rust%2F", env!("CARGO_PKG_VERSION"));
-        format!("{}/{}/?api-version={API_VERSION}&DeviceClientType={agent}", self.host_name, self.device_id)
+        format!("{}/{}/?api-version={API_VERSION}&DeviceClientType={agent}", self.host_name, self.client_id())
     }
 
     /// A SAS token for the device, valid for the configured lifetime from now, and when it expires. The expiry
@@ -95,7 +111,10 @@ impl Endpoint {
     fn token(&self) -> Result<(String, SystemTime), Error> {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let expiry = now + self.token_lifetime.as_secs().max(1);
-        let resource = format!("{}/devices/{}", self.host_name, self.device_id);
+        let resource = match &self.module_id {
+            Some(module_id) => format!("{}/devices/{}/modules/{module_id}", self.host_name, self.device_id),
+            None => format!("{}/devices/{}", self.host_name, self.device_id),
+        };
         let token = iothub_proto::generate_token(&resource, &self.key, None, expiry)
             .map_err(|e| Error::Config(format!("cannot sign a SAS token with the device key: {e}")))?;
         Ok((token, UNIX_EPOCH + Duration::from_secs(expiry)))
@@ -173,7 +192,7 @@ pub(crate) async fn open(endpoint: &Endpoint, c2d: bool) -> Result<Link, Error> 
     let handshake = async {
         let stream = open_stream(endpoint).await?;
         let mut mqtt = Framed::new(stream, Codec { max_incoming_size: MAX_PACKET, max_outgoing_size: MAX_PACKET });
-        let mut connect = Connect::new(endpoint.device_id.as_str());
+        let mut connect = Connect::new(endpoint.client_id());
         connect.keep_alive = u16::try_from(endpoint.keep_alive.as_secs()).unwrap_or(u16::MAX);
         connect.clean_session = false;
         let (token, token_expiry) = endpoint.token()?;
@@ -187,8 +206,8 @@ pub(crate) async fn open(endpoint: &Endpoint, c2d: bool) -> Result<Link, Error> 
         };
         let mut filters: Vec<String> =
             [topics::METHODS_FILTER, topics::TWIN_RESPONSES_FILTER, topics::DESIRED_FILTER].map(str::to_owned).into();
-        if c2d {
-            filters.push(topics::cloud_to_device_filter(&endpoint.device_id));
+        if c2d && let Some(filter) = endpoint.cloud_to_device_filter() {
+            filters.push(filter);
         }
         let mut subscribe = Subscribe::new_many(filters.into_iter().map(|f| SubscribeFilter::new(f, QoS::AtLeastOnce)));
         subscribe.pkid = SUBSCRIBE_PKID;

@@ -44,14 +44,17 @@ pub struct ServiceConnectionString {
     pub key: String,
 }
 
-/// A device connection string: `HostName=..;DeviceId=..;SharedAccessKey=..[;GatewayHostName=..]`.
+/// A device or module connection string: `HostName=..;DeviceId=..[;ModuleId=..];SharedAccessKey=..
+/// [;GatewayHostName=..]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceConnectionString {
     /// `HostName`: the hub's host name, which device SAS tokens name in their resource.
     pub host_name: String,
-    /// `DeviceId`: the device the string authenticates as.
+    /// `DeviceId`: the device the string authenticates as (for a module: the module's device).
     pub device_id: String,
-    /// `SharedAccessKey`: the device's key (base64), which signs its SAS tokens.
+    /// `ModuleId`: the module the string authenticates as, for a module identity.
+    pub module_id: Option<String>,
+    /// `SharedAccessKey`: the device's or module's key (base64), which signs its SAS tokens.
     pub key: String,
     /// Where to open the connection when it differs from `host_name` (may carry `:port` for local use).
     pub gateway_host_name: Option<String>,
@@ -110,6 +113,7 @@ impl std::str::FromStr for DeviceConnectionString {
         Ok(Self {
             host_name: required(&pairs, "HostName")?,
             device_id: required(&pairs, "DeviceId")?,
+            module_id: optional(&pairs, "ModuleId"),
             key: required(&pairs, "SharedAccessKey")?,
             gateway_host_name: optional(&pairs, "GatewayHostName"),
         })
@@ -118,7 +122,11 @@ impl std::str::FromStr for DeviceConnectionString {
 
 impl fmt::Display for DeviceConnectionString {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "HostName={};DeviceId={};SharedAccessKey={}", self.host_name, self.device_id, self.key)?;
+        write!(f, "HostName={};DeviceId={}", self.host_name, self.device_id)?;
+        if let Some(module_id) = &self.module_id {
+            write!(f, ";ModuleId={module_id}")?;
+        }
+        write!(f, ";SharedAccessKey={}", self.key)?;
         if let Some(gateway) = &self.gateway_host_name {
             write!(f, ";GatewayHostName={gateway}")?;
         }

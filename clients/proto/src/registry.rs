@@ -41,6 +41,32 @@ pub struct Device {
     pub parent_scopes: Option<Vec<String>>,
 }
 
+/// A module identity as `PUT/GET /devices/{id}/modules/{mid}` carry it (swagger `Module`, in its member order).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Module {
+    /// `moduleId`: the module's id, unique on its device.
+    pub module_id: Option<String>,
+    /// `managedBy`: free text naming what manages the module (IoT Edge writes `IotEdge`).
+    pub managed_by: Option<String>,
+    /// `deviceId`: the device the module belongs to.
+    pub device_id: Option<String>,
+    /// `generationId`: set by the hub at creation, so a module re-created with the same id is told apart.
+    pub generation_id: Option<String>,
+    /// `etag`: the identity's version tag, for `If-Match` on updates and deletes.
+    pub etag: Option<String>,
+    /// `connectionState`: `Connected` or `Disconnected`.
+    pub connection_state: Option<String>,
+    /// `connectionStateUpdatedTime`: when `connectionState` last changed (ISO 8601 UTC).
+    pub connection_state_updated_time: Option<String>,
+    /// `lastActivityTime`: when the module last connected or sent a message (ISO 8601 UTC).
+    pub last_activity_time: Option<String>,
+    /// `cloudToDeviceMessageCount`: always 0 (modules receive no cloud-to-device messages).
+    pub cloud_to_device_message_count: Option<u64>,
+    /// `authentication`: how the module authenticates, with its keys or thumbprints.
+    pub authentication: Option<AuthenticationMechanism>,
+}
+
 /// How a device authenticates.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]

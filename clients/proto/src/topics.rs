@@ -54,6 +54,11 @@ pub fn telemetry(device_id: &str, property_bag: &str) -> String {
     format!("devices/{device_id}/messages/events/{property_bag}")
 }
 
+/// `devices/<id>/modules/<mid>/messages/events/<property bag>`: a module's telemetry.
+pub fn module_telemetry(device_id: &str, module_id: &str, property_bag: &str) -> String {
+    format!("devices/{device_id}/modules/{module_id}/messages/events/{property_bag}")
+}
+
 /// What a device's PUBLISH asks of the hub.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Inbound<'a> {
@@ -83,7 +88,8 @@ pub enum Inbound<'a> {
     Unknown,
 }
 
-/// Classifies a device's PUBLISH topic. Only the device's own telemetry topic is accepted.
+/// Classifies a device's or module's PUBLISH topic (`device_id` is the identity: `<deviceId>` or
+/// `<deviceId>/<moduleId>`). Only the identity's own telemetry topic is accepted.
 pub fn parse_device_publish<'a>(topic: &'a str, device_id: &str) -> Inbound<'a> {
     if let Some(rest) = topic.strip_prefix("$iothub/") {
         let (path, query) = split_query(rest);
@@ -99,7 +105,11 @@ pub fn parse_device_publish<'a>(topic: &'a str, device_id: &str) -> Inbound<'a> 
             },
         };
     }
-    let own_prefix = topic.strip_prefix("devices/").and_then(|t| t.strip_prefix(device_id));
+    // A module (`device_id` is `<deviceId>/<moduleId>`) sends on `devices/<d>/modules/<m>/messages/events/`.
+    let own_prefix = topic.strip_prefix("devices/").and_then(|t| match device_id.split_once('/') {
+        Some((device, module)) => t.strip_prefix(device)?.strip_prefix("/modules/")?.strip_prefix(module),
+        None => t.strip_prefix(device_id),
+    });
     match own_prefix.and_then(|t| t.strip_prefix("/messages/events")) {
         Some("") => Inbound::Telemetry { property_bag: "" },
         Some(rest) => match rest.strip_prefix('/') {
@@ -268,5 +278,10 @@ mod tests {
         assert_eq!(parse_device_publish(&twin_get("x"), "d"), Inbound::TwinGet { rid: "x".into() });
         assert_eq!(parse_device_publish(&reported_patch("x"), "d"), Inbound::ReportedPatch { rid: "x".into() });
         assert_eq!(parse_device_publish(&telemetry("d", "a=1"), "d"), Inbound::Telemetry { property_bag: "a=1" });
+        let module = "devices/d/modules/m/messages/events/a=1";
+        assert_eq!(parse_device_publish(module, "d/m"), Inbound::Telemetry { property_bag: "a=1" });
+        assert_eq!(parse_device_publish(module, "d"), Inbound::Unknown, "a device cannot send as its module");
+        assert_eq!(parse_device_publish(&telemetry("d", ""), "d/m"), Inbound::Unknown, "nor a module as its device");
+        assert_eq!(parse_device_publish("devices/d/modules/x/messages/events/", "d/m"), Inbound::Unknown);
     }
 }

@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 
 use crate::amqp::Amqp;
 use crate::error::Error;
-use crate::{JobClient, MessageClient, MethodClient, QueryClient, RegistryClient, TwinClient};
+use crate::{JobClient, MessageClient, MethodClient, ModuleClient, QueryClient, RegistryClient, TwinClient};
 
 /// The REST api-version the client speaks (the one the Azure SDKs use).
 pub const API_VERSION: &str = "2021-04-12";
@@ -220,6 +220,11 @@ impl ServiceClient {
     /// Device identities.
     pub fn registry(&self) -> RegistryClient {
         RegistryClient::new(self.clone())
+    }
+
+    /// Module identities, module twins and module methods.
+    pub fn modules(&self) -> ModuleClient {
+        ModuleClient::new(self.clone())
     }
 
     /// Device twins.

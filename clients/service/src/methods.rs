@@ -31,12 +31,20 @@ impl MethodClient {
         device_id: &str,
         method: &CloudToDeviceMethod,
     ) -> Result<CloudToDeviceMethodResult, Error> {
-        let wait = method.response_timeout_in_seconds.unwrap_or(DEFAULT_RESPONSE_TIMEOUT_SECS)
-            + method.connect_timeout_in_seconds.unwrap_or(0);
-        let body = serde_json::to_value(method).map_err(|e| Error::Config(e.to_string()))?;
-        let mut call =
-            Call::new(Method::POST, format!("/twins/{}/methods", segment(device_id)), Safety::Once).body(body);
-        call.timeout = Some(Duration::from_secs(wait + 10));
-        self.client.send(call).await?.json()
+        invoke_at(&self.client, format!("/twins/{}/methods", segment(device_id)), method).await
     }
+}
+
+/// Posts `method` to `path` (a device's or a module's methods), waiting as long as its timeouts allow.
+pub(crate) async fn invoke_at(
+    client: &ServiceClient,
+    path: String,
+    method: &CloudToDeviceMethod,
+) -> Result<CloudToDeviceMethodResult, Error> {
+    let wait = method.response_timeout_in_seconds.unwrap_or(DEFAULT_RESPONSE_TIMEOUT_SECS)
+        + method.connect_timeout_in_seconds.unwrap_or(0);
+    let body = serde_json::to_value(method).map_err(|e| Error::Config(e.to_string()))?;
+    let mut call = Call::new(Method::POST, path, Safety::Once).body(body);
+    call.timeout = Some(Duration::from_secs(wait + 10));
+    client.send(call).await?.json()
 }

@@ -107,6 +107,7 @@ impl RegistryClient {
             iothub_proto::DeviceConnectionString {
                 host_name: self.client.host_name().to_owned(),
                 device_id: device.device_id.clone()?,
+                module_id: None,
                 key,
                 gateway_host_name: None,
             }

@@ -6,6 +6,7 @@ mod errors;
 mod jobs;
 mod messages;
 mod methods;
+mod modules;
 mod queries;
 mod registry;
 mod tutorial;
@@ -83,6 +84,11 @@ pub const ALL: &[Scenario] = &[
         "twin-tags-and-nulls",
         "tags and desired properties set, merged and removed with null",
         twins::tags_and_nulls
+    ),
+    scenario!(
+        "modules",
+        "a module beside its device: its own methods, desired and reported properties, FROM devices.modules",
+        modules::modules
     ),
     scenario!("query-filters", "queries on tags, reported properties and IN", queries::filters),
     scenario!("query-paging", "a query over several pages with continuations", queries::paging),

@@ -35,8 +35,9 @@ const ARGUMENT_ERROR: &str = "com.microsoft:argument-error";
 const ARGUMENT_OUT_OF_RANGE: &str = "com.microsoft:argument-out-of-range";
 /// Events read from the log per step (each step then waits for credit message by message).
 const READ_BATCH: usize = 256;
-/// `iothub-connection-auth-method` of a device authenticated with a SAS token.
+/// `iothub-connection-auth-method` of a device, and of a module, authenticated with a SAS token.
 const SAS_DEVICE_AUTH: &str = r#"{"scope":"device","type":"sas","issuer":"iothub","acceptingIpFilterRule":null}"#;
+const SAS_MODULE_AUTH: &str = r#"{"scope":"module","type":"sas","issuer":"iothub","acceptingIpFilterRule":null}"#;
 
 /// The condition a bad selector filter is refused with.
 pub(super) fn argument_error() -> definitions::ErrorCondition {
@@ -193,7 +194,10 @@ pub(super) fn event_message(event: &Event) -> Message<Data> {
     let enqueued = AmqpTimestamp::from_milliseconds(message.enqueued_time.as_millisecond());
     let mut annotations = MessageAnnotations::builder()
         .insert("iothub-connection-device-id", Value::String(message.device_id.clone()))
-        .insert("iothub-connection-auth-method", Value::String(SAS_DEVICE_AUTH.to_owned()))
+        .insert(
+            "iothub-connection-auth-method",
+            Value::String(if message.module_id.is_some() { SAS_MODULE_AUTH } else { SAS_DEVICE_AUTH }.to_owned()),
+        )
         .insert("iothub-connection-auth-generation-id", Value::String(message.generation_id.clone()))
         .insert("iothub-enqueuedtime", Value::Timestamp(enqueued.clone()))
         .insert("iothub-message-source", Value::String("Telemetry".to_owned()));

@@ -100,10 +100,25 @@ impl Authentication {
     }
 }
 
-/// A registered device: its identity and its twin.
+/// What sets a module identity apart from a device: its id and who manages it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModuleInfo {
+    pub module_id: String,
+    /// Free text naming what manages the module (IoT Edge writes `IotEdge`).
+    pub managed_by: Option<String>,
+}
+
+/// A registered identity with its twin: a device, or a module of a device (`module` set).
+///
+/// Modules live beside devices, keyed `<deviceId>/<moduleId>` ([`identity_key`]; ids cannot contain `/`), so
+/// twins, connections, sessions and methods work for both on the same code paths. Only a device has a status,
+/// IoT Edge capability and scopes; a module's are always enabled, false and none.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Device {
+    /// The device's id (for a module: the id of the device it belongs to).
     pub device_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub module: Option<Box<ModuleInfo>>,
     /// Distinguishes devices re-created with the same id.
     pub generation_id: String,
     /// Hub-wide change number of the identity; the device `etag` is derived from it.
@@ -125,6 +140,7 @@ impl Device {
     pub fn with_twin(&self, twin: Twin) -> Self {
         Self {
             device_id: self.device_id.clone(),
+            module: self.module.clone(),
             generation_id: self.generation_id.clone(),
             identity_version: self.identity_version,
             status: self.status,
@@ -136,6 +152,27 @@ impl Device {
             parent_scopes: self.parent_scopes.clone(),
             last_activity: self.last_activity,
             twin,
+        }
+    }
+
+    /// The module's id, for a module identity.
+    pub fn module_id(&self) -> Option<&str> {
+        self.module.as_deref().map(|m| m.module_id.as_str())
+    }
+
+    /// The key the hub files this identity under: the device id, or `<deviceId>/<moduleId>`.
+    pub fn key(&self) -> std::borrow::Cow<'_, str> {
+        match self.module_id() {
+            Some(module_id) => std::borrow::Cow::Owned(identity_key(&self.device_id, Some(module_id))),
+            None => std::borrow::Cow::Borrowed(&self.device_id),
+        }
+    }
+
+    /// The resource a SAS token for this identity names after the host: `devices/<id>[/modules/<mid>]`.
+    pub fn resource(&self) -> String {
+        match self.module_id() {
+            Some(module_id) => format!("devices/{}/modules/{module_id}", self.device_id),
+            None => format!("devices/{}", self.device_id),
         }
     }
 
@@ -156,9 +193,27 @@ pub struct Liveness {
     pub queued_messages: usize,
 }
 
-/// What a create or update request asks for; `None` means "not given".
+/// The key of a device (`module_id` none) or of one of its modules: `<deviceId>/<moduleId>`.
+pub fn identity_key(device_id: &str, module_id: Option<&str>) -> String {
+    match module_id {
+        Some(module_id) => format!("{device_id}/{module_id}"),
+        None => device_id.to_owned(),
+    }
+}
+
+/// The device id and module id (if any) an identity key names.
+pub fn split_key(key: &str) -> (&str, Option<&str>) {
+    match key.split_once('/') {
+        Some((device_id, module_id)) => (device_id, Some(module_id)),
+        None => (key, None),
+    }
+}
+
+/// What a create or update request asks for; `None` means "not given". Modules read only the credentials and
+/// `managed_by`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DeviceSpec {
+    pub managed_by: Option<String>,
     pub status: Option<DeviceStatus>,
     pub status_reason: Option<String>,
     pub credentials: Credentials,
@@ -224,19 +279,28 @@ const ID_PUNCTUATION: &str = "-:.+%_#*?!(),=@;$'";
 
 /// Checks a device id against the hub's rules.
 pub fn validate_device_id(id: &str) -> Result<(), HubError> {
+    validate_id("device", id)
+}
+
+/// Checks a module id against the hub's rules (the same as for device ids).
+pub fn validate_module_id(id: &str) -> Result<(), HubError> {
+    validate_id("module", id)
+}
+
+fn validate_id(what: &str, id: &str) -> Result<(), HubError> {
     if id.is_empty() {
-        return Err(HubError::ArgumentNull("The device id must not be empty".into()));
+        return Err(HubError::ArgumentNull(format!("The {what} id must not be empty")));
     }
     if id.len() > limits::MAX_DEVICE_ID_LEN {
         return Err(HubError::ArgumentInvalid(format!(
-            "The device id is {} characters long; the limit is {}",
+            "The {what} id is {} characters long; the limit is {}",
             id.chars().count(),
             limits::MAX_DEVICE_ID_LEN
         )));
     }
     if let Some(bad) = id.chars().find(|c| !(c.is_ascii_alphanumeric() || ID_PUNCTUATION.contains(*c))) {
         return Err(HubError::ArgumentInvalid(format!(
-            "The device id '{}' contains the character {bad:?}; ids may use ASCII letters, digits and {ID_PUNCTUATION}",
+            "The {what} id '{}' contains the character {bad:?}; ids may use ASCII letters, digits and {ID_PUNCTUATION}",
             id.escape_debug()
         )));
     }
@@ -338,6 +402,7 @@ pub fn create_device(id: &str, spec: &DeviceSpec, now: Timestamp, identity_versi
     let authentication = resolve_authentication(spec, None)?;
     Ok(Device {
         device_id: id.to_owned(),
+        module: None,
         generation_id: generation_id(now, identity_version),
         identity_version,
         status: spec.status.unwrap_or(DeviceStatus::Enabled),
@@ -377,6 +442,59 @@ pub fn update_device(
         parent_scopes: spec.parent_scopes.clone().unwrap_or_default(),
         ..current.clone()
     })
+}
+
+/// Makes a new module of device `device_id` from a create request: SAS keys generated when not given, like a
+/// device's. `identity_version` is the hub's next change number.
+pub fn create_module(
+    device_id: &str,
+    module_id: &str,
+    spec: &DeviceSpec,
+    now: Timestamp,
+    identity_version: u64,
+) -> Result<Device, HubError> {
+    validate_module_id(module_id)?;
+    validate_managed_by(&spec.managed_by)?;
+    let authentication = resolve_authentication(spec, None)?;
+    Ok(Device {
+        device_id: device_id.to_owned(),
+        module: Some(Box::new(ModuleInfo { module_id: module_id.to_owned(), managed_by: spec.managed_by.clone() })),
+        generation_id: generation_id(now, identity_version),
+        identity_version,
+        status: DeviceStatus::Enabled,
+        status_reason: None,
+        status_updated: None,
+        authentication,
+        iot_edge: false,
+        device_scope: None,
+        parent_scopes: Vec::new(),
+        last_activity: None,
+        twin: Twin::new(now),
+    })
+}
+
+/// Applies an update request to an existing module: its credentials (SAS keys left empty are kept, as for
+/// devices) and `managedBy`.
+pub fn update_module(current: &Device, spec: &DeviceSpec, identity_version: u64) -> Result<Device, HubError> {
+    validate_managed_by(&spec.managed_by)?;
+    let authentication = resolve_authentication(spec, Some(&current.authentication))?;
+    let mut module = current.clone();
+    module.identity_version = identity_version;
+    module.authentication = authentication;
+    if let Some(info) = module.module.as_mut() {
+        info.managed_by.clone_from(&spec.managed_by);
+    }
+    Ok(module)
+}
+
+fn validate_managed_by(managed_by: &Option<String>) -> Result<(), HubError> {
+    match managed_by {
+        Some(text) if text.chars().count() > limits::MAX_STATUS_REASON_LEN => Err(HubError::ArgumentInvalid(format!(
+            "managedBy is longer than {} characters",
+            limits::MAX_STATUS_REASON_LEN
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// A generation id like the hub's: an 18-digit number from .NET ticks, made unique by the change number.

@@ -4,6 +4,7 @@ mod device;
 mod emulator;
 mod jobs;
 mod messages;
+mod modules;
 mod query;
 mod registry;
 mod request;
@@ -61,6 +62,11 @@ pub fn router(hub: Arc<Hub>, shutdown: CancellationToken) -> Router {
                 .delete(registry::delete_device)
                 .post(registry::post_device_path),
         )
+        .route("/devices/{id}/modules", get(modules::list_modules))
+        .route(
+            "/devices/{id}/modules/{mid}",
+            get(modules::get_module).put(modules::put_module).delete(modules::delete_module),
+        )
         .route("/devices/{id}/commands", delete(messages::purge))
         .route("/devices/{id}/messages/events", post(device::telemetry))
         .route("/devices/{id}/messages/devicebound", get(device::receive))
@@ -77,6 +83,11 @@ pub fn router(hub: Arc<Hub>, shutdown: CancellationToken) -> Router {
         .route("/messages/servicebound/feedback/{lock}/abandon", post(messages::abandon_feedback))
         .route("/twins/{id}", get(twins::get_twin).patch(twins::patch_twin).put(twins::replace_twin))
         .route("/twins/{id}/methods", post(twins::invoke_method))
+        .route(
+            "/twins/{id}/modules/{mid}",
+            get(modules::get_twin).patch(modules::patch_twin).put(modules::replace_twin),
+        )
+        .route("/twins/{id}/modules/{mid}/methods", post(modules::invoke_method))
         .route("/jobs/v2/query", get(jobs::query_jobs))
         .route("/jobs/v2/{id}", get(jobs::get_job).put(jobs::create_job))
         .route("/jobs/v2/{id}/cancel", post(jobs::cancel_job))

@@ -60,17 +60,44 @@ pub fn authorization(headers: &HeaderMap) -> Option<&str> {
     headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).filter(|v| v.len() <= limits::MAX_AUTH_HEADER_LEN)
 }
 
-/// One path parameter (a device id, job id, ...), percent-decoded once.
+/// The `{id}` of a path, percent-decoded. An id with a `/` (sent as `%2F`) names nothing: device and module ids
+/// cannot contain one, and the hub files modules under `<deviceId>/<moduleId>`, so such an id must not reach it.
 pub struct PathId(pub String);
 
 impl<S: Send + Sync> FromRequestParts<S> for PathId {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        Path::<String>::from_request_parts(parts, state).await.map(|Path(id)| Self(id)).map_err(|e: PathRejection| {
-            ApiError(HubError::ArgumentInvalid(format!("The id in the request path is invalid: {}", e.body_text())))
-        })
+        let Path(id) = Path::<String>::from_request_parts(parts, state).await.map_err(path_error)?;
+        Ok(Self(checked_id(id)?))
     }
+}
+
+/// The `{id}` and `{mid}` of a module path, checked like [`PathId`].
+pub struct PathIds(pub String, pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathIds {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Path((device_id, module_id)) =
+            Path::<(String, String)>::from_request_parts(parts, state).await.map_err(path_error)?;
+        Ok(Self(checked_id(device_id)?, checked_id(module_id)?))
+    }
+}
+
+fn path_error(error: PathRejection) -> ApiError {
+    ApiError(HubError::ArgumentInvalid(format!("The id in the request path is invalid: {}", error.body_text())))
+}
+
+fn checked_id(id: String) -> Result<String, ApiError> {
+    if id.contains('/') {
+        return Err(ApiError(HubError::ArgumentInvalid(format!(
+            "The id '{}' in the request path contains '/', which ids cannot contain",
+            id.escape_debug()
+        ))));
+    }
+    Ok(id)
 }
 
 /// A JSON request body parsed into `T`, with the hub's errors for empty, oversized or malformed bodies.

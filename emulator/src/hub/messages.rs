@@ -141,8 +141,7 @@ impl Hub {
     pub fn receive_message(&self, device_id: &str) -> Result<Option<Delivery>, HubError> {
         let now = self.clock.now();
         let mut state = self.write();
-        let device =
-            state.devices.get(device_id).cloned().ok_or_else(|| HubError::DeviceNotFound(device_id.to_owned()))?;
+        let device = state.lookup(device_id)?.clone();
         let writes = self.expire_queue(&mut state, &device, now);
         drop(self.store.submit(writes));
         let Some(queue) = state.messages.queues.get_mut(device_id) else { return Ok(None) };
@@ -165,8 +164,7 @@ impl Hub {
         let now = self.clock.now();
         let pending = {
             let mut state = self.write();
-            let device =
-                state.devices.get(device_id).cloned().ok_or_else(|| HubError::DeviceNotFound(device_id.to_owned()))?;
+            let device = state.lookup(device_id)?.clone();
             let queue = state.messages.queues.get_mut(device_id).ok_or_else(|| {
                 HubError::MessageLockLost(format!("No message of device '{device_id}' is held with '{token}'"))
             })?;
@@ -185,8 +183,7 @@ impl Hub {
         let now = self.clock.now();
         let (count, pending) = {
             let mut state = self.write();
-            let device =
-                state.devices.get(device_id).cloned().ok_or_else(|| HubError::DeviceNotFound(device_id.to_owned()))?;
+            let device = state.lookup(device_id)?.clone();
             let ended = state
                 .messages
                 .queues

@@ -7,6 +7,7 @@
 mod jobs;
 mod messages;
 mod methods;
+mod modules;
 mod presence;
 mod query;
 mod telemetry;
@@ -52,6 +53,7 @@ pub struct RegistryStatistics {
 }
 
 struct State {
+    /// Devices and their modules, by identity key (`registry::identity_key`): a device's modules follow it.
     devices: BTreeMap<String, Arc<Device>>,
     /// Next hub-wide change number for device identities (etags).
     next_version: u64,
@@ -71,6 +73,27 @@ impl State {
         let v = self.next_version;
         self.next_version += 1;
         v
+    }
+
+    /// The identity filed under `key`, or the hub's not-found error for it.
+    fn lookup(&self, key: &str) -> Result<&Arc<Device>, HubError> {
+        self.devices.get(key).ok_or_else(|| self.not_found(key))
+    }
+
+    /// 404 for a key that names nothing: DeviceNotFound, or ModuleNotFound when only the module is missing.
+    fn not_found(&self, key: &str) -> HubError {
+        match registry::split_key(key) {
+            (device_id, Some(module_id)) if self.devices.contains_key(device_id) => {
+                HubError::ModuleNotFound(device_id.to_owned(), module_id.to_owned())
+            }
+            (device_id, _) => HubError::DeviceNotFound(device_id.to_owned()),
+        }
+    }
+
+    /// The keys of a device's modules, in id order.
+    fn module_keys(&self, device_id: &str) -> Vec<String> {
+        let (from, to) = (format!("{device_id}/"), format!("{device_id}0"));
+        self.devices.range(from..to).map(|(key, _)| key.clone()).collect()
     }
 
     /// Ends the device's connection, if any (deleted or disabled devices).
@@ -112,7 +135,7 @@ impl Hub {
         let next_version = loaded.devices.iter().map(|d| d.identity_version).max().unwrap_or(0) + 1;
         let jobs = jobs::Jobs::new(loaded.jobs, loaded.device_jobs);
         let devices: BTreeMap<String, Arc<Device>> =
-            loaded.devices.into_iter().map(|d| (d.device_id.clone(), Arc::new(d))).collect();
+            loaded.devices.into_iter().map(|d| (d.key().into_owned(), Arc::new(d))).collect();
         let messages = loaded.messages.into_iter().filter(|(id, _)| devices.contains_key(id)).collect();
         let sessions = loaded.sessions.into_iter().filter(|(id, _)| devices.contains_key(id)).collect();
         let events =
@@ -270,10 +293,12 @@ impl Hub {
         )
     }
 
-    /// Checks a device's connection credentials (MQTT CONNECT password).
-    pub fn authorize_device(&self, device_id: &str, token: &str) -> Result<Arc<Device>, HubError> {
-        let device = self.get_device(device_id).map_err(|_| {
-            tracing::debug!(device_id, "connection refused: unknown device");
+    /// Checks a device's or module's connection credentials (MQTT CONNECT password); `key` is the identity key
+    /// (the MQTT client id: `<deviceId>` or `<deviceId>/<moduleId>`).
+    pub fn authorize_device(&self, key: &str, token: &str) -> Result<Arc<Device>, HubError> {
+        let device_id = key;
+        let device = self.get_device(key).map_err(|_| {
+            tracing::debug!(device_id, "connection refused: unknown device or module");
             HubError::Unauthorized
         })?;
         auth::authorize_device(&self.policies, &self.host_name, token, &device, self.clock.unix_seconds()).map_err(
@@ -282,19 +307,27 @@ impl Hub {
                 HubError::Unauthorized
             },
         )?;
+        // A module connects only while its device is enabled.
+        if device.module.is_some()
+            && self.get_device(&device.device_id).is_ok_and(|parent| parent.status == DeviceStatus::Disabled)
+        {
+            tracing::debug!(device_id, "connection refused: the module's device is disabled");
+            return Err(HubError::Unauthorized);
+        }
         Ok(device)
     }
 
-    /// One device.
-    pub fn get_device(&self, id: &str) -> Result<Arc<Device>, HubError> {
-        self.read().devices.get(id).cloned().ok_or_else(|| HubError::DeviceNotFound(id.to_owned()))
+    /// One device, or one module by its identity key.
+    pub fn get_device(&self, key: &str) -> Result<Arc<Device>, HubError> {
+        self.read().lookup(key).cloned()
     }
 
-    /// Up to `limit` devices in id order, starting after `after` when given.
+    /// Up to `limit` devices (not modules) in id order, starting after `after` when given.
     pub fn list_devices(&self, after: Option<&str>, limit: usize) -> Vec<Arc<Device>> {
         let state = self.read();
         let lower = after.map_or(Bound::Unbounded, |a| Bound::Excluded(a.to_owned()));
-        state.devices.range((lower, Bound::Unbounded)).take(limit).map(|(_, d)| d.clone()).collect()
+        let devices = state.devices.range((lower, Bound::Unbounded)).map(|(_, d)| d).filter(|d| d.module.is_none());
+        devices.take(limit).cloned().collect()
     }
 
     /// Creates a device (no `If-Match`) or updates one (`If-Match` given), answering once it is durable.
@@ -323,7 +356,9 @@ impl Hub {
             };
             state.take_version();
             if device.status == DeviceStatus::Disabled {
-                state.disconnect(id);
+                for key in std::iter::once(id.to_owned()).chain(state.module_keys(id)) {
+                    state.disconnect(&key);
+                }
             }
             let (device, pending) = self.store_device(&mut state, device);
             (device, previous, pending)
@@ -345,26 +380,47 @@ impl Hub {
         writes.push(Write::put_device(&device));
         writes.extend(also);
         let pending = self.store.submit(writes);
-        state.devices.insert(device.device_id.clone(), device.clone());
+        state.devices.insert(device.key().into_owned(), device.clone());
         (device, pending)
     }
 
-    /// Deletes a device (and its twin), answering once the deletion is durable.
+    /// Deletes a device with its twin, its modules (their twins and sessions) and its queued messages,
+    /// answering once the deletion is durable.
     pub async fn delete_device(&self, id: &str, if_match: Option<&IfMatch>) -> Result<(), HubError> {
-        let (previous, pending) = {
+        registry::validate_device_id(id).map_err(|_| HubError::DeviceNotFound(id.to_owned()))?;
+        let (previous, modules, pending) = {
             let mut state = self.write();
-            let current = state.devices.get(id).ok_or_else(|| HubError::DeviceNotFound(id.to_owned()))?;
+            let current = state.lookup(id)?;
             if let Some(condition) = if_match {
                 condition.check(&current.etag())?;
             }
-            let pending = self.store.submit(vec![Write::DeleteDevice { id: id.to_owned() }]);
+            let module_keys = state.module_keys(id);
+            let writes = std::iter::once(id.to_owned())
+                .chain(module_keys.iter().cloned())
+                .map(|key| Write::DeleteDevice { id: key })
+                .collect();
+            let pending = self.store.submit(writes);
             let previous = state.devices.remove(id);
-            state.disconnect(id);
-            state.sessions.remove(id);
+            let mut modules = Vec::with_capacity(module_keys.len());
+            for key in std::iter::once(id).chain(module_keys.iter().map(String::as_str)) {
+                if let Some(module) = state.devices.remove(key).filter(|_| key != id) {
+                    modules.push(module);
+                }
+                state.disconnect(key);
+                state.sessions.remove(key);
+            }
             state.messages.queues.remove(id);
-            (previous, pending)
+            (previous, modules, pending)
         };
-        self.settle(pending, id, previous, None).await
+        let result = self.settle(pending, id, previous, None).await;
+        if result.is_err() {
+            // Not saved: the modules come back with their device.
+            let mut state = self.write();
+            for module in modules {
+                state.devices.entry(module.key().into_owned()).or_insert(module);
+            }
+        }
+        result
     }
 
     /// Waits for a change to be durable. If it cannot be saved, the in-memory change is undone (unless a
@@ -392,11 +448,15 @@ impl Hub {
         Err(HubError::ServerError(format!("The change could not be saved: {error}")))
     }
 
-    /// Device counts.
+    /// Device counts (modules are not devices).
     pub fn registry_statistics(&self) -> RegistryStatistics {
         let state = self.read();
-        let enabled = state.devices.values().filter(|d| d.status == DeviceStatus::Enabled).count();
-        RegistryStatistics { total: state.devices.len(), enabled, disabled: state.devices.len() - enabled }
+        let (mut total, mut enabled) = (0, 0);
+        for device in state.devices.values().filter(|d| d.module.is_none()) {
+            total += 1;
+            enabled += usize::from(device.status == DeviceStatus::Enabled);
+        }
+        RegistryStatistics { total, enabled, disabled: total - enabled }
     }
 
     /// Connection facts of a device, for the device and twin documents.

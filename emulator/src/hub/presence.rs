@@ -193,9 +193,9 @@ impl Hub {
         self.read().connected.contains_key(id)
     }
 
-    /// How many devices are connected now.
+    /// How many devices are connected now (module connections are not devices).
     pub fn connected_device_count(&self) -> usize {
-        self.read().connected.len()
+        self.read().connected.keys().filter(|key| !key.contains('/')).count()
     }
 
     /// The sender to a connected device that subscribed as `wanted` says; `Err(true)` when it is connected but

@@ -121,23 +121,31 @@ impl Hub {
         let page_size = page_size.clamp(1, MAX_PAGE_SIZE);
         let item_type = run::item_type(&query);
         match query.from {
-            Collection::Devices => Ok(self.query_devices(&query, cursor, page_size, item_type)),
-            Collection::DevicesModules => Err(HubError::ArgumentInvalid(
-                "Queries over devices.modules are not supported yet: the emulator has no module identities".into(),
-            )),
+            Collection::Devices => Ok(self.query_twins(&query, cursor, page_size, item_type, false)),
+            Collection::DevicesModules => Ok(self.query_twins(&query, cursor, page_size, item_type, true)),
             Collection::DevicesJobs => Ok(self.query_device_jobs(&query, cursor, page_size, item_type)),
         }
     }
 
-    fn query_devices(&self, query: &Query, cursor: Cursor, page_size: usize, item_type: ItemType) -> QueryPage {
+    /// `FROM devices` (`modules` false) or `FROM devices.modules`: twins in identity-key order (a module's key
+    /// is `<deviceId>/<moduleId>`, so modules come by device, then module id).
+    fn query_twins(
+        &self,
+        query: &Query,
+        cursor: Cursor,
+        page_size: usize,
+        item_type: ItemType,
+        modules: bool,
+    ) -> QueryPage {
         let state = self.read();
         let state = &*state;
         let liveness = |id: &str| Self::liveness_in(state, id);
         let condition = query.condition.as_ref();
         let selected = |device: &Device| -> bool { condition.is_none_or(|c| matches(c, &view(device, &liveness))) };
+        let kind = |device: &&Arc<Device>| device.module.is_some() == modules;
 
         if run::is_aggregate(query) {
-            let devices: Vec<&Arc<Device>> = state.devices.values().collect();
+            let devices: Vec<&Arc<Device>> = state.devices.values().filter(kind).collect();
             let rows = aggregate(query, &devices, &selected, &liveness);
             let total = query.top.map_or(rows.len(), |top| rows.len().min(top as usize));
             let start = (cursor.n as usize).min(total);
@@ -152,12 +160,23 @@ impl Hub {
         let limit = page_size.min(remaining);
         let lower = cursor.after.clone().map_or(Bound::Unbounded, Bound::Excluded);
         let candidates = condition.and_then(id_candidates);
-        let mut devices: Box<dyn Iterator<Item = &Arc<Device>>> = match &candidates {
-            Some(ids) => {
-                Box::new(ids.range::<String, _>((lower, Bound::Unbounded)).filter_map(|id| state.devices.get(id)))
-            }
-            None => Box::new(state.devices.range::<String, _>((lower, Bound::Unbounded)).map(|(_, d)| d)),
+        let devices: Box<dyn Iterator<Item = &Arc<Device>>> = match &candidates {
+            // `deviceId IN [..]` over modules: each listed device's modules, a key range each.
+            Some(ids) if modules => Box::new(
+                ids.iter()
+                    .flat_map(|id| state.devices.range(format!("{id}/")..format!("{id}0")))
+                    .filter(move |(key, _)| match &lower {
+                        Bound::Excluded(after) => key.as_str() > after.as_str(),
+                        _ => true,
+                    })
+                    .map(|(_, d)| d),
+            ),
+            Some(ids) => Box::new(
+                ids.range::<String, _>((lower.clone(), Bound::Unbounded)).filter_map(|id| state.devices.get(id)),
+            ),
+            None => Box::new(state.devices.range::<String, _>((lower.clone(), Bound::Unbounded)).map(|(_, d)| d)),
         };
+        let mut devices = devices.filter(kind);
         // Batches grow so a first page found early costs little, and large scans run on every core.
         let mut matched = Vec::with_capacity(limit + 1);
         let mut batch_size = FIRST_BATCH;
@@ -181,17 +200,16 @@ impl Hub {
         let items: Vec<QueryItem> = matched
             .iter()
             .map(|device| match &query.select {
-                Select::All => QueryItem::Twin(DeviceSnapshot {
-                    device: Arc::clone(device),
-                    liveness: liveness(&device.device_id),
-                }),
+                Select::All => {
+                    QueryItem::Twin(DeviceSnapshot { device: Arc::clone(device), liveness: liveness(&device.key()) })
+                }
                 Select::Items(items) => QueryItem::Row(run::project(items, &view(device, &liveness))),
             })
             .collect();
         let continuation = (more && limit > 0).then(|| {
             encode(&Cursor {
                 q: cursor.q,
-                after: matched.last().map(|d| d.device_id.clone()),
+                after: matched.last().map(|d| d.key().into_owned()),
                 job: None,
                 n: cursor.n + items.len() as u64,
             })
@@ -237,8 +255,8 @@ impl Hub {
         let liveness = |id: &str| Self::liveness_in(state, id);
         let selected = |device: &Device| -> bool { condition.is_none_or(|c| matches(c, &view(device, &liveness))) };
         let devices: Vec<&Arc<Device>> = match condition.and_then(id_candidates) {
-            Some(ids) => ids.iter().filter_map(|id| state.devices.get(id)).collect(),
-            None => state.devices.values().collect(),
+            Some(ids) => ids.iter().filter_map(|id| state.devices.get(id)).filter(|d| d.module.is_none()).collect(),
+            None => state.devices.values().filter(|d| d.module.is_none()).collect(),
         };
         devices
             .iter()

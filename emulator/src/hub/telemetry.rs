@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Hub;
 use crate::domain::eventlog::{self, Continuation, Event, LogSettings, Partition, PartitionInfo, StartAt};
+use crate::domain::registry;
 use crate::domain::telemetry::{RECENT_MESSAGES, TelemetryMessage};
 use crate::error::HubError;
 use crate::store::Write;
@@ -249,8 +250,15 @@ impl Hub {
     /// then: PUBACK, HTTP 204). The device's generation id is stamped here.
     pub async fn record_telemetry(&self, mut message: TelemetryMessage) -> Result<Arc<Event>, HubError> {
         tracing::debug!(device_id = %message.device_id, bytes = message.body.len(), "telemetry");
-        if let Some(device) = self.read().devices.get(&message.device_id) {
-            message.generation_id.clone_from(&device.generation_id);
+        {
+            let state = self.read();
+            let identity = match &message.module_id {
+                Some(module_id) => state.devices.get(&registry::identity_key(&message.device_id, Some(module_id))),
+                None => state.devices.get(&message.device_id),
+            };
+            if let Some(identity) = identity {
+                message.generation_id.clone_from(&identity.generation_id);
+            }
         }
         let partition = eventlog::partition_for(&message.device_id, self.events.partition_count());
         let Some(cell) = self.events.cell(partition) else {

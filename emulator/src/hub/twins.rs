@@ -14,7 +14,7 @@ impl Hub {
     /// A device with its twin and connection facts: what the twin document shows (wire-spec D.1).
     pub fn twin(&self, id: &str) -> Result<DeviceSnapshot, HubError> {
         let state = self.read();
-        let device = state.devices.get(id).ok_or_else(|| HubError::DeviceNotFound(id.to_owned()))?;
+        let device = state.lookup(id)?;
         Ok(DeviceSnapshot { device: Arc::clone(device), liveness: Self::liveness_in(&state, id) })
     }
 
@@ -52,7 +52,7 @@ impl Hub {
         now: jiff::Timestamp,
         also: Vec<Write>,
     ) -> Result<(Arc<Device>, Arc<Device>, Pending), HubError> {
-        let current = state.devices.get(id).cloned().ok_or_else(|| HubError::DeviceNotFound(id.to_owned()))?;
+        let current = state.lookup(id)?.clone();
         if let Some(condition) = if_match {
             condition.check(&current.twin.etag())?;
         }
@@ -80,8 +80,7 @@ impl Hub {
         let now = self.clock.now();
         let (device, previous, pending) = {
             let mut state = self.write();
-            let current: Arc<Device> =
-                state.devices.get(device_id).cloned().ok_or_else(|| HubError::DeviceNotFound(device_id.to_owned()))?;
+            let current: Arc<Device> = state.lookup(device_id)?.clone();
             let twin = current.twin.apply_reported_patch(patch, now)?;
             let (device, pending) = self.store_device(&mut state, current.with_twin(twin));
             (device, Some(current), pending)

@@ -48,8 +48,9 @@ fn same_host(given: &str, hub_host: &str) -> bool {
     given.eq_ignore_ascii_case(hub_host)
 }
 
-/// Decides a CONNECT: the client id names a registered device, the user name names this hub and that device,
-/// and the password is a valid SAS token for it. Every credential problem is return code 5, as on the hub.
+/// Decides a CONNECT: the client id names a registered device (`<deviceId>`) or module
+/// (`<deviceId>/<moduleId>`), the user name names this hub and that identity, and the password is a valid SAS
+/// token for it. Every credential problem is return code 5, as on the hub.
 pub fn check(hub: &Hub, connect: &Connect) -> Result<Accepted, ConnectReturnCode> {
     let refuse = |why: &str| {
         tracing::debug!(client_id = %connect.client_id, why, "CONNECT refused");
@@ -65,9 +66,6 @@ pub fn check(hub: &Hub, connect: &Connect) -> Result<Accepted, ConnectReturnCode
     }
     if user.client_id != connect.client_id {
         return Err(refuse("user name names another client id"));
-    }
-    if connect.client_id.contains('/') {
-        return Err(refuse("module identities are not supported yet"));
     }
     if login.password.is_empty() {
         return Err(refuse("empty password"));

@@ -25,6 +25,7 @@ use super::connect::{self, Accepted};
 use super::topics::{self, Inbound};
 use crate::domain::c2d::Settlement;
 use crate::domain::methods;
+use crate::domain::registry;
 use crate::domain::telemetry::{self, TelemetryMessage};
 use crate::domain::throttle::Operation;
 use crate::error::HubError;
@@ -361,11 +362,12 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Session<'_, IO> {
                 if publish.retain {
                     properties.insert("mqtt-retain".into(), "true".into());
                 }
+                let (device_id, module_id) = registry::split_key(self.device_id());
                 let recorded = self
                     .hub
                     .record_telemetry(TelemetryMessage {
-                        device_id: self.device_id().to_owned(),
-                        module_id: None,
+                        device_id: device_id.to_owned(),
+                        module_id: module_id.map(str::to_owned),
                         generation_id: String::new(),
                         enqueued_time: self.hub.clock().now(),
                         body: publish.payload.clone(),

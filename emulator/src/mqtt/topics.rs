@@ -12,6 +12,9 @@ pub enum Filter {
     TwinResponses,
     Desired,
     CloudToDevice,
+    /// A module's input messages (`devices/<d>/modules/<m>/inputs/#`): granted, as the SDKs treat a refused
+    /// SUBACK as success anyway; the emulator routes nothing to inputs (no edge routing).
+    ModuleInputs,
 }
 
 impl Filter {
@@ -22,19 +25,27 @@ impl Filter {
             Self::TwinResponses => subscriptions.twin_responses = on,
             Self::Desired => subscriptions.desired = on,
             Self::CloudToDevice => subscriptions.cloud_to_device = on,
+            Self::ModuleInputs => {}
         }
     }
 }
 
-/// Which offered filter `filter` is, for `device_id`; `None` for anything else (refused with 0x80).
-pub fn parse_filter(filter: &str, device_id: &str) -> Option<Filter> {
+/// Which offered filter `filter` is, for the identity `key` (`<deviceId>` or `<deviceId>/<moduleId>`); `None`
+/// for anything else (refused with 0x80). Cloud-to-device messages are for devices, inputs for modules.
+pub fn parse_filter(filter: &str, key: &str) -> Option<Filter> {
     match filter {
         topics::METHODS_FILTER => Some(Filter::Methods),
         topics::TWIN_RESPONSES_FILTER => Some(Filter::TwinResponses),
         topics::DESIRED_FILTER => Some(Filter::Desired),
         _ => {
-            let c2d = filter.strip_prefix("devices/")?.strip_suffix("/messages/devicebound/#")?;
-            (c2d == device_id).then_some(Filter::CloudToDevice)
+            let rest = filter.strip_prefix("devices/")?;
+            match key.split_once('/') {
+                Some((device_id, module_id)) => {
+                    let inputs = rest.strip_prefix(device_id)?.strip_prefix("/modules/")?.strip_suffix("/inputs/#")?;
+                    (inputs == module_id).then_some(Filter::ModuleInputs)
+                }
+                None => (rest.strip_suffix("/messages/devicebound/#")? == key).then_some(Filter::CloudToDevice),
+            }
         }
     }
 }
@@ -51,6 +62,16 @@ mod tests {
         assert_eq!(parse_filter("$iothub/twin/res/#", "d"), Some(Filter::TwinResponses));
         assert_eq!(parse_filter("$iothub/twin/PATCH/properties/desired/#", "d"), Some(Filter::Desired));
         assert_eq!(parse_filter("devices/d/messages/devicebound/#", "d"), Some(Filter::CloudToDevice));
+        assert_eq!(parse_filter("devices/d/modules/m/inputs/#", "d/m"), Some(Filter::ModuleInputs));
+        assert_eq!(parse_filter("$iothub/methods/POST/#", "d/m"), Some(Filter::Methods));
+        for refused in [
+            "devices/d/modules/other/inputs/#",
+            "devices/d/messages/devicebound/#",
+            "devices/d/m/messages/devicebound/#",
+        ] {
+            assert_eq!(parse_filter(refused, "d/m"), None, "{refused}");
+        }
+        assert_eq!(parse_filter("devices/d/modules/m/inputs/#", "d"), None);
         for refused in ["devices/other/messages/devicebound/#", "#", "$iothub/#", "devices/d/messages/events/", "a/b"] {
             assert_eq!(parse_filter(refused, "d"), None, "{refused}");
         }

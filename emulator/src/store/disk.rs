@@ -515,7 +515,7 @@ fn commit_transaction(db: &Database, in_segments: bool, group: &[Batch]) -> Resu
         for write in group.iter().flat_map(|b| &b.writes) {
             match write {
                 Write::PutDevice(device) => {
-                    devices.insert(device.device_id.as_str(), encode(&**device).as_slice())?;
+                    devices.insert(&*device.key(), encode(&**device).as_slice())?;
                 }
                 Write::DeleteDevice { id } => {
                     devices.remove(id.as_str())?;

@@ -26,10 +26,18 @@ impl Serialize for TwinDocument<'_> {
         let twin = &device.twin;
         let mut map = serializer.serialize_map(None)?;
         map.serialize_entry("deviceId", &device.device_id)?;
+        // A module twin names its module, and has no status reason, capabilities or scopes (its `deviceEtag` is
+        // the module identity's etag).
+        let module_id = device.module_id();
+        if let Some(module_id) = module_id {
+            map.serialize_entry("moduleId", module_id)?;
+        }
         map.serialize_entry("etag", &twin.etag())?;
         map.serialize_entry("deviceEtag", &device.etag())?;
         map.serialize_entry("status", device.status.as_str())?;
-        map.serialize_entry("statusReason", &device.status_reason)?;
+        if module_id.is_none() {
+            map.serialize_entry("statusReason", &device.status_reason)?;
+        }
         map.serialize_entry("statusUpdateTime", &format_optional_time(device.status_updated))?;
         map.serialize_entry("connectionState", connection_state(&self.liveness))?;
         let last_activity = self.liveness.last_activity.or(device.last_activity);
@@ -41,6 +49,9 @@ impl Serialize for TwinDocument<'_> {
         map.serialize_entry("version", &twin.version)?;
         map.serialize_entry("tags", &PlainObject(&twin.tags))?;
         map.serialize_entry("properties", &Properties(twin))?;
+        if module_id.is_some() {
+            return map.end();
+        }
         map.serialize_entry(
             "capabilities",
             &iothub_proto::registry::DeviceCapabilities { iot_edge: Some(device.iot_edge) },
@@ -210,6 +221,37 @@ mod tests {
     }
 
     #[test]
+    fn a_module_twin_names_its_module_and_leaves_out_what_only_devices_have() {
+        let now: Timestamp = "2026-01-02T03:04:05.5Z".parse().expect("time");
+        let module =
+            crate::domain::registry::create_module("dev1", "mod1", &DeviceSpec::default(), now, 4).expect("create");
+        let text =
+            serde_json::to_string(&TwinDocument { device: &module, liveness: Liveness::default() }).expect("json");
+        let doc: Map<String, Json> = serde_json::from_str(&text).expect("object");
+        let keys: Vec<&str> = doc.keys().map(String::as_str).collect();
+        let expected = [
+            "deviceId",
+            "moduleId",
+            "etag",
+            "deviceEtag",
+            "status",
+            "statusUpdateTime",
+            "connectionState",
+            "lastActivityTime",
+            "cloudToDeviceMessageCount",
+            "authenticationType",
+            "x509Thumbprint",
+            "modelId",
+            "version",
+            "tags",
+            "properties",
+        ];
+        assert_eq!(keys, expected);
+        assert_eq!((doc["deviceId"].as_str(), doc["moduleId"].as_str()), (Some("dev1"), Some("mod1")));
+        assert_eq!(doc["deviceEtag"], module.etag(), "a module twin's deviceEtag is the module identity's etag");
+    }
+
+    #[test]
     fn a_new_twin_looks_like_the_hubs() {
         let now: Timestamp = "2026-01-02T03:04:05.5Z".parse().expect("time");
         let device = create_device("dev1", &DeviceSpec::default(), now, 3).expect("create");
@@ -217,7 +259,8 @@ mod tests {
             serde_json::to_string(&TwinDocument { device: &device, liveness: Liveness::default() }).expect("json");
         let keys: Vec<String> =
             serde_json::from_str::<Map<String, Json>>(&text).expect("object").keys().cloned().collect();
-        assert_eq!(keys, ROOT_MEMBERS[..16], "the members of wire-spec D.1, in its order");
+        let device_members: Vec<&str> = ROOT_MEMBERS[..17].iter().copied().filter(|m| *m != "moduleId").collect();
+        assert_eq!(keys, device_members, "the members of wire-spec D.1, in its order");
         let doc: Json = serde_json::from_str(&text).expect("json");
         assert_eq!(doc["etag"], "AAAAAAAAAAE=");
         assert_eq!(doc["tags"], json!({}));

@@ -1,7 +1,7 @@
 //! `iothub-crashtest`: runs a write workload against the emulator, kills it with SIGKILL at a random moment,
 //! restarts it on the same data dir, and checks the acknowledgements:
-//! - every write that was acknowledged is there: an HTTP 2xx for a twin patch, a device create or delete and a
-//!   job; `res/204` for a reported patch;
+//! - every write that was acknowledged is there: an HTTP 2xx for a device or module twin patch, a device create or
+//!   delete and a job; `res/204` for a reported patch;
 //! - versions only move forward;
 //! - every acknowledged job is still known and comes to an end;
 //! - every telemetry message the hub acknowledged (PUBACK) is read back from the Event Hubs-compatible endpoint
@@ -48,6 +48,8 @@ struct Cli {
 
 /// Devices whose twins the service patches.
 const SERVICE_DEVICES: usize = 16;
+/// The module of each service device whose twin the service patches too.
+const MODULE: &str = "mod";
 /// Devices connected, each patching its reported properties.
 const REPORTING_DEVICES: usize = 4;
 /// Devices connected, each sending numbered telemetry.
@@ -172,6 +174,28 @@ async fn load(
 ) -> anyhow::Result<()> {
     let hub = service(cli, emulator)?;
     let mut tasks = tokio::task::JoinSet::new();
+    // Module twins: the module `mod` of each service device, patched by its own writer (ledger key `<device>/mod`).
+    {
+        let (hub, ledger, stop) = (hub.clone(), ledger.clone(), stop.clone());
+        tasks.spawn(async move {
+            let modules = hub.modules();
+            let mut n = 0usize;
+            while !*stop.borrow() {
+                let device = format!("svc-{:02}", n % SERVICE_DEVICES);
+                let key = format!("{device}/{MODULE}");
+                n += 1;
+                let next = ledger.lock().map(|l| l.desired.get(&key).map_or(0, |(c, _)| *c)).unwrap_or(0) + 1;
+                let patch = Twin::desired_patch(json!({"c": next}).as_object().cloned().unwrap_or_default());
+                if let Ok(twin) = modules.update_twin(&device, MODULE, &patch, Etag::Any).await
+                    && let Ok(mut ledger) = ledger.lock()
+                {
+                    let version = twin.version.unwrap_or(0);
+                    let known = ledger.desired.entry(key).or_insert((0, 0));
+                    *known = (next.max(known.0), version.max(known.1));
+                }
+            }
+        });
+    }
     for writer in 0..4 {
         let (hub, ledger, stop) = (hub.clone(), ledger.clone(), stop.clone());
         tasks.spawn(async move {
@@ -313,7 +337,10 @@ async fn verify(hub: &ServiceClient, info: &Info, ledger: &Mutex<Ledger>) -> any
     let mut anomalies = Vec::new();
     let mut seen_versions = BTreeMap::new();
     for device in desired.keys().chain(reported.keys()).collect::<BTreeSet<_>>() {
-        let twin = hub.twins().get_twin(device).await?;
+        let twin = match device.split_once('/') {
+            Some((device_id, module_id)) => hub.modules().get_twin(device_id, module_id).await?,
+            None => hub.twins().get_twin(device).await?,
+        };
         let version = twin.version.unwrap_or(0);
         seen_versions.insert(device.clone(), version);
         if let Some((c, v)) = desired.get(device) {
@@ -414,6 +441,7 @@ async fn main() -> anyhow::Result<()> {
         let hub = service(&cli, &emulator.info)?;
         for i in 0..SERVICE_DEVICES {
             hub.registry().create_sas_device(&format!("svc-{i:02}")).await?;
+            hub.modules().create_sas_module(&format!("svc-{i:02}"), MODULE).await?;
         }
         for i in 0..REPORTING_DEVICES {
             hub.registry().create_sas_device(&format!("dev-{i}")).await?;

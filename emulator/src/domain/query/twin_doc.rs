@@ -14,9 +14,10 @@ use crate::domain::twin::json::MetadataJson;
 use crate::domain::twin::{Object, Section, Stamp};
 
 /// The root members of a twin document, in canonical spelling and in the order the document lists them
-/// (wire-spec D.1; `deviceScope` only on edge devices and their children).
-pub const ROOT_MEMBERS: [&str; 17] = [
+/// (wire-spec D.1; `moduleId` only on module twins, `deviceScope` only on edge devices and their children).
+pub const ROOT_MEMBERS: [&str; 18] = [
     "deviceId",
+    "moduleId",
     "etag",
     "deviceEtag",
     "status",
@@ -109,6 +110,7 @@ impl Document for TwinView<'_> {
         let auth = &device.authentication;
         match member {
             "deviceId" => leaf(Val::Str(Cow::Borrowed(&device.device_id)), rest),
+            "moduleId" => leaf(device.module_id().map_or(Val::Undefined, |m| Val::Str(Cow::Borrowed(m))), rest),
             "etag" => leaf(Val::Str(Cow::Owned(device.twin.etag())), rest),
             "deviceEtag" => leaf(Val::Str(Cow::Owned(device.etag())), rest),
             "version" => leaf(Val::Num(device.twin.version as f64), rest),
@@ -116,16 +118,16 @@ impl Document for TwinView<'_> {
             "statusReason" => leaf(text(device.status_reason.as_deref()), rest),
             "statusUpdateTime" => leaf(Val::Str(Cow::Owned(format_optional_time(device.status_updated))), rest),
             "connectionState" => {
-                let connected = self.liveness.get(&device.device_id).connected_since.is_some();
+                let connected = self.liveness.get(&device.key()).connected_since.is_some();
                 leaf(Val::Str(Cow::Borrowed(if connected { "Connected" } else { "Disconnected" })), rest)
             }
             "lastActivityTime" => {
                 let time =
-                    format_optional_time(self.liveness.get(&device.device_id).last_activity.or(device.last_activity));
+                    format_optional_time(self.liveness.get(&device.key()).last_activity.or(device.last_activity));
                 leaf(Val::Str(Cow::Owned(time)), rest)
             }
             "cloudToDeviceMessageCount" => {
-                leaf(Val::Num(self.liveness.get(&device.device_id).queued_messages as f64), rest)
+                leaf(Val::Num(self.liveness.get(&device.key()).queued_messages as f64), rest)
             }
             "authenticationType" => leaf(Val::Str(Cow::Borrowed(auth.kind.as_str())), rest),
             "modelId" => leaf(Val::Str(Cow::Borrowed("")), rest),
