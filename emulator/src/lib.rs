@@ -465,14 +465,23 @@ impl RunningEmulator {
 
     /// The connection string of a registered SAS device.
     pub fn device_connection_string(&self, device_id: &str) -> Result<String, HubError> {
-        let device = self.hub.get_device(device_id)?;
-        let key = device.authentication.primary_key.clone().ok_or_else(|| {
-            HubError::ArgumentInvalid(format!("device '{device_id}' does not use SAS authentication"))
+        self.identity_connection_string(device_id, None)
+    }
+
+    /// The connection string (`...;ModuleId=..`) of a registered SAS module.
+    pub fn module_connection_string(&self, device_id: &str, module_id: &str) -> Result<String, HubError> {
+        self.identity_connection_string(device_id, Some(module_id))
+    }
+
+    fn identity_connection_string(&self, device_id: &str, module_id: Option<&str>) -> Result<String, HubError> {
+        let identity = self.hub.get_device(&domain::registry::identity_key(device_id, module_id))?;
+        let key = identity.authentication.primary_key.clone().ok_or_else(|| {
+            HubError::ArgumentInvalid(format!("'{}' does not use SAS authentication", identity.key()))
         })?;
         Ok(DeviceConnectionString {
             host_name: self.hub.host_name().to_owned(),
             device_id: device_id.to_owned(),
-            module_id: None,
+            module_id: module_id.map(str::to_owned),
             key,
             gateway_host_name: None,
         }

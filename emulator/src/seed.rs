@@ -1,7 +1,8 @@
-//! Seed files: devices to create at start-up, so a CI job or a demo starts with known identities.
+//! Seed files: devices and modules to create at start-up, so a CI job or a demo starts with known identities.
 //!
-//! Format: `{"devices": [<Device JSON as PUT /devices/{id} takes it>, ...]}`. Devices that already exist are
-//! left as they are, so a seed can be applied on every start of a persistent hub.
+//! Format: `{"devices": [<Device JSON as PUT /devices/{id} takes it>, ...], "modules": [<Module JSON as
+//! PUT /devices/{id}/modules/{mid} takes it, with its deviceId and moduleId>, ...]}`. Identities that already
+//! exist are left as they are, so a seed can be applied on every start of a persistent hub.
 
 use std::path::Path;
 
@@ -9,14 +10,17 @@ use futures_util::{StreamExt as _, TryStreamExt as _};
 use iothub_proto::registry as wire;
 use serde::Deserialize;
 
+use crate::domain::registry::identity_key;
 use crate::hub::Hub;
-use crate::wire::registry::device_spec;
+use crate::wire::registry::{device_spec, module_spec};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SeedFile {
     #[serde(default)]
     devices: Vec<wire::Device>,
+    #[serde(default)]
+    modules: Vec<wire::Module>,
 }
 
 /// Seed devices created at once: their commits share transactions (group commit), so a seed of thousands of
@@ -51,6 +55,19 @@ pub async fn apply(hub: &Hub, path: &Path) -> Result<(), String> {
         .buffer_unordered(CONCURRENT_CREATES)
         .try_collect::<Vec<()>>()
         .await?;
-    tracing::info!(created, listed = seed.devices.len(), "seed applied");
+    let mut modules_created = 0;
+    for (index, entry) in seed.modules.iter().enumerate() {
+        let ids =
+            entry.device_id.as_deref().zip(entry.module_id.as_deref()).filter(|(d, m)| !d.is_empty() && !m.is_empty());
+        let (device_id, module_id) = ids.ok_or_else(|| format!("modules[{index}] needs its deviceId and moduleId"))?;
+        if hub.get_device(&identity_key(device_id, Some(module_id))).is_ok() {
+            continue;
+        }
+        let what = || format!("module '{device_id}/{module_id}'");
+        let spec = module_spec(device_id, module_id, entry).map_err(|e| format!("{}: {e}", what()))?;
+        hub.put_module(device_id, module_id, &spec, None).await.map_err(|e| format!("{}: {e}", what()))?;
+        modules_created += 1;
+    }
+    tracing::info!(created, modules_created, listed = seed.devices.len(), "seed applied");
     Ok(())
 }

@@ -251,6 +251,8 @@ async fn malformed_service_requests_get_the_hubs_errors() {
     let hub = start().await;
     hub.create_device("healthy").await;
     hub.create_device("d1").await;
+    let module = hub.request(Method::PUT, "/devices/d1/modules/m1").json(&json!({})).send().await.expect("send");
+    assert_eq!(module.status(), StatusCode::CREATED);
     let deep = format!("{}1{}", "[".repeat(1000), "]".repeat(1000));
     let deep_twin = format!("{{\"tags\":{}1{}}}", "{\"a\":".repeat(12), "}".repeat(12));
     let wide_tags: serde_json::Map<String, Value> =
@@ -261,7 +263,7 @@ async fn malformed_service_requests_get_the_hubs_errors() {
     let cases: Vec<ServiceCase> = vec![
         ("malformed JSON", Method::PUT, "/devices/x1", Some("{\"deviceId\":".into()), StatusCode::BAD_REQUEST, "IotHubFormatError"),
         ("JSON nested 1,000 deep", Method::PATCH, "/twins/d1", Some(deep), StatusCode::BAD_REQUEST, "IotHubFormatError"),
-        ("twin nested past 10 levels", Method::PATCH, "/twins/d1", Some(deep_twin), StatusCode::BAD_REQUEST, "ArgumentInvalid"),
+        ("twin nested past 10 levels", Method::PATCH, "/twins/d1", Some(deep_twin.clone()), StatusCode::BAD_REQUEST, "ArgumentInvalid"),
         ("tags over 8 KB", Method::PATCH, "/twins/d1", Some(json!({"tags": wide_tags}).to_string()), StatusCode::BAD_REQUEST, "ArgumentInvalid"),
         ("a key with a dot", Method::PATCH, "/twins/d1", Some(json!({"tags": {"a.b": 1}}).to_string()), StatusCode::BAD_REQUEST, "ArgumentInvalid"),
         ("a key with a $", Method::PATCH, "/twins/d1", Some(json!({"properties": {"desired": {"$x": 1}}}).to_string()), StatusCode::BAD_REQUEST, "ArgumentInvalid"),
@@ -273,6 +275,14 @@ async fn malformed_service_requests_get_the_hubs_errors() {
         ("a method timeout over 300 s", Method::POST, "/twins/d1/methods", Some(json!({"methodName": "m", "responseTimeoutInSeconds": 301}).to_string()), StatusCode::BAD_REQUEST, "ArgumentInvalid"),
         ("a connect timeout over 300 s", Method::POST, "/twins/d1/methods", Some(json!({"methodName": "m", "connectTimeoutInSeconds": 301}).to_string()), StatusCode::BAD_REQUEST, "ArgumentInvalid"),
         ("a device id with a space", Method::PUT, "/devices/a%20b", Some(json!({"deviceId": "a b"}).to_string()), StatusCode::BAD_REQUEST, "ArgumentInvalid"),
+        ("an id with an encoded slash", Method::GET, "/devices/d1%2Fm1", None, StatusCode::BAD_REQUEST, "ArgumentInvalid"),
+        ("a module id with a space", Method::PUT, "/devices/d1/modules/a%20b", Some("{}".into()), StatusCode::BAD_REQUEST, "ArgumentInvalid"),
+        ("malformed module JSON", Method::PUT, "/devices/d1/modules/m1", Some("{\"moduleId\":".into()), StatusCode::BAD_REQUEST, "IotHubFormatError"),
+        ("a module body naming another module", Method::PUT, "/devices/d1/modules/m1", Some(json!({"moduleId": "other"}).to_string()), StatusCode::BAD_REQUEST, "ArgumentInvalid"),
+        ("a module key that is not base64", Method::PUT, "/devices/d1/modules/m1", Some(json!({"authentication": {"type": "sas", "symmetricKey": {"primaryKey": "***"}}}).to_string()), StatusCode::BAD_REQUEST, "ArgumentInvalid"),
+        ("a module twin nested past 10 levels", Method::PATCH, "/twins/d1/modules/m1", Some(deep_twin.clone()), StatusCode::BAD_REQUEST, "ArgumentInvalid"),
+        ("a module method timeout over 300 s", Method::POST, "/twins/d1/modules/m1/methods", Some(json!({"methodName": "m", "responseTimeoutInSeconds": 301}).to_string()), StatusCode::BAD_REQUEST, "ArgumentInvalid"),
+        ("a module twin of a missing module", Method::GET, "/twins/d1/modules/nobody", None, StatusCode::NOT_FOUND, "ModuleNotFound"),
     ];
     for (label, method, path, body, status, code) in cases {
         let mut request = hub.request(method, path).header("If-Match", "*");

@@ -1,5 +1,5 @@
 //! Registry state, the CA and the policy keys survive restarts on the same data dir; `in_memory` keeps only
-//! the CA and keys; seeds create missing devices.
+//! the CA and keys; seeds create missing devices and modules.
 
 mod common;
 
@@ -70,6 +70,9 @@ async fn seed_devices_are_created_once_with_their_keys() {
         json!({"devices": [
             {"deviceId": "seeded", "authentication": {"symmetricKey": {"primaryKey": key, "secondaryKey": key}}},
             {"deviceId": "generated", "status": "disabled"}
+        ], "modules": [
+            {"deviceId": "seeded", "moduleId": "filter", "authentication": {"symmetricKey": {"primaryKey": key, "secondaryKey": key}}},
+            {"deviceId": "seeded", "moduleId": "generated"}
         ]})
         .to_string(),
     )
@@ -81,12 +84,18 @@ async fn seed_devices_are_created_once_with_their_keys() {
     let generated_key =
         hub.emulator.hub().get_device("generated").expect("generated").authentication.primary_key.clone();
     assert!(hub.emulator.device_connection_string("seeded").expect("cs").ends_with(&format!("SharedAccessKey={key}")));
+    let module = hub.emulator.module_connection_string("seeded", "filter").expect("seeded module");
+    assert!(module.ends_with(&format!("DeviceId=seeded;ModuleId=filter;SharedAccessKey={key}")), "{module}");
+    let generated_module_key =
+        hub.emulator.hub().get_device("seeded/generated").expect("module").authentication.primary_key.clone();
     hub.emulator.shutdown().await;
 
     // Applying the same seed again changes nothing.
     let hub = start_with(Emulator::builder().data_dir(&data).seed_file(&seed)).await;
     let again = hub.emulator.hub().get_device("generated").expect("generated");
     assert_eq!(again.authentication.primary_key, generated_key);
+    let module_again = hub.emulator.hub().get_device("seeded/generated").expect("module");
+    assert_eq!(module_again.authentication.primary_key, generated_module_key);
 }
 
 #[tokio::test]
@@ -97,6 +106,8 @@ async fn a_bad_seed_file_stops_the_start_with_a_reason() {
         ("{\"devices\": [{\"status\": \"enabled\"}]}", "has no deviceId"),
         ("{\"devices\": [{\"deviceId\": \"bad id\"}]}", "bad id"),
         ("{\"gadgets\": []}", "not a valid seed file"),
+        ("{\"modules\": [{\"moduleId\": \"m\"}]}", "needs its deviceId and moduleId"),
+        ("{\"modules\": [{\"deviceId\": \"nobody\", \"moduleId\": \"m\"}]}", "nobody"),
     ] {
         std::fs::write(&seed, content).expect("write");
         let error = Emulator::builder().seed_file(&seed).start().await.err().expect("must fail");
