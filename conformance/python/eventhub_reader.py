@@ -31,11 +31,13 @@ class Reader:
     def __init__(self, client, device_id, **receive_kwargs):
         self.client, self.device_id = client, device_id
         self.events, self.partitions, self.errors = [], [], []
+        self.live = set()  # partitions whose receiver has called back at least once (an empty wait counts)
         self.thread = threading.Thread(target=self._receive, args=(receive_kwargs,), daemon=True)
         self.thread.start()
 
     def _receive(self, kwargs):
         def on_event(context, event):
+            self.live.add(context.partition_id)
             if event is not None and event.system_properties.get(b"iothub-connection-device-id") == \
                     self.device_id.encode():
                 self.events.append(event)
@@ -54,6 +56,13 @@ class Reader:
         while len(self.events) < count and time.monotonic() < deadline:
             time.sleep(0.1)
         return [json.loads(e.body_as_str()) for e in self.events]
+
+    def wait_live(self, partitions, seconds=WAIT):
+        """Waits until the receivers of `partitions` are attached: `@latest` means "from when the link opened"."""
+        deadline = time.monotonic() + seconds
+        while len(self.live) < partitions and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return len(self.live) >= partitions
 
     def wait_error(self, seconds=WAIT):
         deadline = time.monotonic() + seconds

@@ -102,9 +102,10 @@ def main():
 
     @scenario("py-eh-start-positions")
     def _():
+        send(device, {"n": 0})  # before the reader: "@latest" must not return it
         first = Reader(consumer(), device_id, starting_position="@latest")
         try:
-            time.sleep(1)
+            check(first.wait_live(4), f"receivers attached on {sorted(first.live)}")
             for n in (1, 2, 3):
                 send(device, {"n": n})
             check(first.wait(3) == [{"n": 1}, {"n": 2}, {"n": 3}], f"from latest {first.wait(3, 0)}")

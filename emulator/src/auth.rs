@@ -43,6 +43,11 @@ impl Rights {
         Self(self.0 | other.0)
     }
 
+    /// True when every permission of `other` is in this set.
+    pub const fn contains(self, other: Self) -> bool {
+        self.0 & other.0 == other.0
+    }
+
     /// True when the two sets share a permission.
     pub const fn intersects(self, other: Self) -> bool {
         self.0 & other.0 != 0

@@ -5,6 +5,7 @@
 #![warn(missing_docs)]
 
 pub mod connection_string;
+pub mod emulator;
 pub mod jobs;
 pub mod messages;
 pub mod methods;

@@ -12,7 +12,9 @@ use serde::de::DeserializeOwned;
 
 use crate::amqp::Amqp;
 use crate::error::Error;
-use crate::{JobClient, MessageClient, MethodClient, ModuleClient, QueryClient, RegistryClient, TwinClient};
+use crate::{
+    EmulatorControls, JobClient, MessageClient, MethodClient, ModuleClient, QueryClient, RegistryClient, TwinClient,
+};
 
 /// The REST api-version the client speaks (the one the Azure SDKs use).
 pub const API_VERSION: &str = "2021-04-12";
@@ -220,6 +222,12 @@ impl ServiceClient {
     /// Device identities.
     pub fn registry(&self) -> RegistryClient {
         RegistryClient::new(self.clone())
+    }
+
+    /// **Emulator only**: iothub-emulator's test-suite controls (faults, recorded history, health, reset). A
+    /// real hub answers these with 404.
+    pub fn emulator(&self) -> EmulatorControls {
+        EmulatorControls::new(self.clone())
     }
 
     /// Module identities, module twins and module methods.

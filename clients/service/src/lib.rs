@@ -56,6 +56,7 @@
 
 mod amqp;
 mod client;
+mod emulator;
 mod error;
 mod events;
 mod jobs;
@@ -68,6 +69,7 @@ mod registry;
 mod twins;
 
 pub use client::{API_VERSION, RetryPolicy, ServiceClient, ServiceOptions, Trust};
+pub use emulator::EmulatorControls;
 pub use error::Error;
 pub use events::{EventHubConsumer, EventPosition, PartitionReceiver, ReceivedEvent};
 pub use iothub_proto as proto;

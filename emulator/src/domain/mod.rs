@@ -2,6 +2,8 @@
 
 pub mod c2d;
 pub mod eventlog;
+pub mod faults;
+pub mod history;
 pub mod jobs;
 pub mod methods;
 pub mod query;

@@ -201,6 +201,12 @@ pub fn identity_key(device_id: &str, module_id: Option<&str>) -> String {
     }
 }
 
+/// The keys `<prefix>/<anything>` in key order: a device's module keys, and any store table keyed
+/// `<owner>/<item>` ('0' is the character after '/').
+pub fn keys_under(prefix: &str) -> std::ops::Range<String> {
+    format!("{prefix}/")..format!("{prefix}0")
+}
+
 /// The device id and module id (if any) an identity key names.
 pub fn split_key(key: &str) -> (&str, Option<&str>) {
     match key.split_once('/') {

@@ -52,6 +52,7 @@ impl FromRef<AppState> for Arc<Hub> {
 
 /// The service REST API over `hub`, plus MQTT over WebSockets at `/$iothub/websocket`.
 pub fn router(hub: Arc<Hub>, shutdown: CancellationToken) -> Router {
+    let state = AppState { hub, shutdown };
     Router::new()
         .route("/devices", get(registry::list_devices))
         .route("/devices/", get(registry::list_devices))
@@ -95,6 +96,8 @@ pub fn router(hub: Arc<Hub>, shutdown: CancellationToken) -> Router {
         .route("/statistics/devices", get(registry::registry_statistics))
         .route("/statistics/service", get(registry::service_statistics))
         .route_layer(axum::middleware::from_fn(request::require_api_version))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), emulator::refuse_during_outage))
+        .merge(controls())
         .route("/$iothub/websocket", get(websocket::upgrade))
         .route("/$servicebus/websocket", get(websocket::upgrade))
         .route("/$servicebus/websocket/", get(websocket::upgrade))
@@ -102,7 +105,20 @@ pub fn router(hub: Arc<Hub>, shutdown: CancellationToken) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limits::MAX_HTTP_BODY_BYTES))
         .layer(TraceLayer::new_for_http())
-        .with_state(AppState { hub, shutdown })
+        .with_state(state)
+}
+
+/// The emulator's test-suite controls: no `api-version` needed, and they answer during an outage fault.
+fn controls() -> Router<AppState> {
+    Router::new()
+        .route("/emulator/health", get(emulator::health))
+        .route("/emulator/reset", post(emulator::reset))
+        .route("/emulator/faults", get(emulator::list_faults).post(emulator::add_fault).delete(emulator::clear_faults))
+        .route("/emulator/faults/{fault}", delete(emulator::remove_fault))
+        .route("/emulator/devices/{id}/methodCalls", get(emulator::device_method_calls))
+        .route("/emulator/devices/{id}/modules/{mid}/methodCalls", get(emulator::module_method_calls))
+        .route("/emulator/devices/{id}/twinChanges", get(emulator::device_twin_changes))
+        .route("/emulator/devices/{id}/modules/{mid}/twinChanges", get(emulator::module_twin_changes))
 }
 
 async fn not_found(method: Method, uri: axum::http::Uri) -> Response {

@@ -37,6 +37,12 @@ pub(super) struct Messages {
 }
 
 impl Messages {
+    /// Drops every queue and feedback record (a reset); numbers go on from where they were.
+    pub(super) fn clear(&mut self) {
+        self.queues.clear();
+        self.feedback = FeedbackQueue::from_records(Vec::new());
+    }
+
     pub(super) fn new(messages: Vec<(String, Queued)>, feedback: Vec<crate::domain::c2d::FeedbackRecord>) -> Self {
         let next_sequence =
             messages.iter().map(|(_, m)| m.sequence).chain(feedback.iter().map(|r| r.sequence)).max().unwrap_or(0) + 1;

@@ -1,11 +1,15 @@
 //! Direct methods: wait for the device (up to the connect timeout), hand it the request, wait for its answer
 //! (up to the response timeout), on the hub's clock like every other timer.
 
+use std::time::Duration;
+
 use jiff::{SignedDuration, Timestamp};
 use tokio::sync::mpsc::error::TrySendError;
 
 use super::Hub;
 use super::presence::{OUTBOUND_CAPACITY, ToDevice};
+use crate::domain::faults::MethodDelivery;
+use crate::domain::history::{MethodOutcome, MethodRecord};
 use crate::domain::methods::{MethodCall, MethodResponse, PendingCalls};
 use crate::error::HubError;
 
@@ -16,32 +20,55 @@ fn after(now: Timestamp, timeout: std::time::Duration) -> Timestamp {
 
 impl Hub {
     /// Invokes a direct method on a device and returns its answer, or 404103 / 504101 as the hub does. A device
-    /// with a full queue (it stopped reading) is 429, not a device that is offline.
+    /// with a full queue (it stopped reading) is 429, not a device that is offline. The call and its outcome
+    /// are kept in the device's method history.
     pub async fn invoke_method(&self, device_id: &str, call: &MethodCall) -> Result<MethodResponse, HubError> {
         self.get_device(device_id)?;
+        let started = self.clock.now();
+        let result = self.deliver_method(device_id, call).await;
+        let outcome = match &result {
+            Ok(response) => MethodOutcome::Answered { status: response.status, payload: response.payload.clone() },
+            Err(error) => MethodOutcome::Failed { error_code: error.wire().code, message: error.to_string() },
+        };
+        let duration = Duration::try_from(self.clock.now().duration_since(started)).unwrap_or_default();
+        let record =
+            MethodRecord { time: started, name: call.name.clone(), payload: call.payload.clone(), outcome, duration };
+        self.record_method(device_id, record);
+        result
+    }
+
+    /// Hands the call to the device (unless a fault holds it back or delays it) and waits for its answer.
+    async fn deliver_method(&self, device_id: &str, call: &MethodCall) -> Result<MethodResponse, HubError> {
+        let delivery = self.method_delivery(device_id);
+        if delivery == MethodDelivery::Undelivered {
+            tracing::info!(device_id, method = %call.name, "method call held back by a fault");
+            self.clock.sleep_until(after(self.clock.now(), call.response_timeout)).await;
+            return Err(HubError::GatewayTimeout);
+        }
         let connect_deadline = after(self.clock.now(), call.connect_timeout);
         let (rid, answer) = self.pending_calls.register(device_id);
         // Forgets the call however this ends, including when the caller stops waiting (a job past its deadline).
         let _forget = ForgetOnDrop { calls: &self.pending_calls, rid };
-        let mut request = ToDevice::MethodRequest { rid, name: call.name.clone(), payload: call.payload.clone() };
+        let mut request = Some(ToDevice::MethodRequest { rid, name: call.name.clone(), payload: call.payload.clone() });
         loop {
             let changed = self.presence_changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
             let connected = match self.route(device_id, |s| s.methods) {
-                Ok(sender) => match sender.try_send(request) {
-                    Ok(()) => break,
-                    Err(TrySendError::Full(_)) => {
-                        return Err(HubError::DeviceBusy(format!(
-                            "The device has {OUTBOUND_CAPACITY} messages waiting and is not reading them; retry later"
-                        )));
+                // A late call waits with the request in hand; it is sent after the delay.
+                Ok(_) if matches!(delivery, MethodDelivery::Late(_)) => break,
+                Ok(sender) => {
+                    let Some(unsent) = request.take() else { break };
+                    match sender.try_send(unsent) {
+                        Ok(()) => break,
+                        Err(TrySendError::Full(_)) => return Err(device_busy()),
+                        // It went away between the lookup and the send: wait for it like any offline device.
+                        Err(TrySendError::Closed(unsent)) => {
+                            request = Some(unsent);
+                            false
+                        }
                     }
-                    // It went away between the lookup and the send: wait for it like any offline device.
-                    Err(TrySendError::Closed(unsent)) => {
-                        request = unsent;
-                        false
-                    }
-                },
+                }
                 Err(connected) => connected,
             };
             if self.clock.now() >= connect_deadline {
@@ -60,12 +87,45 @@ impl Hub {
                 () = self.clock.sleep_until(connect_deadline) => {}
             }
         }
-        tracing::debug!(device_id, method = %call.name, rid, "method request handed to the device");
         let response_deadline = after(self.clock.now(), call.response_timeout);
+        if let (MethodDelivery::Late(delay), Some(request)) = (delivery, request) {
+            self.deliver_late(device_id, request, after(self.clock.now(), delay), response_deadline).await?;
+        }
+        tracing::debug!(device_id, method = %call.name, rid, "method request handed to the device");
         tokio::select! {
             answer = answer => answer.map_err(|_| HubError::GatewayTimeout),
             () = self.clock.sleep_until(response_deadline) => Err(HubError::GatewayTimeout),
         }
+    }
+
+    /// Hands a held-back request to the device at `deliver_at`, unless the caller's deadline comes first or the
+    /// device has gone by then (both end as 504101, as a request lost on the way would).
+    async fn deliver_late(
+        &self,
+        device_id: &str,
+        request: ToDevice,
+        deliver_at: Timestamp,
+        response_deadline: Timestamp,
+    ) -> Result<(), HubError> {
+        tracing::info!(device_id, %deliver_at, "method call delayed by a fault");
+        if deliver_at >= response_deadline {
+            self.clock.sleep_until(response_deadline).await;
+            return Err(HubError::GatewayTimeout);
+        }
+        self.clock.sleep_until(deliver_at).await;
+        let sent = match self.route(device_id, |s| s.methods) {
+            Ok(sender) => match sender.try_send(request) {
+                Ok(()) => true,
+                Err(TrySendError::Full(_)) => return Err(device_busy()),
+                Err(TrySendError::Closed(_)) => false,
+            },
+            Err(_) => false,
+        };
+        if !sent {
+            self.clock.sleep_until(response_deadline).await;
+            return Err(HubError::GatewayTimeout);
+        }
+        Ok(())
     }
 
     /// Delivers a device's answer to request `rid`; answers to unknown, expired or other devices' requests
@@ -75,6 +135,12 @@ impl Hub {
             tracing::debug!(device_id, rid, "method response for no waiting request dropped");
         }
     }
+}
+
+fn device_busy() -> HubError {
+    HubError::DeviceBusy(format!(
+        "The device has {OUTBOUND_CAPACITY} messages waiting and is not reading them; retry later"
+    ))
 }
 
 /// Removes a waiting call from the table when dropped.

@@ -4,6 +4,7 @@
 //! Split by concern: this file holds the state and the registry; `presence` the live connections,
 //! `twins`, `methods` and `telemetry` the device features.
 
+mod faults;
 mod jobs;
 mod messages;
 mod methods;
@@ -22,6 +23,7 @@ use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use faults::ResetSummary;
 pub use jobs::{JobSettings, JobSnapshot, MAX_JOBS_PAGE};
 pub use messages::Delivery;
 pub use presence::{Connected, ConnectionLease, Subscriptions, ToDevice};
@@ -92,8 +94,14 @@ impl State {
 
     /// The keys of a device's modules, in id order.
     fn module_keys(&self, device_id: &str) -> Vec<String> {
-        let (from, to) = (format!("{device_id}/"), format!("{device_id}0"));
-        self.devices.range(from..to).map(|(key, _)| key.clone()).collect()
+        self.devices.range(registry::keys_under(device_id)).map(|(key, _)| key.clone()).collect()
+    }
+
+    /// Removes a deleted identity from memory with its connection and session; returns its record.
+    fn forget_identity(&mut self, key: &str) -> Option<Arc<Device>> {
+        self.disconnect(key);
+        self.sessions.remove(key);
+        self.devices.remove(key)
     }
 
     /// Ends the device's connection, if any (deleted or disabled devices).
@@ -127,6 +135,16 @@ pub struct Hub {
     throttle: Option<Throttle>,
     /// The AMQPS port the hub listens on, once bound: where the built-in endpoint's redirect points.
     amqp_port: std::sync::OnceLock<u16>,
+    /// Faults a test put in force, and whether there are any (read without the lock on hot paths).
+    faults: std::sync::Mutex<crate::domain::faults::FaultSet>,
+    faults_on: std::sync::atomic::AtomicBool,
+    faults_changed: Notify,
+    /// Recent method calls and twin changes per identity, for tests and the dashboard.
+    history: std::sync::Mutex<crate::domain::history::History>,
+    /// When this hub started (the health endpoint's uptime).
+    started_at: Timestamp,
+    /// MQTT CONNECTs received, accepted or not (how hard devices knock: back-off shows here).
+    connect_attempts: std::sync::atomic::AtomicU64,
 }
 
 impl Hub {
@@ -138,6 +156,7 @@ impl Hub {
             loaded.devices.into_iter().map(|d| (d.key().into_owned(), Arc::new(d))).collect();
         let messages = loaded.messages.into_iter().filter(|(id, _)| devices.contains_key(id)).collect();
         let sessions = loaded.sessions.into_iter().filter(|(id, _)| devices.contains_key(id)).collect();
+        let started_at = clock.now();
         let events =
             EventLog::new(LogSettings::default(), loaded.event_hub, loaded.events, &loaded.continuations, clock.now());
         Self {
@@ -164,6 +183,12 @@ impl Hub {
             stop: CancellationToken::new(),
             throttle: None,
             amqp_port: std::sync::OnceLock::new(),
+            faults: std::sync::Mutex::default(),
+            faults_on: std::sync::atomic::AtomicBool::new(false),
+            faults_changed: Notify::new(),
+            history: std::sync::Mutex::default(),
+            started_at,
+            connect_attempts: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -255,6 +280,11 @@ impl Hub {
         &self.policies
     }
 
+    /// When this hub started.
+    pub fn started_at(&self) -> Timestamp {
+        self.started_at
+    }
+
     /// The hub's clock.
     pub fn clock(&self) -> &SharedClock {
         &self.clock
@@ -282,6 +312,19 @@ impl Hub {
         })
     }
 
+    /// Checks the `Authorization` of an emulator-only control (`/emulator/...`, the dashboard): a policy token
+    /// with every permission, as the hub's owner policy has.
+    pub fn authorize_owner(&self, token: Option<&str>, path: &str) -> Result<Principal, HubError> {
+        let principal = self.authorize_service(token, path, Rights::all())?;
+        match &principal {
+            Principal::Policy { rights, .. } if rights.contains(Rights::all()) => Ok(principal),
+            _ => {
+                tracing::debug!(path, "emulator control refused: the policy lacks some permission");
+                Err(HubError::Unauthorized)
+            }
+        }
+    }
+
     /// Checks a policy token a client puts on an AMQP connection for `audience` (claims-based security).
     /// Failures are logged with their reason and all become the same 401.
     pub fn verify_claim(&self, token: &str, audience: &str) -> Result<Claim, HubError> {
@@ -296,14 +339,13 @@ impl Hub {
     /// Checks a device's or module's connection credentials (MQTT CONNECT password); `key` is the identity key
     /// (the MQTT client id: `<deviceId>` or `<deviceId>/<moduleId>`).
     pub fn authorize_device(&self, key: &str, token: &str) -> Result<Arc<Device>, HubError> {
-        let device_id = key;
         let device = self.get_device(key).map_err(|_| {
-            tracing::debug!(device_id, "connection refused: unknown device or module");
+            tracing::debug!(identity = key, "connection refused: unknown device or module");
             HubError::Unauthorized
         })?;
         auth::authorize_device(&self.policies, &self.host_name, token, &device, self.clock.unix_seconds()).map_err(
             |failure| {
-                tracing::debug!(%failure, device_id, "connection refused");
+                tracing::debug!(%failure, identity = key, "connection refused");
                 HubError::Unauthorized
             },
         )?;
@@ -311,7 +353,7 @@ impl Hub {
         if device.module.is_some()
             && self.get_device(&device.device_id).is_ok_and(|parent| parent.status == DeviceStatus::Disabled)
         {
-            tracing::debug!(device_id, "connection refused: the module's device is disabled");
+            tracing::debug!(identity = key, "connection refused: the module's device is disabled");
             return Err(HubError::Unauthorized);
         }
         Ok(device)
@@ -400,20 +442,18 @@ impl Hub {
                 .map(|key| Write::DeleteDevice { id: key })
                 .collect();
             let pending = self.store.submit(writes);
-            let previous = state.devices.remove(id);
-            let mut modules = Vec::with_capacity(module_keys.len());
-            for key in std::iter::once(id).chain(module_keys.iter().map(String::as_str)) {
-                if let Some(module) = state.devices.remove(key).filter(|_| key != id) {
-                    modules.push(module);
-                }
-                state.disconnect(key);
-                state.sessions.remove(key);
-            }
+            let previous = state.forget_identity(id);
+            let modules: Vec<_> = module_keys.iter().filter_map(|key| state.forget_identity(key)).collect();
             state.messages.queues.remove(id);
             (previous, modules, pending)
         };
         let result = self.settle(pending, id, previous, None).await;
-        if result.is_err() {
+        if result.is_ok() {
+            self.forget_history(id);
+            for module in &modules {
+                self.forget_history(&module.key());
+            }
+        } else {
             // Not saved: the modules come back with their device.
             let mut state = self.write();
             for module in modules {

@@ -85,11 +85,11 @@ impl Hub {
                 condition.check(&current.etag())?;
             }
             let pending = self.store.submit(vec![Write::DeleteDevice { id: key.clone() }]);
-            let previous = state.devices.remove(&key);
-            state.disconnect(&key);
-            state.sessions.remove(&key);
+            let previous = state.forget_identity(&key);
             (previous, pending)
         };
-        self.settle(pending, &key, previous, None).await
+        self.settle(pending, &key, previous, None).await?;
+        self.forget_history(&key);
+        Ok(())
     }
 }

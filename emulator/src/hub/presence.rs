@@ -171,6 +171,16 @@ impl Hub {
         }
     }
 
+    /// Counts one device CONNECT, whatever the answer.
+    pub fn note_connect_attempt(&self) {
+        self.connect_attempts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Device CONNECTs received since the hub started, accepted or refused.
+    pub fn connect_attempts(&self) -> u64 {
+        self.connect_attempts.load(Ordering::Relaxed)
+    }
+
     /// Notes that the device sent something (its `lastActivityTime`).
     pub fn touch(&self, device_id: &str) {
         let now = nanos(self.clock.now());

@@ -22,7 +22,7 @@ use crate::domain::query::eval::matches;
 use crate::domain::query::run::{self, Groups, ItemType};
 use crate::domain::query::twin_doc::{LivenessSource, TwinView};
 use crate::domain::query::{Query, parse_query};
-use crate::domain::registry::{Device, Liveness};
+use crate::domain::registry::{self, Device, Liveness};
 use crate::error::HubError;
 
 /// Items per page: the default and the most the hub returns (wire-spec F.6, H.27).
@@ -164,7 +164,7 @@ impl Hub {
             // `deviceId IN [..]` over modules: each listed device's modules, a key range each.
             Some(ids) if modules => Box::new(
                 ids.iter()
-                    .flat_map(|id| state.devices.range(format!("{id}/")..format!("{id}0")))
+                    .flat_map(|id| state.devices.range(registry::keys_under(id)))
                     .filter(move |(key, _)| match &lower {
                         Bound::Excluded(after) => key.as_str() > after.as_str(),
                         _ => true,

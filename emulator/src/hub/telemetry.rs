@@ -301,6 +301,18 @@ impl Hub {
         }
     }
 
+    /// Drops every durable event from the log (a reset) and returns the trims to store; positions go on.
+    pub(super) fn drop_all_telemetry(&self) -> Vec<Write> {
+        let mut writes = Vec::new();
+        for (cell, partition) in self.events.partitions.iter().zip(0..) {
+            let mut log = cell.lock();
+            if let Some(through) = log.trim(0, Timestamp::MAX) {
+                writes.push(Write::TrimEvents { partition, through, continuation: log.continuation() });
+            }
+        }
+        writes
+    }
+
     /// A live stream of every device's telemetry from now on, as it becomes durable in the log.
     pub fn telemetry_stream(&self) -> broadcast::Receiver<Arc<Event>> {
         self.telemetry_feed.subscribe()

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use super::presence::ToDevice;
 use super::{DeviceSnapshot, Hub, State};
+use crate::domain::history::{TwinChangeRecord, TwinSection};
 use crate::domain::registry::{Device, IfMatch};
 use crate::domain::twin::{DesiredNotification, Object, TwinWrite, WriteMode};
 use crate::error::HubError;
@@ -57,6 +58,22 @@ impl Hub {
             condition.check(&current.twin.etag())?;
         }
         let change = current.twin.apply_service_write(write, mode, now)?;
+        let replaced = mode == WriteMode::Replace;
+        if let Some(tags) = &write.tags {
+            let patch = tags.clone().unwrap_or_default();
+            self.record_twin_change(
+                id,
+                TwinChangeRecord { time: now, section: TwinSection::Tags, replaced, version: None, patch },
+            );
+        }
+        if let Some(desired) = &write.desired {
+            let patch = desired.clone().unwrap_or_default();
+            let version = Some(change.twin.desired.version);
+            self.record_twin_change(
+                id,
+                TwinChangeRecord { time: now, section: TwinSection::Desired, replaced, version, patch },
+            );
+        }
         let (device, pending) = self.store_device_with(state, current.with_twin(change.twin), also);
         if let Some(notification) = change.desired_notification {
             // Sent under the lock so notifications reach the device in version order.
@@ -82,6 +99,14 @@ impl Hub {
             let mut state = self.write();
             let current: Arc<Device> = state.lookup(device_id)?.clone();
             let twin = current.twin.apply_reported_patch(patch, now)?;
+            let record = TwinChangeRecord {
+                time: now,
+                section: TwinSection::Reported,
+                replaced: false,
+                version: Some(twin.reported.version),
+                patch: patch.clone(),
+            };
+            self.record_twin_change(device_id, record);
             let (device, pending) = self.store_device(&mut state, current.with_twin(twin));
             (device, Some(current), pending)
         };

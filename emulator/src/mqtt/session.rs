@@ -73,6 +73,7 @@ where
             return;
         }
     };
+    hub.note_connect_attempt();
     if connect.protocol != rumqttc::mqttbytes::Protocol::V4 {
         refuse(&mut transport, ConnectReturnCode::RefusedProtocolVersion).await;
         return;
@@ -84,6 +85,12 @@ where
             return;
         }
     };
+    if hub.connect_refused(&accepted.device_id) {
+        // An outage or a disconnect fault (test-suite controls): refused as a hub that is away refuses.
+        tracing::debug!(%peer, device_id = %accepted.device_id, "connection refused by a fault");
+        refuse(&mut transport, ConnectReturnCode::ServiceUnavailable).await;
+        return;
+    }
     if hub.admit(Operation::DeviceConnect, 1.0).is_err() {
         // The hub answers connections past its rate with "server unavailable"; the SDKs retry with back-off.
         tracing::debug!(%peer, device_id = %accepted.device_id, "connection refused by the throttling profile");
@@ -104,6 +111,7 @@ where
             outbound: connected.outbound,
             in_flight: HashMap::new(),
             next_packet_id: 0,
+            withheld_acks: Vec::new(),
         };
         session.run(&connected.lease.closed, &shutdown).await;
         // Presence ends before the socket closes, so a client that sees the close sees the device gone too.
@@ -160,6 +168,8 @@ enum Flow {
 enum Event {
     Packet(Packet),
     Outbound(ToDevice),
+    /// Time to see whether held-back PUBACKs may go.
+    ReleaseAcks,
     Ended(&'static str),
 }
 
@@ -174,6 +184,8 @@ struct Session<'a, IO> {
     /// completes the message; what is still here when the connection ends waits for the next one.
     in_flight: HashMap<u16, String>,
     next_packet_id: u16,
+    /// PUBACKs of telemetry held back by a fault, sent when it ends (if the connection lasts that long).
+    withheld_acks: Vec<u16>,
 }
 
 impl<IO: AsyncRead + AsyncWrite + Unpin> Session<'_, IO> {
@@ -191,6 +203,13 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Session<'_, IO> {
         tokio::pin!(expired);
         loop {
             let event = {
+                let holding_acks = !self.withheld_acks.is_empty();
+                let release_at = if holding_acks {
+                    self.hub.telemetry_acks_withheld_until(self.device_id()).unwrap_or(jiff::Timestamp::MIN)
+                } else {
+                    jiff::Timestamp::MAX
+                };
+                let hub = self.hub;
                 let next = async {
                     match deadline {
                         Some(limit) => tokio::time::timeout(limit, self.transport.next())
@@ -207,6 +226,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Session<'_, IO> {
                 tokio::select! {
                     event = next => event,
                     Some(message) = self.outbound.recv() => Event::Outbound(message),
+                    () = hub.clock().sleep_until(release_at), if holding_acks => Event::ReleaseAcks,
+                    () = hub.faults_changed(), if holding_acks => Event::ReleaseAcks,
                     () = closed.cancelled() => Event::Ended("closed by the hub (replaced, disabled or deleted)"),
                     () = &mut expired => Event::Ended("the SAS token expired"),
                     () = shutdown.cancelled() => Event::Ended("emulator shutting down"),
@@ -215,6 +236,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Session<'_, IO> {
             let flow = match event {
                 Event::Packet(packet) => self.handle(packet).await,
                 Event::Outbound(message) => self.deliver(message).await,
+                Event::ReleaseAcks => self.release_acks().await,
                 Event::Ended(why) => Flow::Close(why),
             };
             if let Flow::Close(why) = flow {
@@ -224,7 +246,25 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Session<'_, IO> {
         }
     }
 
+    /// Sends the held-back PUBACKs once no fault holds them any more.
+    async fn release_acks(&mut self) -> Flow {
+        if self.hub.telemetry_acks_withheld_until(self.device_id()).is_some() {
+            return Flow::Continue;
+        }
+        tracing::debug!(device_id = self.device_id(), count = self.withheld_acks.len(), "held-back PUBACKs sent");
+        for pkid in std::mem::take(&mut self.withheld_acks) {
+            if let Flow::Close(why) = self.send(Packet::PubAck(PubAck::new(pkid))).await {
+                return Flow::Close(why);
+            }
+        }
+        Flow::Continue
+    }
+
     async fn send(&mut self, packet: Packet) -> Flow {
+        if let Some(latency) = self.hub.send_latency(self.device_id()) {
+            // A latency fault: everything to this device goes out late, in order.
+            tokio::time::sleep(latency).await;
+        }
         // tokio polls the send before its timer, and arms the timer only when the send has to wait, so the hot
         // path (a PUBACK per telemetry message) does not touch the timer wheel.
         let limit = Duration::from_secs(limits::MQTT_WRITE_TIMEOUT_SECS);
@@ -311,8 +351,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Session<'_, IO> {
         self.hub.touch(self.device_id());
         let reply = match topics::parse_device_publish(&publish.topic, self.device_id()) {
             Inbound::TwinGet { rid } => {
-                let device =
-                    self.hub.admit(Operation::TwinRead, 1.0).and_then(|()| self.hub.get_device(self.device_id()));
+                let device = self
+                    .twin_fault()
+                    .and_then(|()| self.hub.admit(Operation::TwinRead, 1.0))
+                    .and_then(|()| self.hub.get_device(self.device_id()));
                 let (status, body) = match device {
                     Ok(device) => (200, wire::twin::device_view(&device.twin)),
                     Err(error) => self.error_reply(&error),
@@ -321,7 +363,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Session<'_, IO> {
             }
             Inbound::ReportedPatch { rid } => {
                 let outcome = match wire::twin::parse_reported_patch(&publish.payload) {
-                    Ok(patch) => match self.hub.admit(Operation::TwinUpdate, 1.0) {
+                    Ok(patch) => match self.twin_fault().and_then(|()| self.hub.admit(Operation::TwinUpdate, 1.0)) {
                         Ok(()) => self.hub.patch_reported(self.device_id(), &patch).await,
                         Err(throttled) => Err(throttled),
                     },
@@ -387,10 +429,14 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Session<'_, IO> {
                 return Flow::Close("PUBLISH to a topic that is not offered or not the device's own");
             }
         };
-        if publish.qos == QoS::AtLeastOnce
-            && let Flow::Close(why) = self.send(Packet::PubAck(PubAck::new(publish.pkid))).await
-        {
-            return Flow::Close(why);
+        if publish.qos == QoS::AtLeastOnce {
+            let telemetry = reply.is_none() && !publish.topic.starts_with("$iothub/");
+            if telemetry && self.hub.telemetry_acks_withheld_until(self.device_id()).is_some() {
+                // Kept, but not acknowledged until the fault ends.
+                self.withheld_acks.push(publish.pkid);
+            } else if let Flow::Close(why) = self.send(Packet::PubAck(PubAck::new(publish.pkid))).await {
+                return Flow::Close(why);
+            }
         }
         match reply {
             Some((topic, body)) if self.subscriptions.twin_responses => self.publish(topic, body).await,
@@ -403,6 +449,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Session<'_, IO> {
             }
             None => Flow::Continue,
         }
+    }
+
+    /// The error a twin fault answers this device's twin requests with, if one is in force.
+    fn twin_fault(&self) -> Result<(), HubError> {
+        self.hub.twin_fault(self.device_id()).map_or(Ok(()), Err)
     }
 
     /// A twin error response: the status and the hub's JSON error object (the Node SDK needs `errorCode`).

@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::segments::SegmentLog;
 use super::{Loaded, StoreError, Write, decode, encode, events, legacy};
 use crate::domain::eventlog::Event;
+use crate::domain::registry::keys_under;
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const DEVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("devices");
@@ -299,11 +300,6 @@ fn feedback_key(sequence: u64) -> String {
     format!("{sequence:020}")
 }
 
-/// The range of keys `<prefix>/...` in a table keyed `<prefix>/<rest>` ('0' is the character after '/').
-fn prefix_range(prefix: &str) -> (String, String) {
-    (format!("{prefix}/"), format!("{prefix}0"))
-}
-
 fn load(db: &impl redb::ReadableDatabase, shown: &str) -> Result<Loaded, StoreError> {
     let corrupt = |detail: String| StoreError::Corrupt(format!("{shown}: {detail}"));
     let read = db.begin_read().map_err(|e| corrupt(e.to_string()))?;
@@ -520,8 +516,8 @@ fn commit_transaction(db: &Database, in_segments: bool, group: &[Batch]) -> Resu
                 Write::DeleteDevice { id } => {
                     devices.remove(id.as_str())?;
                     sessions.remove(id.as_str())?;
-                    let (from, to) = prefix_range(id);
-                    messages.retain_in(from.as_str()..to.as_str(), |_, _| false)?;
+                    let range = keys_under(id);
+                    messages.retain_in(range.start.as_str()..range.end.as_str(), |_, _| false)?;
                 }
                 Write::PutMessage { device_id, message } => {
                     let key = message_key(device_id, message.sequence);
@@ -531,8 +527,8 @@ fn commit_transaction(db: &Database, in_segments: bool, group: &[Batch]) -> Resu
                     messages.remove(message_key(device_id, *sequence).as_str())?;
                 }
                 Write::PurgeMessages { device_id } => {
-                    let (from, to) = prefix_range(device_id);
-                    messages.retain_in(from.as_str()..to.as_str(), |_, _| false)?;
+                    let range = keys_under(device_id);
+                    messages.retain_in(range.start.as_str()..range.end.as_str(), |_, _| false)?;
                 }
                 Write::PutFeedback(record) => {
                     feedback.insert(feedback_key(record.sequence).as_str(), encode(&**record).as_slice())?;
@@ -557,8 +553,8 @@ fn commit_transaction(db: &Database, in_segments: bool, group: &[Batch]) -> Resu
                 }
                 Write::DeleteJob { id } => {
                     jobs.remove(id.as_str())?;
-                    let (from, to) = prefix_range(id);
-                    device_jobs.retain_in(from.as_str()..to.as_str(), |_, _| false)?;
+                    let range = keys_under(id);
+                    device_jobs.retain_in(range.start.as_str()..range.end.as_str(), |_, _| false)?;
                 }
                 Write::PutEventHub(record) => {
                     event_meta.insert(EVENT_HUB_KEY, encode(record).as_slice())?;
@@ -566,6 +562,14 @@ fn commit_transaction(db: &Database, in_segments: bool, group: &[Batch]) -> Resu
                 Write::AppendEvent(_) if in_segments => {}
                 Write::AppendEvent(event) => {
                     events.insert((event.partition, event.sequence), events::encode(event).as_slice())?;
+                }
+                Write::Reset => {
+                    devices.retain(|_, _| false)?;
+                    jobs.retain(|_, _| false)?;
+                    device_jobs.retain(|_, _| false)?;
+                    sessions.retain(|_, _| false)?;
+                    messages.retain(|_, _| false)?;
+                    feedback.retain(|_, _| false)?;
                 }
                 Write::TrimEvents { partition, through, continuation } => {
                     if !in_segments {

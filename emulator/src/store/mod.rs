@@ -56,6 +56,9 @@ pub enum Write {
     /// Drop a partition's events up to and including `through` (retention, size cap), remembering where the
     /// partition continues.
     TrimEvents { partition: u32, through: u64, continuation: Continuation },
+    /// Remove every device, module, job, session, queued message and feedback record (a reset). The log is
+    /// trimmed by `TrimEvents` beside it.
+    Reset,
 }
 
 impl Write {

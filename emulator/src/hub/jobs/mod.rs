@@ -101,6 +101,17 @@ impl Jobs {
         self.settings = settings;
     }
 
+    /// Stops and forgets every job (a reset); returns how many there were.
+    pub(super) fn clear(&self) -> usize {
+        let mut jobs = self.lock();
+        for entry in jobs.values() {
+            entry.cancelled.cancel();
+        }
+        let count = jobs.len();
+        jobs.clear();
+        count
+    }
+
     fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Entry>> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
