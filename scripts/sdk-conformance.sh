@@ -33,7 +33,8 @@ trap cleanup EXIT
 # Starts the emulator on the default ports with the throw-away data dir (and any extra flags), and waits for its
 # banner.
 start_emulator() {
-  "$bin" --data-dir "$work/data" --seed "$root/fixtures/tutorial-seed.json" "$@" >"$work/banner.txt" 2>"$work/emulator.log" &
+  "$bin" --data-dir "${DATA_DIR:-$work/data}" --seed "${SEED:-$root/fixtures/tutorial-seed.json}" "$@" \
+    >"$work/banner.txt" 2>"$work/emulator.log" &
   emulator_pid=$!
   for _ in $(seq 1 100); do
     if grep -q "Python" "$work/banner.txt" 2>/dev/null; then return; fi
@@ -191,6 +192,14 @@ fi
 run_suite rust-tutorial env IOTHUB_CONNECTION_STRING="$connection_string" IOTHUB_CA_FILE="$ca" \
   conformance/rust/tutorial.sh
 
+# Faults (POST /emulator/faults): a device dropped and refused, a 30 s hub-wide outage, a job whose method calls are
+# not delivered; both SDKs ride them out with their own retry. An outage refuses everyone, so these run one after
+# the other with nothing else on the hub; each removes its faults and devices when it ends.
+run_suite node-faults env IOTHUB_CONNECTION_STRING="$connection_string" NODE_EXTRA_CA_CERTS="$ca" \
+  node conformance/node/faults.js
+run_suite python-faults env IOTHUB_CONNECTION_STRING="$connection_string" REQUESTS_CA_BUNDLE="$ca" \
+  IOTHUB_CA_FILE="$ca" "$venv/bin/python" conformance/python/faults_conformance.py
+
 # Restarts: devices of both SDKs stay connected while the hub stops (SIGTERM) and starts again on the same data
 # dir; they reconnect by themselves and find everything that was acknowledged.
 run_restart_suites \
@@ -208,6 +217,21 @@ run_suite node-throttle env IOTHUB_CONNECTION_STRING="$connection_string" NODE_E
   IOTHUB_THROTTLE_TIER=s1 node conformance/node/throttle.js
 run_suite python-throttle env IOTHUB_CONNECTION_STRING="$connection_string" REQUESTS_CA_BUNDLE="$ca" \
   IOTHUB_THROTTLE_TIER=s1 "$venv/bin/python" conformance/python/throttle_conformance.py
+
+# The dashboard in Debian's headless Chromium, driven by playwright-core (pinned in conformance/node; it downloads
+# no browser), on a fresh hub seeded with 10,000 devices so the pages are tried at a realistic size. The
+# screenshots it takes are kept in $DASHBOARD_SCREENSHOTS (default target/dashboard-screenshots).
+stop_emulator
+python3 - "$work/fleet.json" <<'PY'
+import json, sys
+json.dump({"devices": [{"deviceId": f"fleet-{n:05d}"} for n in range(10000)]}, open(sys.argv[1], "w"))
+PY
+DATA_DIR="$work/dashboard-data" SEED="$work/fleet.json" start_emulator
+dashboard_connection_string="$(grep -o 'HostName=[^ ]*' "$work/banner.txt" | head -n 1)"
+dashboard_url="$(grep -o 'https://[^ ]*?token=[0-9a-f]*' "$work/banner.txt" | head -n 1)"
+run_suite node-dashboard env IOTHUB_CONNECTION_STRING="$dashboard_connection_string" \
+  IOTHUB_DASHBOARD_URL="$dashboard_url" NODE_EXTRA_CA_CERTS="$work/dashboard-data/ca.pem" IOTHUB_DASHBOARD_FLEET=10000 \
+  SCREENSHOT_DIR="${DASHBOARD_SCREENSHOTS:-$root/target/dashboard-screenshots}" node conformance/node/dashboard.js
 
 echo "SDK conformance against the emulator ($connection_string)" | sed 's/SharedAccessKey=[^;)]*/SharedAccessKey=***/'
 cat "$table"

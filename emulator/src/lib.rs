@@ -14,6 +14,7 @@ pub mod amqp;
 pub mod auth;
 pub mod clock;
 pub mod config;
+pub mod dashboard;
 pub mod domain;
 pub mod error;
 #[doc(hidden)]
@@ -184,6 +185,7 @@ impl EmulatorBuilder {
 /// A running emulator: where it listens, how to trust and reach it, and how to stop it.
 pub struct RunningEmulator {
     hub: Arc<Hub>,
+    dashboard: Arc<dashboard::Dashboard>,
     https_addr: SocketAddr,
     mqtt_addr: SocketAddr,
     amqp_addr: SocketAddr,
@@ -251,7 +253,8 @@ async fn start(config: Config) -> Result<RunningEmulator, StartError> {
 
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
-    let app = http::router(hub.clone(), shutdown.clone());
+    let dashboard = Arc::new(dashboard::Dashboard::new(hub.clone()));
+    let app = http::router(hub.clone(), dashboard.clone(), shutdown.clone());
     {
         let shutdown_for_conns = shutdown.clone();
         tracker.spawn(listener::accept_tls(
@@ -315,8 +318,9 @@ async fn start(config: Config) -> Result<RunningEmulator, StartError> {
         }
     };
     tracing::info!(%https_addr, %mqtt_addr, %amqp_addr, ?eventhubs_plain_addr, host = %config.host_name, "listening");
-    Ok(RunningEmulator {
+    let running = RunningEmulator {
         hub,
+        dashboard,
         https_addr,
         mqtt_addr,
         amqp_addr,
@@ -330,7 +334,19 @@ async fn start(config: Config) -> Result<RunningEmulator, StartError> {
         max_connections: gate.ceiling(),
         shutdown,
         tracker,
-    })
+    };
+    running.dashboard.set_endpoints(dashboard::Endpoints {
+        host_name: running.host_name().to_owned(),
+        https_port: https_addr.port(),
+        mqtt_port: mqtt_addr.port(),
+        amqp_port: amqp_addr.port(),
+        eventhubs_plain_port: eventhubs_plain_addr.map(|a| a.port()),
+        connection_string: running.service_connection_string(),
+        event_hub_connection_string: running.event_hub_connection_string(),
+        ca_path: running.ca_path.as_ref().map(|p| p.display().to_string()),
+        ca_pem: running.ca_pem.clone(),
+    });
+    Ok(running)
 }
 
 fn local_addr(listener: &TcpListener) -> Result<SocketAddr, StartError> {
@@ -421,6 +437,12 @@ impl RunningEmulator {
     /// True when the data file could only be opened read-only: reads are served, every change fails.
     pub fn is_read_only(&self) -> bool {
         self.read_only
+    }
+
+    /// The dashboard's sign-in link for this run (`https://<host>[:port]/?token=...`): whoever opens it is
+    /// signed in with the owner's rights, so treat it as a secret like the owner connection string.
+    pub fn dashboard_url(&self) -> String {
+        self.dashboard.sign_in_url(self.host_name(), self.https_addr.port())
     }
 
     /// The hub's host name.

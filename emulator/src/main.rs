@@ -208,6 +208,7 @@ fn banner(emulator: &RunningEmulator, startup_ms: f64) -> String {
          \x20   {}\n\
          \x20 Event Hub-compatible connection string (read telemetry with @azure/event-hubs, azure-eventhub):\n\
          \x20   {}\n\
+         \x20 dashboard (sign-in link; it carries the owner's rights): {}\n\
          \x20 CA certificate: {ca}\n\
          \x20 trust it:  Node    NODE_EXTRA_CA_CERTS={ca}\n\
          \x20            Python  REQUESTS_CA_BUNDLE={ca} and SSL_CERT_FILE={ca} (service: AMQP reads the second); server_verification_cert=open('{ca}').read() or SSL_CERT_FILE={ca} (device)\n",
@@ -227,6 +228,7 @@ fn banner(emulator: &RunningEmulator, startup_ms: f64) -> String {
         },
         emulator.service_connection_string(),
         emulator.event_hub_connection_string(),
+        emulator.dashboard_url(),
     );
     if let Some(plain) = emulator.eventhubs_plain_addr() {
         text.push_str(&format!(

@@ -146,3 +146,55 @@ pub async fn module_twin_changes(
 ) -> Result<Response, ApiError> {
     twin_changes(&hub, &headers, &identity_key(&id, Some(&mid)))
 }
+
+/// A cloud-to-device message from the dashboard (the SDKs send them over AMQP, which a browser cannot).
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SendMessage {
+    body: String,
+    #[serde(default)]
+    properties: serde_json::Map<String, serde_json::Value>,
+    message_id: Option<String>,
+    ack: Option<String>,
+}
+
+/// `POST /emulator/devices/{id}/messages/devicebound`: queues a cloud-to-device message (owner rights); 204
+/// once it is durable, with the hub's errors (`DeviceNotFound`, `DeviceMaximumQueueDepthExceeded`, ...).
+pub async fn send_message(
+    State(hub): State<Arc<Hub>>,
+    PathId(id): PathId,
+    headers: HeaderMap,
+    JsonBody(request): JsonBody<SendMessage>,
+) -> Result<Response, ApiError> {
+    hub.authorize_owner(authorization(&headers), "emulator/devices")?;
+    let ack = match request.ack.as_deref() {
+        None => iothub_proto::messages::Ack::None,
+        Some(text) => iothub_proto::messages::Ack::parse(text).ok_or_else(|| {
+            HubError::ArgumentInvalid(format!(
+                "ack must be none, positive, negative or full, not '{}'",
+                text.escape_debug()
+            ))
+        })?,
+    };
+    let properties = request
+        .properties
+        .into_iter()
+        .map(|(key, value)| match value {
+            serde_json::Value::String(text) => (key, text),
+            other => (key, other.to_string()),
+        })
+        .collect();
+    let message = crate::domain::c2d::Message {
+        message_id: request.message_id.filter(|id| !id.is_empty()),
+        correlation_id: None,
+        user_id: None,
+        content_type: None,
+        content_encoding: None,
+        expiry: None,
+        ack,
+        properties,
+        body: request.body.into_bytes(),
+    };
+    hub.send_message(&id, message).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}

@@ -31,16 +31,20 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 use tower_http::trace::TraceLayer;
 
-pub use response::{ApiError, ERROR_CODE_HEADER, JSON_CONTENT_TYPE};
+pub use request::form_pairs;
+pub use response::{ApiError, ERROR_CODE_HEADER, JSON_CONTENT_TYPE, ok_json};
 
+use crate::dashboard::Dashboard;
 use crate::error::HubError;
 use crate::hub::Hub;
 use crate::limits;
 
-/// What the handlers share: the hub, and the shutdown signal long-lived connections (WebSockets) watch.
+/// What the handlers share: the hub, the dashboard's sessions, and the shutdown signal long-lived connections
+/// (WebSockets, the dashboard's event stream) watch.
 #[derive(Clone)]
 pub struct AppState {
     pub hub: Arc<Hub>,
+    pub dashboard: Arc<Dashboard>,
     pub shutdown: CancellationToken,
 }
 
@@ -51,8 +55,8 @@ impl FromRef<AppState> for Arc<Hub> {
 }
 
 /// The service REST API over `hub`, plus MQTT over WebSockets at `/$iothub/websocket`.
-pub fn router(hub: Arc<Hub>, shutdown: CancellationToken) -> Router {
-    let state = AppState { hub, shutdown };
+pub fn router(hub: Arc<Hub>, dashboard: Arc<Dashboard>, shutdown: CancellationToken) -> Router {
+    let state = AppState { hub, dashboard, shutdown };
     Router::new()
         .route("/devices", get(registry::list_devices))
         .route("/devices/", get(registry::list_devices))
@@ -98,11 +102,13 @@ pub fn router(hub: Arc<Hub>, shutdown: CancellationToken) -> Router {
         .route_layer(axum::middleware::from_fn(request::require_api_version))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), emulator::refuse_during_outage))
         .merge(controls())
+        .merge(crate::dashboard::routes())
         .route("/$iothub/websocket", get(websocket::upgrade))
         .route("/$servicebus/websocket", get(websocket::upgrade))
         .route("/$servicebus/websocket/", get(websocket::upgrade))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), crate::dashboard::session_authorization))
         .layer(DefaultBodyLimit::max(limits::MAX_HTTP_BODY_BYTES))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
@@ -118,6 +124,7 @@ fn controls() -> Router<AppState> {
         .route("/emulator/devices/{id}/methodCalls", get(emulator::device_method_calls))
         .route("/emulator/devices/{id}/modules/{mid}/methodCalls", get(emulator::module_method_calls))
         .route("/emulator/devices/{id}/twinChanges", get(emulator::device_twin_changes))
+        .route("/emulator/devices/{id}/messages/devicebound", post(emulator::send_message))
         .route("/emulator/devices/{id}/modules/{mid}/twinChanges", get(emulator::module_twin_changes))
 }
 

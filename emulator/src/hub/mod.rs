@@ -26,7 +26,7 @@ use tokio_util::task::TaskTracker;
 pub use faults::ResetSummary;
 pub use jobs::{JobSettings, JobSnapshot, MAX_JOBS_PAGE};
 pub use messages::Delivery;
-pub use presence::{Connected, ConnectionLease, Subscriptions, ToDevice};
+pub use presence::{Connected, ConnectionLease, PresenceChange, Subscriptions, ToDevice};
 pub use query::{MAX_PAGE_SIZE, QueryItem, QueryPage};
 pub use telemetry::{EventLog, MAX_READERS_PER_PARTITION, ReaderLease, ReaderRefused};
 
@@ -145,6 +145,10 @@ pub struct Hub {
     started_at: Timestamp,
     /// MQTT CONNECTs received, accepted or not (how hard devices knock: back-off shows here).
     connect_attempts: std::sync::atomic::AtomicU64,
+    /// Device-to-cloud messages recorded since the start (the dashboard's messages per second).
+    telemetry_count: std::sync::atomic::AtomicU64,
+    /// Connections and disconnections as they happen (the dashboard's live connection states).
+    presence_feed: broadcast::Sender<PresenceChange>,
 }
 
 impl Hub {
@@ -189,6 +193,8 @@ impl Hub {
             history: std::sync::Mutex::default(),
             started_at,
             connect_attempts: std::sync::atomic::AtomicU64::new(0),
+            telemetry_count: std::sync::atomic::AtomicU64::new(0),
+            presence_feed: broadcast::channel(presence::FEED_CAPACITY).0,
         }
     }
 

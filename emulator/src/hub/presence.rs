@@ -4,13 +4,24 @@
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use jiff::Timestamp;
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::Hub;
 use crate::domain::twin::DesiredNotification;
 use crate::error::HubError;
 use crate::store::Write;
+
+/// Presence changes a slow watcher may fall behind by before it is told to read everything again.
+pub(super) const FEED_CAPACITY: usize = 4096;
+
+/// A connection or disconnection of an identity (`<deviceId>` or `<deviceId>/<moduleId>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresenceChange {
+    pub key: String,
+    pub connected: bool,
+    pub time: Timestamp,
+}
 
 /// Messages waiting per connection before the hub considers the device too slow.
 pub(super) const OUTBOUND_CAPACITY: usize = 1024;
@@ -114,6 +125,8 @@ impl Hub {
             }
         };
         self.presence_changed.notify_waiters();
+        // Nobody watching is fine.
+        let _ = self.presence_feed.send(PresenceChange { key: device_id.to_owned(), connected: true, time: now });
         connected
     }
 
@@ -168,12 +181,24 @@ impl Hub {
             if clean_session {
                 state.sessions.remove(device_id);
             }
+            let change = PresenceChange { key: device_id.to_owned(), connected: false, time: self.clock.now() };
+            let _ = self.presence_feed.send(change);
         }
+    }
+
+    /// Connections and disconnections from now on, as they happen.
+    pub fn presence_stream(&self) -> broadcast::Receiver<PresenceChange> {
+        self.presence_feed.subscribe()
     }
 
     /// Counts one device CONNECT, whatever the answer.
     pub fn note_connect_attempt(&self) {
         self.connect_attempts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Device-to-cloud messages recorded since the hub started.
+    pub fn telemetry_count(&self) -> u64 {
+        self.telemetry_count.load(Ordering::Relaxed)
     }
 
     /// Device CONNECTs received since the hub started, accepted or refused.

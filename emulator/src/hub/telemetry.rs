@@ -290,6 +290,7 @@ impl Hub {
                     *end = (*end).max(visible_end);
                     moved
                 });
+                self.telemetry_count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 // No receivers is fine: nobody is watching.
                 let _ = self.telemetry_feed.send(Arc::clone(&event));
                 Ok(event)
