@@ -214,6 +214,7 @@ async function run(browser) {
   await scenario('a-node-sdk-device-turns-connected-live', async () => {
     await page.goto(`${origin}/#/devices`);
     await page.fill('#device-search', device.deviceId);
+    await page.waitForFunction(() => document.querySelectorAll('#device-rows tr[data-device]').length === 1);
     const row = `tr[data-device="${device.deviceId}"]`;
     await page.waitForSelector(`${row} [data-state="Disconnected"]`);
     client = DeviceClient.fromConnectionString(device.connectionString, Mqtt);

@@ -369,12 +369,16 @@ async function devices(page) {
   let continuation = null;
   const rows = new Map();
 
+  let latest = 0;
   const load = async () => {
     error.textContent = '';
     const term = search.value.trim();
     const text = term ? `SELECT * FROM devices WHERE CONTAINS(deviceId, ${quote(term)})` : 'SELECT * FROM devices';
+    const ticket = ++latest;
     try {
       const result = await query(text, tokens[index]);
+      // Only the newest request is shown: an older, slower answer must not overwrite a newer search.
+      if (ticket !== latest) return;
       continuation = result.continuation;
       rows.clear();
       body.replaceChildren(...result.items.map((twin) => {

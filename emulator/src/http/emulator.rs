@@ -37,7 +37,9 @@ pub async fn device_telemetry(
 /// hub that is away would; the controls under `/emulator/` still answer, so a test can end it.
 pub async fn refuse_during_outage(State(hub): State<Arc<Hub>>, request: Request, next: Next) -> Response {
     let Some(outage) = hub.outage() else { return next.run(request).await };
-    let seconds = outage.ends.duration_since(hub.clock().now()).as_secs().max(1);
+    // Rounded up: a client that honours Retry-After must not come back while the outage still holds.
+    let left = outage.ends.duration_since(hub.clock().now());
+    let seconds = (left.as_secs() + i64::from(left.subsec_nanos() > 0)).max(1);
     let error = HubError::ServiceUnavailable(format!("The hub is unavailable (emulator outage fault) for {seconds} s"));
     let mut response = ApiError(error).into_response();
     if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
