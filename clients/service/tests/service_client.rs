@@ -255,3 +255,50 @@ async fn credentials_and_trust_failures_are_typed() {
         Err(Error::ConnectionString(_))
     ));
 }
+
+#[tokio::test]
+async fn the_emulator_controls_inject_faults_record_history_and_reset() {
+    let (emulator, service) = start().await;
+    let controls = service.emulator();
+    let health = controls.health().await.expect("health");
+    assert_eq!((health.status.as_str(), health.active_faults), ("healthy", 0));
+    let _device = device(&emulator, &service, "c1").await;
+    service.methods().invoke("c1", &method("lockDoor", 5)).await.expect("answered");
+
+    let held = controls.methods_undelivered("c1", Duration::from_secs(60)).await.expect("fault");
+    assert_eq!((held.kind.as_str(), held.device_id.as_deref()), ("methodsUndelivered", Some("c1")));
+    let err = service.methods().invoke("c1", &method("lockDoor", 5)).await.expect_err("held back");
+    assert!(matches!(&err, Error::Hub { status: 504, number: Some(504101), .. }), "{err}");
+    let twin_fault = controls.twin_errors("c1", 429, Duration::from_secs(60)).await.expect("fault");
+    assert_eq!(twin_fault.status, Some(429));
+    assert_eq!(controls.faults().await.expect("list").len(), 2);
+    controls.remove_fault(&held.id).await.expect("removed");
+    assert_eq!(controls.faults().await.expect("list"), vec![twin_fault]);
+    controls.clear_faults().await.expect("cleared");
+    assert!(controls.faults().await.expect("list").is_empty());
+
+    let calls = controls.method_calls("c1", None).await.expect("calls");
+    assert_eq!(calls.len(), 2);
+    assert_eq!(calls[0].error_code.as_deref(), Some("GatewayTimeout"), "newest first");
+    assert_eq!((calls[1].status, &calls[1].payload), (Some(200), &json!({"pin": 1})));
+    let patch = Twin { tags: Some(map(json!({"site": "lab"}))), ..Default::default() };
+    service.twins().update_twin("c1", &patch, Etag::Any).await.expect("patch");
+    let changes = controls.twin_changes("c1", None).await.expect("changes");
+    assert_eq!((changes[0].section.as_str(), &changes[0].patch), ("tags", &json!({"site": "lab"})));
+    let missing = controls.method_calls("ghost", None).await.expect_err("unknown device");
+    assert!(matches!(&missing, Error::Hub { status: 404, code, .. } if code == "DeviceNotFound"), "{missing}");
+
+    let outage = controls.outage(Duration::from_secs(600)).await.expect("outage");
+    assert_eq!(controls.health().await.expect("health").status, "outage");
+    let refused = service.registry().get_device("c1").await.expect_err("503 during the outage");
+    assert!(matches!(&refused, Error::Hub { status: 503, .. }), "{refused}");
+    controls.remove_fault(&outage.id).await.expect("ended");
+
+    let reset = controls.reset().await.expect("reset");
+    assert_eq!((reset.devices_deleted, reset.jobs_deleted), (1, 0));
+    assert!(service.registry().list_devices(10).await.expect("list").is_empty());
+
+    let reader = emulator.policy_connection_string("registryRead").expect("policy");
+    let refused = service_for(&emulator, &reader).emulator().faults().await.expect_err("not the owner");
+    assert!(matches!(&refused, Error::Hub { status: 401, .. }), "{refused}");
+}
