@@ -319,24 +319,37 @@ pub fn authorize_service(
     Ok(Principal::Policy { name: policy.key_name.clone(), rights: policy.rights })
 }
 
-/// What a policy token put on an AMQP connection grants (claims-based security): the token's resource, the
-/// policy's rights, until the token expires.
+/// What a token put on an AMQP connection grants (claims-based security): the token's resource, the rights of
+/// its policy (or DeviceConnect for a device's or module's own token), until the token expires.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claim {
-    /// The token's resource without a port, e.g. `myhub.azure-devices.net` or `.../messages/devicebound`.
+    /// The token's resource without a port, e.g. `myhub.azure-devices.net`, `.../messages/devicebound` or
+    /// `<host>/devices/<id>`.
     pub resource: String,
+    /// The policy that signed it; empty for an identity's own token.
     pub policy: String,
+    /// The identity (`<deviceId>` or `<deviceId>/<moduleId>`) whose own key signed it, if it is such a token.
+    pub identity: Option<String>,
     pub rights: Rights,
     /// Seconds since the Unix epoch.
     pub expires: u64,
 }
 
 impl Claim {
-    /// True when the claim covers `target` (`<host>/<path>`) with any of `needed`, at `now`.
+    /// True when the claim covers `target` (`<host>/<path>`) with any of `needed`, at `now`. A device's own
+    /// token does not reach into its modules (`.../devices/d/modules/m`): each module proves itself.
     pub fn allows(&self, target: &str, needed: Rights, now: u64) -> bool {
-        self.expires > now
-            && self.rights.intersects(needed)
-            && iothub_proto::sas::resource_covers(&self.resource, target)
+        let covers = iothub_proto::sas::resource_covers(&self.resource, target);
+        let into_a_module = self.identity.as_deref().is_some_and(|key| !key.contains('/'))
+            && target.get(self.resource.len()..).is_some_and(|rest| rest.starts_with("/modules/"));
+        self.expires > now && self.rights.intersects(needed) && covers && !into_a_module
+    }
+
+    /// True when both claims come from the same signer for the same resource (a renewal replaces the older).
+    pub fn same_grant(&self, other: &Claim) -> bool {
+        self.resource.eq_ignore_ascii_case(&other.resource)
+            && self.policy == other.policy
+            && self.identity == other.identity
     }
 }
 
@@ -366,7 +379,62 @@ pub fn verify_claim(
     if !policy.keys_either_convention().any(|key| token.is_signed_with(&key)) {
         return Err(AuthFailure::BadSignature);
     }
-    Ok(Claim { resource, policy: name, rights: policy.rights, expires: token.expiry })
+    Ok(Claim { resource, policy: name, identity: None, rights: policy.rights, expires: token.expiry })
+}
+
+/// The identity key a device or module token's resource names (`<host>/devices/<id>[/modules/<mid>]`), if it
+/// names one on this hub (ids percent-decoded, as the SDKs encode them).
+pub fn identity_of_resource(host: &str, resource: &str) -> Option<String> {
+    let resource = without_port(without_scheme(resource).trim_end_matches('/'));
+    let (resource_host, path) = resource.split_once('/')?;
+    if !resource_host.eq_ignore_ascii_case(host) {
+        return None;
+    }
+    let decode = |s: &str| percent_encoding::percent_decode_str(s).decode_utf8().ok().map(|d| d.into_owned());
+    let mut parts = path.split('/');
+    match (parts.next(), parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some("devices"), Some(device), None, ..) if !device.is_empty() => decode(device),
+        (Some("devices"), Some(device), Some("modules"), Some(module), None)
+            if !device.is_empty() && !module.is_empty() =>
+        {
+            Some(format!("{}/{}", decode(device)?, decode(module)?))
+        }
+        _ => None,
+    }
+}
+
+/// Checks a device's or module's own token put on a connection (`identity` is the record its resource names):
+/// live, signed with one of the identity's keys, for a resource covering the audience, and the identity enabled.
+pub fn verify_identity_claim(
+    host: &str,
+    token_text: &str,
+    audience: &str,
+    identity: &Device,
+    now: u64,
+) -> Result<Claim, AuthFailure> {
+    let token = parse_live(token_text, now)?;
+    if token.key_name.is_some() {
+        return Err(AuthFailure::WrongScope(audience.to_owned()));
+    }
+    let resource = without_port(without_scheme(&token.resource).trim_end_matches('/'));
+    let audience = without_port(without_scheme(audience).trim_end_matches('/'));
+    let own = format!("{host}/{}", identity.resource());
+    if !resource_covers(&own, &resource) || !resource_covers(&resource, &audience) {
+        return Err(AuthFailure::WrongScope(audience));
+    }
+    if !identity.authentication.symmetric_keys().any(|key| token.is_signed_with(&key)) {
+        return Err(AuthFailure::BadSignature);
+    }
+    if identity.status == DeviceStatus::Disabled {
+        return Err(AuthFailure::DeviceDisabled);
+    }
+    Ok(Claim {
+        resource,
+        policy: String::new(),
+        identity: Some(identity.key().into_owned()),
+        rights: Rights::DEVICE_CONNECT,
+        expires: token.expiry,
+    })
 }
 
 /// Authorizes a device connection for `device`: a token signed with the device's key for `<host>/devices/<id>`,

@@ -31,7 +31,7 @@ pub(super) fn id_text(id: &MessageId) -> String {
 }
 
 /// An application property as text.
-fn property_text(value: &SimpleValue) -> Option<String> {
+pub(super) fn property_text(value: &SimpleValue) -> Option<String> {
     Some(match value {
         SimpleValue::String(s) => s.clone(),
         SimpleValue::Symbol(s) => s.as_str().to_owned(),

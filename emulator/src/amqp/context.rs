@@ -30,6 +30,8 @@ pub(super) struct Connection {
     pub(super) cbs: ReplyRouter,
     /// Where `$management` replies go.
     pub(super) management: ReplyRouter,
+    /// The devices and modules with links on this connection.
+    pub(super) devices: super::devices::DeviceLinks,
 }
 
 impl Connection {
@@ -41,6 +43,7 @@ impl Connection {
             claims_changed: Notify::new(),
             cbs: ReplyRouter::default(),
             management: ReplyRouter::default(),
+            devices: super::devices::DeviceLinks::default(),
         }
     }
 
@@ -53,7 +56,7 @@ impl Connection {
     pub(super) fn add_claim(&self, claim: Claim) {
         {
             let mut claims = self.claims();
-            claims.retain(|c| !(c.resource.eq_ignore_ascii_case(&claim.resource) && c.policy == claim.policy));
+            claims.retain(|c| !c.same_grant(&claim));
             claims.push(claim);
         }
         self.claims_changed.notify_waiters();

@@ -17,7 +17,7 @@ use tokio_util::task::TaskTracker;
 
 use super::context::Connection;
 use super::eventhubs::{self, EventsNode};
-use super::{c2d, cbs, feedback, request};
+use super::{c2d, cbs, devices, feedback, request};
 use crate::auth::Rights;
 use crate::hub::Hub;
 
@@ -46,6 +46,10 @@ enum Node {
     ManagementReplies(Option<String>),
     /// The client reads the Event Hubs-compatible endpoint (or is redirected to it).
     Events(Box<EventsNode>),
+    /// A device (or module) sends telemetry; its identity key.
+    DeviceTelemetry(String),
+    /// A device (or module) receives its cloud-to-device messages; its identity key.
+    DeviceMessages(String),
     /// Anything else: the address as given, and whether the client sends to it.
     Unknown(String),
 }
@@ -79,7 +83,10 @@ fn classify(attach: &Attach, hub: &Hub) -> Node {
                 "$cbs" => Node::CbsRequests,
                 "$management" => Node::ManagementRequests,
                 path if path.eq_ignore_ascii_case("/messages/devicebound") => Node::DeviceBound,
-                _ => Node::Unknown(address),
+                path => match devices::identity_of(path, "messages/events") {
+                    Some(key) => Node::DeviceTelemetry(key),
+                    None => Node::Unknown(address),
+                },
             }
         }
         // The client receives: we send, and the node is the source.
@@ -89,6 +96,10 @@ fn classify(attach: &Attach, hub: &Hub) -> Node {
                 "$cbs" => Node::CbsReplies(target),
                 "$management" => Node::ManagementReplies(target),
                 path if path.eq_ignore_ascii_case("/messages/serviceBound/feedback") => Node::Feedback,
+                path if path.starts_with("/devices/") => match devices::identity_of(path, "messages/devicebound") {
+                    Some(key) => Node::DeviceMessages(key),
+                    None => Node::Unknown(address),
+                },
                 path => match eventhubs::classify(hub, path, attach) {
                     Some(events) => Node::Events(Box::new(events)),
                     None => Node::Unknown(address),
@@ -143,6 +154,9 @@ fn needs(connection: &Connection, node: &Node) -> Option<(String, Rights)> {
         Node::DeviceBound => Some((format!("{host}/messages/devicebound"), Rights::SERVICE_CONNECT)),
         Node::Feedback => Some((format!("{host}/messages/servicebound/feedback"), Rights::SERVICE_CONNECT)),
         Node::Events(events) => eventhubs::needs(&connection.hub, events),
+        Node::DeviceTelemetry(key) | Node::DeviceMessages(key) => {
+            Some((devices::resource_of(host, key), Rights::DEVICE_CONNECT))
+        }
         _ => None,
     }
 }
@@ -231,6 +245,12 @@ async fn serve_link(
         },
         (Node::DeviceBound, LinkEndpoint::Receiver(receiver)) => {
             c2d::serve(receiver, connection, stop).await.map(LinkEndpoint::Receiver)
+        }
+        (Node::DeviceTelemetry(key), LinkEndpoint::Receiver(receiver)) => {
+            devices::serve_telemetry(receiver, connection, &key, stop).await.map(LinkEndpoint::Receiver)
+        }
+        (Node::DeviceMessages(key), LinkEndpoint::Sender(sender)) => {
+            devices::serve_cloud_to_device(sender, connection, &key, stop).await.map(LinkEndpoint::Sender)
         }
         (Node::Feedback, LinkEndpoint::Sender(sender)) => {
             feedback::serve(sender, connection, stop).await.map(LinkEndpoint::Sender)

@@ -10,6 +10,7 @@
 mod c2d;
 mod cbs;
 mod context;
+mod devices;
 mod eventhubs;
 mod feedback;
 mod io;

@@ -331,15 +331,35 @@ impl Hub {
         }
     }
 
-    /// Checks a policy token a client puts on an AMQP connection for `audience` (claims-based security).
-    /// Failures are logged with their reason and all become the same 401.
+    /// Checks a token a client puts on an AMQP connection for `audience` (claims-based security): a policy's, or
+    /// a device's or module's own (signed with its key, for `<host>/devices/<id>[/modules/<mid>]`). A module's
+    /// device must be enabled too. Failures are logged with their reason and all become the same 401.
     pub fn verify_claim(&self, token: &str, audience: &str) -> Result<Claim, HubError> {
-        auth::verify_claim(&self.policies, &self.host_name, token, audience, self.clock.unix_seconds()).map_err(
-            |failure| {
-                tracing::debug!(%failure, audience, "token refused");
-                HubError::Unauthorized
-            },
-        )
+        let now = self.clock.unix_seconds();
+        let result = match iothub_proto::SasToken::parse(token) {
+            Ok(parsed) if parsed.key_name.is_none() => {
+                match auth::identity_of_resource(&self.host_name, &parsed.resource) {
+                    Some(key) => match self.get_device(&key) {
+                        Ok(identity) if identity.module.is_some() && self.parent_disabled(&identity) => {
+                            Err(AuthFailure::DeviceDisabled)
+                        }
+                        Ok(identity) => auth::verify_identity_claim(&self.host_name, token, audience, &identity, now),
+                        Err(_) => Err(AuthFailure::WrongScope(format!("no identity {key}"))),
+                    },
+                    None => Err(AuthFailure::WrongScope(parsed.resource.clone())),
+                }
+            }
+            _ => auth::verify_claim(&self.policies, &self.host_name, token, audience, now),
+        };
+        result.map_err(|failure| {
+            tracing::debug!(%failure, audience, "token refused");
+            HubError::Unauthorized
+        })
+    }
+
+    /// True when `module`'s device is disabled (a module connects only while its device is enabled).
+    fn parent_disabled(&self, module: &Device) -> bool {
+        self.get_device(&module.device_id).is_ok_and(|parent| parent.status == DeviceStatus::Disabled)
     }
 
     /// Checks a device's or module's connection credentials (MQTT CONNECT password); `key` is the identity key
