@@ -193,3 +193,137 @@ async fn bad_telemetry_is_rejected_and_disabled_devices_cannot_claim() {
     assert_eq!(amqp.put_token(&token, &audience("d1")).await, 401, "a disabled device has no claim");
     amqp.close().await;
 }
+
+fn annotations_of(message: &Message<Body<Value>>) -> std::collections::HashMap<String, Value> {
+    message
+        .message_annotations
+        .iter()
+        .flat_map(|a| a.iter())
+        .filter_map(|(k, v)| match k {
+            fe2o3_amqp::types::messaging::annotations::OwnedKey::Symbol(s) => Some((s.as_str().to_owned(), v.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn data_of(message: &Message<Body<Value>>) -> Vec<u8> {
+    match &message.body {
+        Body::Data(sections) => sections.iter().flat_map(|s| s.0.iter().copied()).collect(),
+        other => panic!("expected data, got {other:?}"),
+    }
+}
+
+async fn next_message(receiver: &mut fe2o3_amqp::Receiver) -> Message<Body<Value>> {
+    let delivery = tokio::time::timeout(WAIT, receiver.recv::<Body<Value>>()).await.expect("in time").expect("message");
+    receiver.accept(&delivery).await.expect("accept");
+    delivery.into_message()
+}
+
+#[tokio::test]
+async fn direct_methods_go_out_with_their_name_and_come_back_with_the_status() {
+    let hub = start().await;
+    hub.create_device("d1").await;
+    let mut amqp = device_connection(&hub, "d1").await;
+    let mut requests = amqp.receiver_from("methods-in", "/devices/d1/methods/devicebound").await;
+    let mut answers = amqp.sender_to("methods-out", "/devices/d1/methods/devicebound").await;
+    let body = json!({"methodName":"lockDoor","payload":{"door":"front"},"responseTimeoutInSeconds":10,"connectTimeoutInSeconds":5});
+    let call = hub.request(Method::POST, "/twins/d1/methods").json(&body);
+    let call = tokio::spawn(async move { call.send().await.expect("send") });
+    let request = next_message(&mut requests).await;
+    let name = request.application_properties.as_ref().and_then(|p| p.get("IoThub-methodname").cloned());
+    assert_eq!(name, Some(SimpleValue::String("lockDoor".into())));
+    let correlation = request.properties.as_ref().and_then(|p| p.correlation_id.clone()).expect("correlation-id");
+    assert!(matches!(correlation, fe2o3_amqp::types::messaging::MessageId::Uuid(_)), "a uuid, as the hub sends");
+    assert_eq!(serde_json::from_slice::<Json>(&data_of(&request)).expect("json"), json!({"door":"front"}));
+    let answer = Message::builder()
+        .properties(Properties::builder().correlation_id(correlation).build())
+        .application_properties(ApplicationProperties::builder().insert("IoThub-status", SimpleValue::Int(200)).build())
+        .data(Binary::from(br#"{"locked":true}"#.to_vec()))
+        .build();
+    assert!(matches!(send(&mut answers, answer).await, Outcome::Accepted(_)));
+    let response = call.await.expect("task");
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.json::<Json>().await.expect("json"), json!({"status":200,"payload":{"locked":true}}));
+    amqp.close().await;
+}
+
+fn twin_request(operation: &str, resource: Option<&str>, id: &str, body: &[u8]) -> Message<Data> {
+    let mut annotations = fe2o3_amqp::types::messaging::MessageAnnotations::builder().insert("operation", operation);
+    if let Some(resource) = resource {
+        annotations = annotations.insert("resource", resource);
+    }
+    Message::builder()
+        .properties(Properties::builder().correlation_id(String::from(id)).build())
+        .message_annotations(annotations.build())
+        .data(Binary::from(body.to_vec()))
+        .build()
+}
+
+#[tokio::test]
+async fn the_twin_link_pair_gets_patches_and_subscribes_to_desired_changes() {
+    let hub = start().await;
+    hub.create_device("d1").await;
+    let mut amqp = device_connection(&hub, "d1").await;
+    let mut answers = amqp.receiver_from("twin-in", "/devices/d1/twin").await;
+    let mut requests = amqp.sender_to("twin-out", "/devices/d1/twin").await;
+
+    send(&mut requests, twin_request("GET", None, "g1", b" ")).await;
+    let got = next_message(&mut answers).await;
+    assert_eq!(got.properties.as_ref().and_then(|p| p.correlation_id.clone()), Some(String::from("g1").into()));
+    assert_eq!(annotations_of(&got).get("status"), Some(&Value::Int(200)));
+    let twin: Json = serde_json::from_slice(&data_of(&got)).expect("json");
+    assert_eq!((twin["desired"]["$version"].as_u64(), twin["reported"]["$version"].as_u64()), (Some(1), Some(1)));
+
+    send(&mut requests, twin_request("PATCH", Some("/properties/reported"), "p1", br#"{"door":"locked"}"#)).await;
+    let patched = next_message(&mut answers).await;
+    let annotations = annotations_of(&patched);
+    assert_eq!(
+        (annotations.get("status"), annotations.get("version")),
+        (Some(&Value::Int(204)), Some(&Value::Long(2)))
+    );
+    let service_view: Json = hub.get_json("/twins/d1").await;
+    assert_eq!(service_view["properties"]["reported"]["door"], "locked");
+
+    send(&mut requests, twin_request("PUT", Some("/notifications/twin/properties/desired"), "s1", b" ")).await;
+    assert_eq!(annotations_of(&next_message(&mut answers).await).get("status"), Some(&Value::Int(200)));
+    let patch = json!({"properties":{"desired":{"floor":3}}});
+    assert!(hub.request(Method::PATCH, "/twins/d1").json(&patch).send().await.expect("send").status().is_success());
+    let notification = next_message(&mut answers).await;
+    assert_eq!(notification.properties.as_ref().and_then(|p| p.correlation_id.clone()), None);
+    assert_eq!(serde_json::from_slice::<Json>(&data_of(&notification)).expect("json"), json!({"floor":3,"$version":2}));
+
+    let fault = json!({"kind":"twinErrors","deviceId":"d1","status":429,"durationSeconds":60});
+    let added = hub.http.post(hub.url("/emulator/faults")).header("Authorization", hub.owner_token()).json(&fault);
+    assert_eq!(added.send().await.expect("send").status(), 201);
+    send(&mut requests, twin_request("GET", None, "g2", b" ")).await;
+    let throttled = next_message(&mut answers).await;
+    assert_eq!(annotations_of(&throttled).get("status"), Some(&Value::Int(429)));
+    let error: Json = serde_json::from_slice(&data_of(&throttled)).expect("an error body is JSON");
+    assert!(error.is_object(), "{error}");
+
+    send(&mut requests, twin_request("POST", Some("/nonsense"), "x1", b"{}")).await;
+    assert_eq!(annotations_of(&next_message(&mut answers).await).get("status"), Some(&Value::Int(400)));
+    amqp.close().await;
+}
+
+#[tokio::test]
+async fn a_module_has_its_own_links_and_its_input_link_stays_open() {
+    let hub = start().await;
+    hub.create_device("d1").await;
+    let module = hub.request(Method::PUT, "/devices/d1/modules/m1").json(&json!({"moduleId":"m1"})).send().await;
+    let module: Json = module.expect("send").json().await.expect("json");
+    let key = module["authentication"]["symmetricKey"]["primaryKey"].as_str().expect("key").to_owned();
+    let token =
+        iothub_proto::generate_token("localhost/devices/d1/modules/m1", &key, None, unix_now() + 600).expect("token");
+    let mut amqp = open(&hub, None).await;
+    assert_eq!(amqp.put_token(&token, "localhost/devices/d1/modules/m1").await, 200);
+    let mut events = amqp.sender_to("module-events", "/devices/d1/modules/m1/messages/events").await;
+    assert!(matches!(send(&mut events, telemetry("from m1")).await, Outcome::Accepted(_)));
+    assert!(hub.emulator.hub().is_connected("d1/m1") && !hub.emulator.hub().is_connected("d1"));
+    let mut inputs = amqp.receiver_from("module-inputs", "/devices/d1/modules/m1/messages/events").await;
+    let nothing = tokio::time::timeout(std::time::Duration::from_millis(300), inputs.recv::<Body<Value>>()).await;
+    assert!(nothing.is_err(), "the input link stays attached with nothing on it");
+    let mut device_events = amqp.sender_to("device-events", "/devices/d1/messages/events").await;
+    assert!(sender_refusal(&mut device_events).await.is_some(), "a module's token is not its device's");
+    amqp.close().await;
+}

@@ -10,6 +10,8 @@ use crate::error::HubError;
 
 /// The token type clients put (Node, uamqp and the Event Hubs clients all use it).
 const SAS_TOKEN_TYPE: &str = "servicebus.windows.net:sastoken";
+/// The type the .NET device SDK puts (docs/amqp-devices-wire.md).
+const DEVICES_TOKEN_TYPE: &str = "azure-devices.net:sastoken";
 
 /// Checks one put-token request.
 pub(super) fn put_token(connection: &Connection, request: &Message<Body<Value>>) -> Answer {
@@ -20,8 +22,10 @@ pub(super) fn put_token(connection: &Connection, request: &Message<Body<Value>>)
         Body::Value(AmqpValue(Value::String(token))) => Some(token.as_str()),
         _ => None,
     };
-    match (operation, token_type, audience, token) {
-        (Some("put-token"), Some(SAS_TOKEN_TYPE), Some(audience), Some(token)) => {
+    // The Node device SDK puts the token's `sr` as the name, still percent-encoded (`host%2Fdevices%2Fd1`).
+    let audience = audience.map(|a| percent_encoding::percent_decode_str(a).decode_utf8_lossy().into_owned());
+    match (operation, token_type, audience.as_deref(), token) {
+        (Some("put-token"), Some(SAS_TOKEN_TYPE | DEVICES_TOKEN_TYPE), Some(audience), Some(token)) => {
             match connection.hub.verify_claim(token, audience) {
                 Ok(claim) => {
                     tracing::debug!(peer = %connection.peer, policy = %claim.policy, resource = %claim.resource, "claim put");
@@ -34,7 +38,7 @@ pub(super) fn put_token(connection: &Connection, request: &Message<Body<Value>>)
                 Err(other) => Answer::status(500, other.to_string()),
             }
         }
-        (Some("put-token"), Some(other), _, _) if other != SAS_TOKEN_TYPE => {
+        (Some("put-token"), Some(other), _, _) if other != SAS_TOKEN_TYPE && other != DEVICES_TOKEN_TYPE => {
             Answer::status(400, format!("Token type '{other}' is not supported; put a '{SAS_TOKEN_TYPE}'"))
         }
         (Some("put-token"), ..) => Answer::status(400, "A put-token needs a 'name' and a SAS token as its body"),

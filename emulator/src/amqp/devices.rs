@@ -8,6 +8,13 @@
 //!   once it is durable in the log, as MQTT's PUBACK is.
 //! - `/devices/<id>/messages/devicebound`: cloud-to-device messages from the device's queue; accepted completes,
 //!   rejected rejects (feedback `Rejected`), released or modified abandons (the delivery count grows).
+//! - `/devices/<id>/methods/devicebound`: a pair of links. Requests go out with `IoThub-methodname` and the call's
+//!   number as a uuid `correlation-id`; answers come back with `IoThub-status` and that id.
+//! - `/devices/<id>/twin`: a pair of links. Requests carry annotations `operation` (`GET`, `PATCH`, `PUT`,
+//!   `DELETE`) and `resource`, and a `correlation-id` the answer repeats with annotations `status` (and `version`);
+//!   desired changes go out on the same link without a `correlation-id`, once the device PUT its subscription.
+//!
+//! The wire facts, with their sources in the Node and .NET SDKs, are in docs/amqp-devices-wire.md.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -15,7 +22,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::Bytes;
 use fe2o3_amqp::types::definitions::{self, AmqpError, LinkError};
 use fe2o3_amqp::types::messaging::{
-    AmqpValue, ApplicationProperties, Body, Data, Message as AmqpMessage, MessageAnnotations, Outcome, Properties,
+    AmqpValue, ApplicationProperties, Body, Data, Message as AmqpMessage, MessageAnnotations, MessageId, Outcome,
+    Properties,
 };
 use fe2o3_amqp::types::primitives::{Binary, SimpleValue, Timestamp as AmqpTimestamp, Value};
 use fe2o3_amqp::{Receiver, Sender};
@@ -29,6 +37,7 @@ use crate::domain::c2d::Settlement;
 use crate::domain::registry::split_key;
 use crate::domain::telemetry::{self, TelemetryMessage};
 use crate::domain::throttle::Operation;
+use crate::error::HubError;
 use crate::hub::{Delivery, Hub, Subscriptions, ToDevice};
 
 /// Messages waiting for a link of an identity before the dispatcher waits.
@@ -39,12 +48,23 @@ const ROUTE_CAPACITY: usize = 64;
 pub(super) enum Kind {
     Telemetry,
     CloudToDevice,
+    /// The device's side of a pair (methods or twin answers it sends): no route of its own.
+    Requests,
+    /// The link the hub sends method calls on.
+    Methods,
+    /// The link the hub sends twin answers and desired changes on.
+    Twin,
 }
+
+/// A message ready for a device's method or twin link.
+type Outgoing = AmqpMessage<Data>;
 
 /// Where the hub's messages for one identity go on this connection.
 #[derive(Default)]
 struct Routes {
     messages: Option<mpsc::Sender<Delivery>>,
+    methods: Option<mpsc::Sender<Outgoing>>,
+    twin: Option<mpsc::Sender<Outgoing>>,
 }
 
 /// One identity with links on this connection.
@@ -142,9 +162,20 @@ struct Joined<'a> {
 impl Drop for Joined<'_> {
     fn drop(&mut self) {
         let hub = &self.connection.hub;
-        if self.kind == Kind::CloudToDevice {
-            self.attached.routes().messages = None;
-            self.attached.subscribe(hub, |s| s.cloud_to_device = false);
+        match self.kind {
+            Kind::CloudToDevice => {
+                self.attached.routes().messages = None;
+                self.attached.subscribe(hub, |s| s.cloud_to_device = false);
+            }
+            Kind::Methods => {
+                self.attached.routes().methods = None;
+                self.attached.subscribe(hub, |s| s.methods = false);
+            }
+            Kind::Twin => {
+                self.attached.routes().twin = None;
+                self.attached.subscribe(hub, |s| s.desired = false);
+            }
+            Kind::Telemetry | Kind::Requests => {}
         }
         self.connection.devices.leave(hub, &self.attached);
     }
@@ -175,9 +206,21 @@ async fn dispatch(hub: Arc<Hub>, attached: Arc<Attached>, mut outbound: mpsc::Re
                     let _ = hub.settle_message_now(&attached.key, &delivery.token, Settlement::Abandon);
                 }
             }
-            // Method calls and desired changes go to links of their own (not attached yet: dropped, as for an
-            // MQTT device that did not subscribe; the hub routes nothing it was not subscribed for).
-            ToDevice::MethodRequest { .. } | ToDevice::DesiredChanged(_) => {}
+            ToDevice::MethodRequest { rid, name, payload } => {
+                let route = attached.routes().methods.clone();
+                // No methods link (it just detached): the call times out, as for an MQTT device gone mid-call.
+                if let Some(route) = route {
+                    let _ = route.send(method_request(rid, &name, &payload)).await;
+                }
+            }
+            ToDevice::DesiredChanged(notification) => {
+                let route = attached.routes().twin.clone();
+                if let Some(route) = route {
+                    let body = crate::wire::twin::desired_notification(&notification);
+                    let message = AmqpMessage::builder().data(Binary::from(body.into_bytes())).build();
+                    let _ = route.send(message).await;
+                }
+            }
         }
     }
     // What is still queued goes back to the hub's queue.
@@ -190,10 +233,15 @@ async fn dispatch(hub: Arc<Hub>, attached: Arc<Attached>, mut outbound: mpsc::Re
 }
 
 /// The identity key an address names for a device link: `/devices/<id>/<rest>` or
-/// `/devices/<id>/modules/<mid>/<rest>` with `<rest>` as given (ids percent-decoded).
+/// `/devices/<id>/modules/<mid>/<rest>`, `<rest>` in any case (.NET writes `deviceBound`), ids percent-decoded.
 pub(super) fn identity_of(path: &str, rest: &str) -> Option<String> {
     let inner = path.strip_prefix("/devices/")?;
-    let inner = inner.strip_suffix(rest)?.strip_suffix('/')?;
+    let split = inner.len().checked_sub(rest.len())?;
+    let (inner, tail) = (inner.get(..split)?, inner.get(split..)?);
+    if !tail.eq_ignore_ascii_case(rest) {
+        return None;
+    }
+    let inner = inner.strip_suffix('/')?;
     let decode = |s: &str| percent_encoding::percent_decode_str(s).decode_utf8().ok().map(|d| d.into_owned());
     let key = match inner.split_once("/modules/") {
         Some((device, module)) if !device.is_empty() && !module.is_empty() && !module.contains('/') => {
@@ -407,6 +455,301 @@ pub(super) async fn serve_cloud_to_device(
     }
 }
 
+/// The `correlation-id` of method call `rid`: a version 4-shaped uuid carrying the number, which the SDKs hand back
+/// (Node as a uuid or its text, .NET as a Guid).
+fn call_id(rid: u64) -> uuid::Uuid {
+    uuid::Uuid::from_u64_pair(0x0000_0000_0000_4000, 0x8000_0000_0000_0000 | (rid & 0x3fff_ffff_ffff_ffff))
+}
+
+/// The call number a method answer's `correlation-id` carries (uuid or its text), if it is one of ours.
+fn rid_of(id: &MessageId) -> Option<u64> {
+    let uuid = match id {
+        MessageId::Uuid(uuid) => uuid::Uuid::from_bytes(*uuid.as_inner()),
+        MessageId::String(text) => uuid::Uuid::parse_str(text).ok()?,
+        _ => return None,
+    };
+    let (high, low) = uuid.as_u64_pair();
+    (high == 0x0000_0000_0000_4000 && low & 0xc000_0000_0000_0000 == 0x8000_0000_0000_0000)
+        .then_some(low & 0x3fff_ffff_ffff_ffff)
+}
+
+fn method_request(rid: u64, name: &str, payload: &str) -> Outgoing {
+    AmqpMessage::builder()
+        .properties(Properties::builder().correlation_id(MessageId::Uuid(call_id(rid).into_bytes().into())).build())
+        .application_properties(
+            ApplicationProperties::builder().insert("IoThub-methodname", SimpleValue::String(name.to_owned())).build(),
+        )
+        .data(Binary::from(payload.as_bytes().to_vec()))
+        .build()
+}
+
+/// An integer application property or annotation, whatever integer type the sender used.
+fn integer(value: &Value) -> Option<i64> {
+    match value {
+        Value::Int(n) => Some(i64::from(*n)),
+        Value::Long(n) => Some(*n),
+        Value::Short(n) => Some(i64::from(*n)),
+        Value::Uint(n) => Some(i64::from(*n)),
+        Value::Ulong(n) => i64::try_from(*n).ok(),
+        Value::Ushort(n) => Some(i64::from(*n)),
+        Value::Ubyte(n) => Some(i64::from(*n)),
+        Value::Byte(n) => Some(i64::from(*n)),
+        Value::String(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+fn body_bytes(message: &AmqpMessage<Body<Value>>) -> Vec<u8> {
+    match &message.body {
+        Body::Data(sections) => sections.iter().flat_map(|d| d.0.iter().copied()).collect(),
+        Body::Value(AmqpValue(Value::String(text))) => text.clone().into_bytes(),
+        Body::Value(AmqpValue(Value::Binary(bytes))) => bytes.to_vec(),
+        _ => Vec::new(),
+    }
+}
+
+/// Settles a request the device may have sent pre-settled (the twin link does): a failed disposition of a
+/// settled delivery is no reason to end the link.
+async fn settle_request(receiver: &Receiver, delivery: &fe2o3_amqp::Delivery<Body<Value>>) {
+    let _ = receiver.accept(delivery).await;
+}
+
+/// The hub's side of a pair's outgoing link (method calls, or twin answers and desired changes): sends what the
+/// identity's route gets until the link ends (`None`), the hub ends the identity's connection (detached here) or
+/// `stop` fires (the link, to detach).
+pub(super) async fn serve_outgoing(
+    mut sender: Sender,
+    connection: &Connection,
+    key: &str,
+    kind: Kind,
+    stop: CancellationToken,
+) -> Option<Sender> {
+    let joined = join(connection, key, kind);
+    let hub = &connection.hub;
+    let (route, mut outgoing) = mpsc::channel(ROUTE_CAPACITY);
+    match kind {
+        Kind::Methods => {
+            joined.attached.routes().methods = Some(route);
+            joined.attached.subscribe(hub, |s| s.methods = true);
+        }
+        _ => joined.attached.routes().twin = Some(route),
+    }
+    loop {
+        let message = tokio::select! {
+            () = stop.cancelled() => return Some(sender),
+            () = joined.attached.closed.cancelled() => {
+                super::links::close_sender(sender, Some(connection_ended())).await;
+                return None;
+            }
+            _ = sender.on_detach() => return None,
+            message = outgoing.recv() => match message {
+                Some(message) => message,
+                None => return Some(sender),
+            },
+        };
+        let sent = tokio::select! {
+            () = stop.cancelled() => return Some(sender),
+            sent = sender.send(message) => sent,
+        };
+        if let Err(problem) = sent {
+            tracing::debug!(identity = key, ?problem, "a message to the device was not delivered");
+            return None;
+        }
+    }
+}
+
+/// Takes a device's method answers until the link ends (`None`), the hub ends the identity's connection, or
+/// `stop` fires (the link, to detach).
+pub(super) async fn serve_method_answers(
+    mut receiver: Receiver,
+    connection: &Connection,
+    key: &str,
+    stop: CancellationToken,
+) -> Option<Receiver> {
+    let joined = join(connection, key, Kind::Requests);
+    let hub = &connection.hub;
+    loop {
+        let next = tokio::select! {
+            () = joined.attached.closed.cancelled() => {
+                super::links::close_receiver(receiver, Some(connection_ended())).await;
+                return None;
+            }
+            next = next_delivery(&mut receiver, &stop) => next,
+        };
+        let delivery = match next {
+            Next::Delivery(delivery) => delivery,
+            Next::Stopped => return Some(receiver),
+            Next::Ended => return None,
+        };
+        hub.touch(key);
+        let message = delivery.message();
+        let rid = message.properties.as_ref().and_then(|p| p.correlation_id.as_ref()).and_then(rid_of);
+        let status = message
+            .application_properties
+            .as_ref()
+            .and_then(|p| p.iter().find(|(k, _)| k.eq_ignore_ascii_case("IoThub-status")).map(|(_, v)| v.clone()))
+            .and_then(|v| integer(&Value::from(v)));
+        let body = body_bytes(message);
+        let settled = match (rid, status) {
+            (Some(rid), Some(status)) if body.len() <= crate::domain::methods::MAX_PAYLOAD_BYTES => {
+                hub.complete_method(key, rid, crate::wire::methods::parse_response(status, &body));
+                receiver.accept(&*delivery).await
+            }
+            (Some(_), Some(_)) => {
+                let refusal = error(LinkError::MessageSizeExceeded, "A method answer may be at most 128 KB");
+                receiver.reject(&*delivery, refusal).await
+            }
+            _ => {
+                let refusal = error(
+                    AmqpError::InvalidField,
+                    "A method answer needs the request's correlation-id and an integer IoThub-status",
+                );
+                receiver.reject(&*delivery, refusal).await
+            }
+        };
+        if settled.is_err() {
+            return None;
+        }
+    }
+}
+
+/// A twin answer: the request's `correlation-id`, annotations `status` (an int) and `version` (a long, when
+/// there is one), and a JSON body when there is something to say (an error body must be JSON for Node).
+fn twin_answer(correlation: Option<MessageId>, status: i32, version: Option<u64>, body: Option<String>) -> Outgoing {
+    let mut annotations = MessageAnnotations::builder().insert("status", Value::Int(status));
+    if let Some(version) = version {
+        annotations = annotations.insert("version", Value::Long(i64::try_from(version).unwrap_or(i64::MAX)));
+    }
+    let mut properties = Properties::builder();
+    if let Some(correlation) = correlation {
+        properties = properties.correlation_id(correlation);
+    }
+    AmqpMessage::builder()
+        .properties(properties.build())
+        .message_annotations(annotations.build())
+        .data(Binary::from(body.unwrap_or_default().into_bytes()))
+        .build()
+}
+
+/// A text annotation of a message.
+fn annotation(message: &AmqpMessage<Body<Value>>, name: &str) -> Option<String> {
+    message.message_annotations.as_ref()?.iter().find_map(|(k, v)| match (k, v) {
+        (fe2o3_amqp::types::messaging::annotations::OwnedKey::Symbol(s), Value::String(text)) if s.as_str() == name => {
+            Some(text.clone())
+        }
+        (fe2o3_amqp::types::messaging::annotations::OwnedKey::Symbol(s), Value::Symbol(text)) if s.as_str() == name => {
+            Some(text.as_str().to_owned())
+        }
+        _ => None,
+    })
+}
+
+/// Serves one twin request and gives the answer's status, version and body.
+async fn twin_request(
+    hub: &Hub,
+    attached: &Attached,
+    message: &AmqpMessage<Body<Value>>,
+) -> (i32, Option<u64>, Option<String>) {
+    let key = attached.key.as_str();
+    let operation = annotation(message, "operation").unwrap_or_default();
+    let resource = annotation(message, "resource").unwrap_or_default();
+    let failed = |error: &HubError| {
+        let status = i32::from(error.wire().status);
+        (status, None, Some(crate::wire::errors::detail_text(error, hub.clock().now())))
+    };
+    let fault = hub.twin_fault(key).map_or(Ok(()), Err);
+    match (operation.to_ascii_uppercase().as_str(), resource.as_str()) {
+        ("GET", _) => match fault.and_then(|()| hub.admit(Operation::TwinRead, 1.0)).and_then(|()| hub.get_device(key))
+        {
+            Ok(device) => (200, Some(device.twin.version), Some(crate::wire::twin::device_view(&device.twin))),
+            Err(error) => failed(&error),
+        },
+        ("PATCH", "/properties/reported") => {
+            let body = body_bytes(message);
+            let outcome = match crate::wire::twin::parse_reported_patch(&body) {
+                Ok(patch) => match fault.and_then(|()| hub.admit(Operation::TwinUpdate, 1.0)) {
+                    Ok(()) => hub.patch_reported(key, &patch).await,
+                    Err(error) => Err(error),
+                },
+                Err(error) => Err(error),
+            };
+            match outcome {
+                Ok(version) => (204, Some(version), None),
+                Err(error) => failed(&error),
+            }
+        }
+        ("PUT", "/notifications/twin/properties/desired") => {
+            attached.subscribe(hub, |s| s.desired = true);
+            (200, None, None)
+        }
+        ("DELETE", "/notifications/twin/properties/desired") => {
+            attached.subscribe(hub, |s| s.desired = false);
+            (200, None, None)
+        }
+        _ => failed(&HubError::ArgumentInvalid(format!(
+            "The twin operation '{operation}' on '{resource}' is not supported: GET, PATCH /properties/reported, \
+             PUT or DELETE /notifications/twin/properties/desired"
+        ))),
+    }
+}
+
+/// Takes a device's twin requests until the link ends (`None`), the hub ends the identity's connection, or
+/// `stop` fires (the link, to detach); each answer goes out on the pair's other link.
+pub(super) async fn serve_twin_requests(
+    mut receiver: Receiver,
+    connection: &Connection,
+    key: &str,
+    stop: CancellationToken,
+) -> Option<Receiver> {
+    let joined = join(connection, key, Kind::Requests);
+    let hub = &connection.hub;
+    loop {
+        let next = tokio::select! {
+            () = joined.attached.closed.cancelled() => {
+                super::links::close_receiver(receiver, Some(connection_ended())).await;
+                return None;
+            }
+            next = next_delivery(&mut receiver, &stop) => next,
+        };
+        let delivery = match next {
+            Next::Delivery(delivery) => delivery,
+            Next::Stopped => return Some(receiver),
+            Next::Ended => return None,
+        };
+        settle_request(&receiver, &delivery).await;
+        hub.touch(key);
+        let message = delivery.message();
+        let correlation = message.properties.as_ref().and_then(|p| p.correlation_id.clone());
+        let (status, version, body) = twin_request(hub, &joined.attached, message).await;
+        let route = joined.attached.routes().twin.clone();
+        match route {
+            Some(route) => {
+                let _ = route.send(twin_answer(correlation, status, version, body)).await;
+            }
+            None => tracing::debug!(identity = key, "twin answer dropped: the device has no twin receiver link"),
+        }
+    }
+}
+
+/// A module's input messages (`/devices/<d>/modules/<m>/messages/events` as a receiver): the link is kept, and
+/// nothing arrives on it (the emulator has no edge routing), rather than refused, which would make the SDK tear
+/// the connection down and retry for ever.
+pub(super) async fn serve_module_inputs(
+    sender: Sender,
+    connection: &Connection,
+    key: &str,
+    stop: CancellationToken,
+) -> Option<Sender> {
+    let joined = join(connection, key, Kind::Telemetry);
+    tokio::select! {
+        () = stop.cancelled() => Some(sender),
+        () = joined.attached.closed.cancelled() => {
+            super::links::close_sender(sender, Some(connection_ended())).await;
+            None
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -420,6 +763,19 @@ mod tests {
         assert_eq!(identity_of("/devices//messages/events", "messages/events"), None);
         assert_eq!(identity_of("/devices/d1/x/messages/events", "messages/events"), None);
         assert_eq!(identity_of("/devices/d1/messages/devicebound", "messages/events"), None);
+        assert_eq!(identity_of("/devices/d1/messages/deviceBound", "messages/devicebound").as_deref(), Some("d1"));
         assert_eq!(resource_of("h", "d1/m1"), "h/devices/d1/modules/m1");
+    }
+
+    #[test]
+    fn call_numbers_survive_the_round_trip_as_uuid_or_text() {
+        for rid in [0, 1, 42, u64::MAX >> 2] {
+            let id = call_id(rid);
+            assert_eq!(id.get_version_num(), 4);
+            assert_eq!(rid_of(&MessageId::Uuid(id.into_bytes().into())), Some(rid));
+            assert_eq!(rid_of(&MessageId::String(id.to_string())), Some(rid));
+        }
+        assert_eq!(rid_of(&MessageId::String("not-a-uuid".into())), None);
+        assert_eq!(rid_of(&MessageId::String(uuid::Uuid::nil().to_string())), None);
     }
 }

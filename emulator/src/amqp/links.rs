@@ -50,6 +50,16 @@ enum Node {
     DeviceTelemetry(String),
     /// A device (or module) receives its cloud-to-device messages; its identity key.
     DeviceMessages(String),
+    /// A device receives method calls (`/devices/<id>/methods/devicebound`, the hub's side sends).
+    MethodCalls(String),
+    /// A device sends method answers (same address, the hub's side receives).
+    MethodAnswers(String),
+    /// A device receives twin answers and desired changes (`/devices/<id>/twin`, the hub's side sends).
+    TwinAnswers(String),
+    /// A device sends twin requests (same address, the hub's side receives).
+    TwinRequests(String),
+    /// A module listens for input messages (`/devices/<d>/modules/<m>/messages/events` as a receiver).
+    ModuleInputs(String),
     /// Anything else: the address as given, and whether the client sends to it.
     Unknown(String),
 }
@@ -83,10 +93,17 @@ fn classify(attach: &Attach, hub: &Hub) -> Node {
                 "$cbs" => Node::CbsRequests,
                 "$management" => Node::ManagementRequests,
                 path if path.eq_ignore_ascii_case("/messages/devicebound") => Node::DeviceBound,
-                path => match devices::identity_of(path, "messages/events") {
-                    Some(key) => Node::DeviceTelemetry(key),
-                    None => Node::Unknown(address),
-                },
+                path => {
+                    if let Some(key) = devices::identity_of(path, "messages/events") {
+                        Node::DeviceTelemetry(key)
+                    } else if let Some(key) = devices::identity_of(path, "methods/devicebound") {
+                        Node::MethodAnswers(key)
+                    } else if let Some(key) = devices::identity_of(path, "twin") {
+                        Node::TwinRequests(key)
+                    } else {
+                        Node::Unknown(address)
+                    }
+                }
             }
         }
         // The client receives: we send, and the node is the source.
@@ -96,10 +113,20 @@ fn classify(attach: &Attach, hub: &Hub) -> Node {
                 "$cbs" => Node::CbsReplies(target),
                 "$management" => Node::ManagementReplies(target),
                 path if path.eq_ignore_ascii_case("/messages/serviceBound/feedback") => Node::Feedback,
-                path if path.starts_with("/devices/") => match devices::identity_of(path, "messages/devicebound") {
-                    Some(key) => Node::DeviceMessages(key),
-                    None => Node::Unknown(address),
-                },
+                path if path.starts_with("/devices/") => {
+                    if let Some(key) = devices::identity_of(path, "messages/devicebound") {
+                        Node::DeviceMessages(key)
+                    } else if let Some(key) = devices::identity_of(path, "methods/devicebound") {
+                        Node::MethodCalls(key)
+                    } else if let Some(key) = devices::identity_of(path, "twin") {
+                        Node::TwinAnswers(key)
+                    } else if let Some(key) = devices::identity_of(path, "messages/events").filter(|k| k.contains('/'))
+                    {
+                        Node::ModuleInputs(key)
+                    } else {
+                        Node::Unknown(address)
+                    }
+                }
                 path => match eventhubs::classify(hub, path, attach) {
                     Some(events) => Node::Events(Box::new(events)),
                     None => Node::Unknown(address),
@@ -154,9 +181,13 @@ fn needs(connection: &Connection, node: &Node) -> Option<(String, Rights)> {
         Node::DeviceBound => Some((format!("{host}/messages/devicebound"), Rights::SERVICE_CONNECT)),
         Node::Feedback => Some((format!("{host}/messages/servicebound/feedback"), Rights::SERVICE_CONNECT)),
         Node::Events(events) => eventhubs::needs(&connection.hub, events),
-        Node::DeviceTelemetry(key) | Node::DeviceMessages(key) => {
-            Some((devices::resource_of(host, key), Rights::DEVICE_CONNECT))
-        }
+        Node::DeviceTelemetry(key)
+        | Node::DeviceMessages(key)
+        | Node::MethodCalls(key)
+        | Node::MethodAnswers(key)
+        | Node::TwinAnswers(key)
+        | Node::TwinRequests(key)
+        | Node::ModuleInputs(key) => Some((devices::resource_of(host, key), Rights::DEVICE_CONNECT)),
         _ => None,
     }
 }
@@ -251,6 +282,23 @@ async fn serve_link(
         }
         (Node::DeviceMessages(key), LinkEndpoint::Sender(sender)) => {
             devices::serve_cloud_to_device(sender, connection, &key, stop).await.map(LinkEndpoint::Sender)
+        }
+        (Node::MethodCalls(key), LinkEndpoint::Sender(sender)) => {
+            devices::serve_outgoing(sender, connection, &key, devices::Kind::Methods, stop)
+                .await
+                .map(LinkEndpoint::Sender)
+        }
+        (Node::TwinAnswers(key), LinkEndpoint::Sender(sender)) => {
+            devices::serve_outgoing(sender, connection, &key, devices::Kind::Twin, stop).await.map(LinkEndpoint::Sender)
+        }
+        (Node::MethodAnswers(key), LinkEndpoint::Receiver(receiver)) => {
+            devices::serve_method_answers(receiver, connection, &key, stop).await.map(LinkEndpoint::Receiver)
+        }
+        (Node::TwinRequests(key), LinkEndpoint::Receiver(receiver)) => {
+            devices::serve_twin_requests(receiver, connection, &key, stop).await.map(LinkEndpoint::Receiver)
+        }
+        (Node::ModuleInputs(key), LinkEndpoint::Sender(sender)) => {
+            devices::serve_module_inputs(sender, connection, &key, stop).await.map(LinkEndpoint::Sender)
         }
         (Node::Feedback, LinkEndpoint::Sender(sender)) => {
             feedback::serve(sender, connection, stop).await.map(LinkEndpoint::Sender)
