@@ -160,6 +160,10 @@ for suite in registry device jobs c2d modules; do
     IOTHUB_JOBS_CONNECTION_STRING="$jobs_connection_string" \
     IOTHUB_EVENTHUB_CONNECTION_STRING="$eventhub_connection_string" node "conformance/node/$suite.js"
 done
+# Devices over AMQP (azure-iot-device-amqp: Amqp and AmqpWs): the tutorial's simDevice and jobs, telemetry read back,
+# C2D settlements and the twin.
+run_suite node-amqp-device env IOTHUB_CONNECTION_STRING="$connection_string" NODE_EXTRA_CA_CERTS="$ca" \
+  IOTHUB_EVENTHUB_CONNECTION_STRING="$eventhub_connection_string" node conformance/node/amqp_device.js
 # Telemetry read back through the Event Hubs-compatible endpoint (@azure/event-hubs).
 run_suite node-eventhubs env IOTHUB_CONNECTION_STRING="$connection_string" NODE_EXTRA_CA_CERTS="$ca" \
   IOTHUB_EVENTHUB_CONNECTION_STRING="$eventhub_connection_string" IOTHUB_CONSUMER_GROUP_2=second \
