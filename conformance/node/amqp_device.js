@@ -12,7 +12,7 @@
 const crypto = require('crypto');
 const { Client: DeviceClient, Message } = require('azure-iot-device');
 const { Amqp, AmqpWs } = require('azure-iot-device-amqp');
-const { Client: ServiceClient, JobClient, Registry } = require('azure-iothub');
+const { Client: ServiceClient, ConnectionString, JobClient, Registry, SharedAccessSignature } = require('azure-iothub');
 const { EventHubConsumerClient, earliestEventPosition } = require('@azure/event-hubs');
 const harness = require('./harness');
 const { check, withTimeout } = harness;
@@ -55,6 +55,22 @@ async function simDevice(device, transport) {
   twin.on('properties.desired', (delta) => Object.assign(app.desired, delta));
   return { client, twin, app };
 }
+
+// The emulator's test-suite controls (/emulator/...), signed like the service SDK signs (owner policy).
+async function emulator(method, path, body) {
+  const { SharedAccessKeyName: keyName, SharedAccessKey: key } = ConnectionString.parse(connectionString);
+  const token = SharedAccessSignature.create(hostName, keyName, key, Math.ceil(Date.now() / 1000) + 3600).toString();
+  const response = await fetch(`https://${hostName}${path}`, {
+    method,
+    headers: { Authorization: token, 'Content-Type': 'application/json' },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const text = await response.text();
+  if (!response.ok) throw new Error(`${method} ${path}: ${response.status} ${text}`);
+  return text ? JSON.parse(text) : undefined;
+}
+
+const connectionState = async (id) => (await registry.getTwin(id)).responseBody.connectionState;
 
 // The tutorial's monitorJob, as a promise (getJob's promise form answers `{ jobStatus }`).
 async function monitorJob(jobId) {
@@ -193,6 +209,20 @@ async function main() {
       `reported ${JSON.stringify(seen.properties.reported)}`);
     await registry.updateTwin(tcp.deviceId, { properties: { desired: { floor: 5 } } }, '*');
     await until(() => tcpDevice.app.desired.floor === 5, 10000, 'the desired change to arrive');
+  });
+
+  await scenario('amqp-device-rides-out-a-forced-disconnect', async () => {
+    // The hub detaches the device's links with amqp:link:detach-forced and refuses it for 5 s; the SDK retries.
+    await emulator('POST', '/emulator/faults', { kind: 'disconnect', deviceId: tcp.deviceId, durationSeconds: 5 });
+    try {
+      await until(async () => (await connectionState(tcp.deviceId)) === 'Disconnected', 5000, 'dropped');
+      await until(async () => (await connectionState(tcp.deviceId)) === 'Connected', 40000, 'back by itself');
+      const { result } = await service.invokeDeviceMethod(tcp.deviceId,
+        { methodName: 'lockDoor', payload: null, responseTimeoutInSeconds: 10, connectTimeoutInSeconds: 10 });
+      check(result.status === 200, `lockDoor after the reconnect: ${JSON.stringify(result)}`);
+    } finally {
+      await emulator('DELETE', '/emulator/faults');
+    }
   });
 
   await scenario('amqp-device-goes-disconnected-when-it-closes', async () => {

@@ -327,3 +327,24 @@ async fn a_module_has_its_own_links_and_its_input_link_stays_open() {
     assert!(sender_refusal(&mut device_events).await.is_some(), "a module's token is not its device's");
     amqp.close().await;
 }
+
+#[tokio::test]
+async fn a_disconnect_fault_detaches_the_links_and_refuses_new_ones_in_a_way_sdks_retry() {
+    let hub = start().await;
+    hub.create_device("d1").await;
+    let mut amqp = device_connection(&hub, "d1").await;
+    let mut sender = amqp.sender_to("events", "/devices/d1/messages/events").await;
+    assert!(matches!(send(&mut sender, telemetry("{}")).await, Outcome::Accepted(_)));
+    let fault = json!({"kind":"disconnect","deviceId":"d1","durationSeconds":2});
+    let added = hub.http.post(hub.url("/emulator/faults")).header("Authorization", hub.owner_token()).json(&fault);
+    assert_eq!(added.send().await.expect("send").status(), 201);
+    let forced = Some(ErrorCondition::LinkError(fe2o3_amqp::types::definitions::LinkError::DetachForced));
+    assert_eq!(sender_refusal(&mut sender).await, forced, "detach-forced, which the SDKs retry");
+    assert!(!hub.emulator.hub().is_connected("d1"));
+    let mut again = amqp.sender_to("events-2", "/devices/d1/messages/events").await;
+    assert_eq!(sender_refusal(&mut again).await, forced, "refused while the fault holds");
+    tokio::time::sleep(std::time::Duration::from_millis(2200)).await;
+    let mut later = amqp.sender_to("events-3", "/devices/d1/messages/events").await;
+    assert!(matches!(send(&mut later, telemetry("{}")).await, Outcome::Accepted(_)), "back once it ended");
+    amqp.close().await;
+}

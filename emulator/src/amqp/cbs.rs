@@ -13,6 +13,26 @@ const SAS_TOKEN_TYPE: &str = "servicebus.windows.net:sastoken";
 /// The type the .NET device SDK puts (docs/amqp-devices-wire.md).
 const DEVICES_TOKEN_TYPE: &str = "azure-devices.net:sastoken";
 
+/// Holds a device's or module's put-token while a disconnect or outage fault refuses it: the answer comes when
+/// the fault ends, so the SDK (which waits for it) connects then, as MQTT devices do after their CONNACK 3s.
+/// Refusing the claim or its links instead makes Node's SDK give up (a 401) or stall in its reconnect.
+pub(super) async fn hold_while_refused(connection: &Connection, request: &Message<Body<Value>>) {
+    let Body::Value(AmqpValue(Value::String(token))) = &request.body else { return };
+    let Ok(parsed) = iothub_proto::SasToken::parse(token) else { return };
+    if parsed.key_name.is_some() {
+        return;
+    }
+    let hub = &connection.hub;
+    let Some(key) = crate::auth::identity_of_resource(hub.host_name(), &parsed.resource) else { return };
+    while hub.connect_refused(&key) {
+        tracing::debug!(peer = %connection.peer, identity = key, "put-token held while a fault refuses the device");
+        tokio::select! {
+            () = hub.faults_changed() => {}
+            () = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+        }
+    }
+}
+
 /// Checks one put-token request.
 pub(super) fn put_token(connection: &Connection, request: &Message<Body<Value>>) -> Answer {
     let operation = text_property(request, "operation");

@@ -353,10 +353,11 @@ pub(super) async fn serve_telemetry(
     }
 }
 
-/// The error links of an identity are detached with when the hub ends its connection.
-fn connection_ended() -> definitions::Error {
+/// The error links of an identity are detached with when the hub ends its connection: `detach-forced`, which
+/// the SDKs retry (a deleted or disabled device is then refused at its next put-token, for good).
+pub(super) fn connection_ended() -> definitions::Error {
     error(
-        AmqpError::UnauthorizedAccess,
+        LinkError::DetachForced,
         "The hub ended this device's connection (another connection, deleted, disabled, or a fault)",
     )
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use fe2o3_amqp::acceptor::{LinkAcceptor, LinkEndpoint, ListenerSessionHandle, SupportedReceiverSettleModes};
 use fe2o3_amqp::link::RecvError;
-use fe2o3_amqp::types::definitions::{self, AmqpError, ReceiverSettleMode, Role};
+use fe2o3_amqp::types::definitions::{self, AmqpError, LinkError, ReceiverSettleMode, Role};
 use fe2o3_amqp::types::messaging::{Body, TargetArchetype};
 use fe2o3_amqp::types::performatives::Attach;
 use fe2o3_amqp::types::primitives::Value;
@@ -174,6 +174,22 @@ pub(super) async fn serve_session(
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, session.end()).await;
 }
 
+impl Node {
+    /// The device or module a device link belongs to.
+    fn identity(&self) -> Option<&str> {
+        match self {
+            Node::DeviceTelemetry(key)
+            | Node::DeviceMessages(key)
+            | Node::MethodCalls(key)
+            | Node::MethodAnswers(key)
+            | Node::TwinAnswers(key)
+            | Node::TwinRequests(key)
+            | Node::ModuleInputs(key) => Some(key),
+            _ => None,
+        }
+    }
+}
+
 /// What a link to `node` must be authorized for: the target of the claim and the permission.
 fn needs(connection: &Connection, node: &Node) -> Option<(String, Rights)> {
     let host = connection.hub.host_name();
@@ -209,6 +225,12 @@ async fn run_link(link: LinkEndpoint, node: Node, connection: Arc<Connection>, s
         );
         return close(link, Some(refusal)).await;
     }
+    if let Some(key) = node.identity().filter(|key| connection.hub.connect_refused(key)) {
+        // A disconnect or outage fault: refused as a hub that is away refuses, in a way the SDKs retry.
+        tracing::debug!(peer = %connection.peer, identity = key, "device link refused by a fault");
+        let refusal = error(LinkError::DetachForced, "The hub is unavailable (emulator fault); retry later");
+        return close(link, Some(refusal)).await;
+    }
     // The link ends when the connection does, or when the tokens that authorized it expire unrenewed.
     let stop = shutdown.child_token();
     let expired = std::sync::atomic::AtomicBool::new(false);
@@ -239,7 +261,7 @@ async fn serve_link(
 ) -> Option<LinkEndpoint> {
     match (node, link) {
         (Node::CbsRequests, LinkEndpoint::Receiver(receiver)) => {
-            request::serve_requests(receiver, connection, &connection.cbs, stop, cbs::put_token)
+            request::serve_requests(receiver, connection, &connection.cbs, stop, cbs::put_token, true)
                 .await
                 .map(LinkEndpoint::Receiver)
         }
@@ -247,7 +269,7 @@ async fn serve_link(
             request::serve_replies(sender, address, &connection.cbs, stop).await.map(LinkEndpoint::Sender)
         }
         (Node::ManagementRequests, LinkEndpoint::Receiver(receiver)) => {
-            request::serve_requests(receiver, connection, &connection.management, stop, eventhubs::management)
+            request::serve_requests(receiver, connection, &connection.management, stop, eventhubs::management, false)
                 .await
                 .map(LinkEndpoint::Receiver)
         }

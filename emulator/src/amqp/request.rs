@@ -43,6 +43,7 @@ pub(super) async fn serve_requests(
     router: &ReplyRouter,
     stop: CancellationToken,
     answer: impl Fn(&Connection, &Message<Body<Value>>) -> Answer,
+    hold_refused_identities: bool,
 ) -> Option<Receiver> {
     loop {
         let delivery = match next_delivery(&mut receiver, &stop).await {
@@ -51,6 +52,12 @@ pub(super) async fn serve_requests(
             Next::Ended => return None,
         };
         let request = delivery.message();
+        if hold_refused_identities {
+            tokio::select! {
+                () = stop.cancelled() => return Some(receiver),
+                () = super::cbs::hold_while_refused(connection, request) => {}
+            }
+        }
         let properties = request.properties.as_ref();
         let message_id = properties.and_then(|p| p.message_id.clone());
         let reply_to = properties.and_then(|p| p.reply_to.clone());
