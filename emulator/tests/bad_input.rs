@@ -423,8 +423,13 @@ async fn hostile_amqp_input_gets_the_hubs_answer_and_leaves_it_healthy() {
     let not_found = Some(ErrorCondition::AmqpError(AmqpError::NotFound));
     let mut client = amqp::open(&hub, None).await;
     client.authorize(&hub).await;
-    for address in ["/nowhere", "/messages/serviceBound/feedback", "amqps://localhost/devices/healthy/messages/events"]
-    {
+    for address in [
+        "/nowhere",
+        "/messages/serviceBound/feedback",
+        "amqps://localhost/devices/healthy/nonsense",
+        "/devices/ghost/messages/events",
+        "/devices/healthy/modules/ghost/twin",
+    ] {
         let mut sender = client.sender_to("to-nowhere", address).await;
         assert_eq!(sender_refusal(&mut sender).await, not_found, "a sender to {address}");
     }

@@ -19,6 +19,7 @@ use super::context::Connection;
 use super::eventhubs::{self, EventsNode};
 use super::{c2d, cbs, devices, feedback, request};
 use crate::auth::Rights;
+use crate::error::HubError;
 use crate::hub::Hub;
 
 /// How long attaching one link may take.
@@ -224,6 +225,18 @@ async fn run_link(link: LinkEndpoint, node: Node, connection: Arc<Connection>, s
             format!("Put a token with ServiceConnect for '{target}' on $cbs before attaching to this node"),
         );
         return close(link, Some(refusal)).await;
+    }
+    if let Some(key) = node.identity() {
+        let refusal = match connection.hub.may_connect(key) {
+            Err(HubError::DeviceDisabled(_)) => {
+                Some(error(AmqpError::UnauthorizedAccess, format!("{key} is disabled")))
+            }
+            Err(missing) => Some(error(AmqpError::NotFound, missing.to_string())),
+            Ok(()) => None,
+        };
+        if let Some(refusal) = refusal {
+            return close(link, Some(refusal)).await;
+        }
     }
     if let Some(key) = node.identity().filter(|key| connection.hub.connect_refused(key)) {
         // A disconnect or outage fault: refused as a hub that is away refuses, in a way the SDKs retry.

@@ -357,6 +357,16 @@ impl Hub {
         })
     }
 
+    /// Whether identity `key` may have a connection now: it exists (`DeviceNotFound`/`ModuleNotFound`) and it
+    /// and, for a module, its device are enabled (`DeviceDisabled`). For links a gateway's policy token opens.
+    pub fn may_connect(&self, key: &str) -> Result<(), HubError> {
+        let identity = self.get_device(key)?;
+        if identity.status == DeviceStatus::Disabled || (identity.module.is_some() && self.parent_disabled(&identity)) {
+            return Err(HubError::DeviceDisabled(identity.device_id.clone()));
+        }
+        Ok(())
+    }
+
     /// True when `module`'s device is disabled (a module connects only while its device is enabled).
     fn parent_disabled(&self, module: &Device) -> bool {
         self.get_device(&module.device_id).is_ok_and(|parent| parent.status == DeviceStatus::Disabled)
