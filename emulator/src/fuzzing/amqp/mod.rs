@@ -56,10 +56,14 @@ pub enum AmqpStart {
     /// `/messages/devicebound` (handle 0) and a feedback receiver (handle 1, with credit): the input's
     /// transfers on handle 0 are cloud-to-device messages the hub queues.
     DeviceBound,
+    /// No SASL (as the Node and .NET device SDKs), the device's own token on `$cbs`, then its telemetry sender
+    /// (handle 2), twin request sender (handle 3) and twin answer receiver (handle 4, with credit): the input's
+    /// transfers on handle 2 are telemetry, on handle 3 twin requests.
+    Device,
 }
 
 impl AmqpStart {
-    pub const ALL: [AmqpStart; 8] = [
+    pub const ALL: [AmqpStart; 9] = [
         AmqpStart::Raw,
         AmqpStart::Header,
         AmqpStart::Open,
@@ -68,6 +72,7 @@ impl AmqpStart {
         AmqpStart::SaslAnonymous,
         AmqpStart::Cbs,
         AmqpStart::DeviceBound,
+        AmqpStart::Device,
     ];
 
     /// The start a fuzz input's first byte picks.
@@ -102,12 +107,15 @@ pub(super) const SASL_HEADER: [u8; 8] = *b"AMQP\x03\x01\x00\x00";
 
 impl AmqpTarget {
     pub fn new() -> Self {
-        let (hub, _) = crate::fuzzing::hub_with_device(DEVICE);
+        let (hub, device_key) = crate::fuzzing::hub_with_device(DEVICE);
         let key = hub.policies().get("service").map(|p| p.primary_key.clone()).expect("a new hub has 'service'");
         let expiry = crate::fuzzing::unix_now() + 10 * 365 * 24 * 3600;
         let token =
             iothub_proto::generate_token("localhost", &key, Some("service"), expiry).expect("a generated key signs");
-        let starts = AmqpStart::ALL.iter().map(|start| start_stages(*start, &token)).collect();
+        let device_token =
+            iothub_proto::generate_token(&format!("localhost/devices/{DEVICE}"), &device_key, None, expiry)
+                .expect("a generated key signs");
+        let starts = AmqpStart::ALL.iter().map(|start| start_stages(*start, &token, &device_token)).collect();
         Self { hub, starts }
     }
 
@@ -385,7 +393,6 @@ pub(super) fn credit(handle: u32, credit: u32) -> amqp_frame::Frame {
 }
 
 /// A transfer of one whole message (`payload`: its encoded sections) on `handle`.
-#[cfg(test)]
 pub(super) fn transfer(handle: u32, delivery_id: u32, payload: Vec<u8>) -> amqp_frame::Frame {
     transfer_frame(handle, delivery_id, false, payload)
 }
@@ -396,7 +403,6 @@ pub(super) fn transfer_part(handle: u32, more: bool, payload: Vec<u8>) -> amqp_f
     transfer_frame(handle, 0, more, payload)
 }
 
-#[cfg(test)]
 fn transfer_frame(handle: u32, delivery_id: u32, more: bool, payload: Vec<u8>) -> amqp_frame::Frame {
     use fe2o3_amqp::types::performatives::Transfer;
     let transfer = Transfer {
@@ -415,7 +421,7 @@ fn transfer_frame(handle: u32, delivery_id: u32, more: bool, payload: Vec<u8>) -
     amqp_frame::Frame::new(0u16, amqp_frame::FrameBody::Transfer { performative: transfer, payload: payload.into() })
 }
 
-fn start_stages(start: AmqpStart, token: &str) -> Vec<Vec<u8>> {
+fn start_stages(start: AmqpStart, token: &str, device_token: &str) -> Vec<Vec<u8>> {
     let opened = |frames: Vec<amqp_frame::Frame>| [AMQP_HEADER.to_vec(), encode(frames)].concat();
     match start {
         AmqpStart::Raw => vec![],
@@ -445,6 +451,58 @@ fn start_stages(start: AmqpStart, token: &str) -> Vec<Vec<u8>> {
                 encode(vec![credit(1, 100)]),
             ]
         }
+        AmqpStart::Device => {
+            let put_token = tests_free::put_token(device_token, &format!("localhost/devices/{DEVICE}"));
+            vec![
+                opened(vec![open(), begin(0)]),
+                encode(vec![
+                    attach(0, "cbs-sender", Role::Sender, "$cbs", None),
+                    attach(1, "cbs-receiver", Role::Receiver, "$cbs", Some("cbs")),
+                ]),
+                encode(vec![credit(1, 100), transfer(0, 0, put_token)]),
+                encode(vec![
+                    attach(2, "events", Role::Sender, &format!("/devices/{DEVICE}/messages/events"), None),
+                    attach(3, "twin-out", Role::Sender, &format!("/devices/{DEVICE}/twin"), None),
+                    attach(4, "twin-in", Role::Receiver, &format!("/devices/{DEVICE}/twin"), None),
+                ]),
+                encode(vec![credit(4, 100)]),
+            ]
+        }
+    }
+}
+
+/// Message bodies the starts need, outside the test-only encoders.
+mod tests_free {
+    /// A `$cbs` put-token request: properties (message-id 7, reply-to `cbs`), application properties, the token.
+    pub(super) fn put_token(token: &str, audience: &str) -> Vec<u8> {
+        let str8 = |text: &str| [vec![0xa1, text.len() as u8], text.as_bytes().to_vec()].concat();
+        let list = |items: &[Vec<u8>]| {
+            let body: Vec<u8> = items.concat();
+            [
+                vec![0xd0],
+                ((body.len() + 4) as u32).to_be_bytes().to_vec(),
+                (items.len() as u32).to_be_bytes().to_vec(),
+                body,
+            ]
+            .concat()
+        };
+        let map = |pairs: &[(&str, &str)]| {
+            let body: Vec<u8> = pairs.iter().flat_map(|(k, v)| [str8(k), str8(v)].concat()).collect();
+            [
+                vec![0xd1],
+                ((body.len() + 4) as u32).to_be_bytes().to_vec(),
+                ((pairs.len() * 2) as u32).to_be_bytes().to_vec(),
+                body,
+            ]
+            .concat()
+        };
+        let described = |code: u8, value: Vec<u8>| [vec![0x00, 0x53, code], value].concat();
+        let null = vec![0x40];
+        let properties = list(&[vec![0x53, 7], null.clone(), null.clone(), null, str8("cbs")]);
+        let application =
+            map(&[("operation", "put-token"), ("type", "servicebus.windows.net:sastoken"), ("name", audience)]);
+        let value = [vec![0xb1], (token.len() as u32).to_be_bytes().to_vec(), token.as_bytes().to_vec()].concat();
+        [described(0x73, properties), described(0x74, application), described(0x77, value)].concat()
     }
 }
 

@@ -87,6 +87,17 @@ mod enc {
         sections
     }
     /// A `$cbs` put-token request for `audience` (message-id 7, reply-to `cbs`).
+    /// A message-annotations section with symbol keys and string values.
+    pub fn annotations(pairs: &[(&str, &str)]) -> Vec<u8> {
+        let sym8 = |text: &str| [vec![0xa3, text.len() as u8], text.as_bytes().to_vec()].concat();
+        let body: Vec<u8> = pairs.iter().flat_map(|(k, v)| [sym8(k), str8(v)].concat()).collect();
+        let count = (pairs.len() * 2) as u32;
+        described(
+            0x72,
+            [vec![0xd1], ((body.len() + 4) as u32).to_be_bytes().to_vec(), count.to_be_bytes().to_vec(), body].concat(),
+        )
+    }
+
     pub fn put_token(token: &str, audience: &str) -> Vec<u8> {
         let null = vec![0x40];
         let properties = list(&[vec![0x53, 7], null.clone(), null.clone(), null, str8("cbs")]);
@@ -179,6 +190,8 @@ fn amqp_cases() -> Vec<(&'static str, AmqpStart, Vec<u8>, Expect)> {
     let to = "/devices/fuzz/messages/devicebound";
     let attach_to = |address: &str| encode(vec![attach(2, "fuzz-link", Role::Sender, address, None)]);
     let send = |payload: Vec<u8>| encode(vec![transfer(0, 0, payload)]);
+    // After the Device start's put-token (delivery 0), the next delivery is 1.
+    let device_send = |handle: u32, payload: Vec<u8>| encode(vec![transfer(handle, 1, payload)]);
     let sasl_init_xyz = enc::described(0x41, enc::list(&[vec![0xa3, 3, b'X', b'Y', b'Z']]));
     vec![
         // The protocol header.
@@ -312,6 +325,51 @@ fn amqp_cases() -> Vec<(&'static str, AmqpStart, Vec<u8>, Expect)> {
             AmqpStart::DeviceBound,
             send(vec![0x00, 0x53, 0x75, 0xb0, 0xff, 0xff]),
             Contains(&["rejected amqp:decode-error"]),
+        ),
+        // Device links (no SASL, the device's own token on $cbs, telemetry on handle 2, twin requests on 3,
+        // twin answers on 4).
+        (
+            "device telemetry",
+            AmqpStart::Device,
+            device_send(2, enc::message(None, &[("temperatureAlert", "true")], b"{\"t\":1}")),
+            Contains(&["attach 2", "attach 3", "attach 4", "accepted"]),
+        ),
+        (
+            "device telemetry over 256 KB",
+            AmqpStart::Device,
+            device_send(2, enc::message(None, &[], &vec![b'x'; 256 * 1024 + 1])),
+            Contains(&["rejected amqp:link:message-size-exceeded"]),
+        ),
+        (
+            "device telemetry that does not decode",
+            AmqpStart::Device,
+            device_send(2, vec![0x00, 0x53, 0x75, 0xb0, 0xff, 0xff]),
+            Contains(&["rejected amqp:decode-error"]),
+        ),
+        (
+            "a twin GET",
+            AmqpStart::Device,
+            device_send(3, [enc::annotations(&[("operation", "GET")]), enc::described(0x75, vec![0xa0, 1, b' '])].concat()),
+            Contains(&["transfer 4"]),
+        ),
+        (
+            "a twin request with no operation",
+            AmqpStart::Device,
+            device_send(3, enc::message(None, &[], b"{}")),
+            Contains(&["transfer 4"]),
+        ),
+        (
+            "a reported patch that is not JSON",
+            AmqpStart::Device,
+            device_send(
+                3,
+                [
+                    enc::annotations(&[("operation", "PATCH"), ("resource", "/properties/reported")]),
+                    enc::described(0x75, vec![0xa0, 3, b'{', b'{', b'{']),
+                ]
+                .concat(),
+            ),
+            Contains(&["transfer 4"]),
         ),
         // Found by the fuzzer: an attach whose first field is a symbol declaring 3 GB, which serde_amqp
         // allocated before reading it (emulator/src/amqp/io.rs now refuses the frame).
