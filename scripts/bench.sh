@@ -139,6 +139,9 @@ scenario twin-patch-10k --count "$devices" twin-patch --callers 64 --seconds "$s
 scenario reported --count "$devices" reported --seconds "$seconds"
 scenario telemetry-30k --count "$devices" telemetry --seconds "$seconds" --rate-per-device 30
 scenario telemetry-load --count "$devices" telemetry --seconds "$seconds"
+# The same device loads with the devices on AMQP (the .NET SDK's default transport) instead of MQTT.
+scenario amqp-methods-load --count "$devices" --transport amqp methods --callers 64 --seconds "$seconds"
+scenario amqp-telemetry-load --count "$devices" --transport amqp telemetry --seconds "$seconds"
 scenario c2d-load --count "$devices" c2d --senders 64 --seconds "$seconds"
 scenario c2d-10k --count "$devices" c2d --senders 64 --seconds "$seconds" --rate 10000
 scenario eventhubs-load --count "$devices" events --seconds "$seconds"

@@ -105,6 +105,10 @@ def main():
                f"{get('telemetry-30k', 'telemetry', 'rate')}/s, p50 {get('telemetry-30k', 'telemetry', 'p50_ms')} ms, p99 {get('telemetry-30k', 'telemetry', 'p99_ms')} ms | {procs('telemetry-30k')} |")
     out.append(f"| telemetry QoS 1 from 1,000 devices back to back | (the ceiling) | "
                f"{get('telemetry-load', 'telemetry', 'rate')}/s, p99 {get('telemetry-load', 'telemetry', 'p99_ms')} ms | {procs('telemetry-load')} |")
+    out.append(f"| direct methods to 1,000 AMQP devices, 64 callers back to back | beside the MQTT row | "
+               f"{get('amqp-methods-load', 'methods', 'rate')}/s, p50 {get('amqp-methods-load', 'methods', 'p50_ms')} ms, p99 {get('amqp-methods-load', 'methods', 'p99_ms')} ms | {procs('amqp-methods-load')} |")
+    out.append(f"| telemetry from 1,000 AMQP devices back to back (accepted once stored) | beside the MQTT row | "
+               f"{get('amqp-telemetry-load', 'telemetry', 'rate')}/s, p50 {get('amqp-telemetry-load', 'telemetry', 'p50_ms')} ms, p99 {get('amqp-telemetry-load', 'telemetry', 'p99_ms')} ms | {procs('amqp-telemetry-load')} |")
     out.append(f"| cloud-to-device messages sent over AMQP (64 links) to 1,000 MQTT devices, back to back | >= 10,000 msg/s | "
                f"{get('c2d-load', 'c2d-deliver', 'rate')}/s delivered ({get('c2d-load', 'c2d-deliver', 'received')} of {get('c2d-load', 'c2d-deliver', 'accepted')} accepted), "
                f"send-to-receive p50 {get('c2d-load', 'c2d-deliver', 'p50_ms')} ms, p99 {get('c2d-load', 'c2d-deliver', 'p99_ms')} ms | {procs('c2d-load')} |")

@@ -37,9 +37,21 @@ pub struct Identity {
     pub key: String,
 }
 
+/// How devices connect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Transport {
+    /// MQTT 3.1.1 over TLS (the default of the Node, Python and C SDKs).
+    Mqtt,
+    /// AMQP 1.0 over TLS, no SASL, a token on `$cbs` (the .NET SDK's default).
+    Amqp,
+}
+
 /// Where and how devices connect.
 pub struct Target {
     pub addr: SocketAddr,
+    /// The AMQPS address (devices over AMQP, and cloud-to-device senders).
+    pub amqp_addr: SocketAddr,
+    pub transport: Transport,
     /// The hub's host name: SAS audience, user-name prefix, TLS name.
     pub host: String,
     pub tls: TlsConnector,
@@ -78,7 +90,7 @@ pub enum Phase {
     Running { work: Work, until: Instant, interval: Option<Duration> },
 }
 
-type Mqtt = Framed<tokio_rustls::client::TlsStream<TcpStream>, Codec>;
+pub(crate) type Mqtt = Framed<tokio_rustls::client::TlsStream<TcpStream>, Codec>;
 
 fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
@@ -92,14 +104,19 @@ async fn expect_packet(mqtt: &mut Mqtt, what: &str) -> anyhow::Result<Packet> {
     }
 }
 
-/// A TCP connection to the target from the `index`-th source address (if any).
+/// A TCP connection to the target's MQTT address from the `index`-th source address (if any).
 pub(crate) async fn tcp(target: &Target, index: usize) -> anyhow::Result<TcpStream> {
+    tcp_to(target, target.addr, index).await
+}
+
+/// A TCP connection to `addr` from the `index`-th source address of the target (if any).
+pub(crate) async fn tcp_to(target: &Target, addr: SocketAddr, index: usize) -> anyhow::Result<TcpStream> {
     let Some(source) = (!target.sources.is_empty()).then(|| target.sources[index % target.sources.len()]) else {
-        return TcpStream::connect(target.addr).await.context("TCP connect");
+        return TcpStream::connect(addr).await.context("TCP connect");
     };
     let socket = if source.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
     socket.bind(SocketAddr::new(source, 0)).context("binding the source address")?;
-    socket.connect(target.addr).await.context("TCP connect")
+    socket.connect(addr).await.context("TCP connect")
 }
 
 /// Connects `identity` (the `index`-th device) and subscribes; returns the connection ready for `serve`.

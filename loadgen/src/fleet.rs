@@ -8,7 +8,14 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt as _;
 use tokio::sync::{mpsc, watch};
 
-use crate::device::{self, Counters, Identity, Phase, Target, Work};
+use crate::amqp_device;
+use crate::device::{self, Counters, Identity, Phase, Target, Transport, Work};
+
+/// A connected device, over either transport.
+enum Link {
+    Mqtt(device::Mqtt),
+    Amqp(Box<amqp_device::AmqpDevice>),
+}
 use crate::stats::Latencies;
 
 /// A connected fleet.
@@ -49,13 +56,21 @@ pub async fn connect(target: Arc<Target>, identities: Vec<Identity>, concurrency
     let mut attempts = futures_util::stream::iter(identities.into_iter().enumerate())
         .map(|(index, identity)| {
             let target = target.clone();
-            async move { (device::connect(&target, &identity, index).await, identity) }
+            async move {
+                let link = match target.transport {
+                    Transport::Mqtt => device::connect(&target, &identity, index).await.map(Link::Mqtt),
+                    Transport::Amqp => {
+                        amqp_device::connect(&target, &identity, index).await.map(|d| Link::Amqp(Box::new(d)))
+                    }
+                };
+                (link, identity)
+            }
         })
         .buffer_unordered(concurrency.max(1));
     let (mut failed, mut time_to_10k, mut ids) = (0, None, Vec::new());
     while let Some((result, identity)) = attempts.next().await {
         match result {
-            Ok(mqtt) => {
+            Ok(link) => {
                 let count = connected.fetch_add(1, Ordering::Relaxed) + 1;
                 if count == 10_000 {
                     time_to_10k = Some(started.elapsed());
@@ -63,8 +78,13 @@ pub async fn connect(target: Arc<Target>, identities: Vec<Identity>, concurrency
                 ids.push(identity.device_id.clone());
                 let (counters, phase, results) = (counters.clone(), phase_rx.clone(), results_tx.clone());
                 tokio::spawn(async move {
-                    if let Err(error) = device::serve(mqtt, identity.device_id.clone(), counters, phase, results).await
-                    {
+                    let served = match link {
+                        Link::Mqtt(mqtt) => {
+                            device::serve(mqtt, identity.device_id.clone(), counters, phase, results).await
+                        }
+                        Link::Amqp(device) => amqp_device::serve(*device, counters, phase, results).await,
+                    };
+                    if let Err(error) = served {
                         eprintln!("{}: {error:#}", identity.device_id);
                     }
                 });

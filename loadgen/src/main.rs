@@ -7,6 +7,7 @@
 //! holds at most as many connections as it may open files; `--source-ip` spreads connections over several
 //! loopback addresses when ephemeral ports run short.
 
+mod amqp_device;
 mod c2d;
 mod callers;
 mod device;
@@ -60,6 +61,9 @@ struct Cli {
     /// Local addresses to connect from, in turn (e.g. 127.0.0.2,127.0.0.3).
     #[arg(long, global = true, value_delimiter = ',')]
     source_ip: Vec<IpAddr>,
+    /// How the devices connect: MQTT (the default) or AMQP (the .NET SDK's default; `telemetry` and `methods`).
+    #[arg(long, global = true, value_enum, default_value_t = device::Transport::Mqtt)]
+    transport: device::Transport,
     /// Connection attempts in flight at once.
     #[arg(long, global = true, default_value_t = 256)]
     connect_concurrency: usize,
@@ -229,6 +233,8 @@ async fn main() -> anyhow::Result<()> {
     let tls_config = tls(cli.ca.as_ref())?;
     let target = Arc::new(Target {
         addr: cli.mqtt,
+        amqp_addr: cli.amqp,
+        transport: cli.transport,
         host: cli.host.clone(),
         tls: tokio_rustls::TlsConnector::from(Arc::new(tls_config.clone())),
         token_ttl_secs: 4 * 3600,
