@@ -13,7 +13,7 @@ use crate::device::{self, Counters, Identity, Phase, Target, Transport, Work};
 
 /// A connected device, over either transport.
 enum Link {
-    Mqtt(device::Mqtt),
+    Mqtt(Box<device::Mqtt>),
     Amqp(Box<amqp_device::AmqpDevice>),
 }
 use crate::stats::Latencies;
@@ -58,7 +58,9 @@ pub async fn connect(target: Arc<Target>, identities: Vec<Identity>, concurrency
             let target = target.clone();
             async move {
                 let link = match target.transport {
-                    Transport::Mqtt => device::connect(&target, &identity, index).await.map(Link::Mqtt),
+                    Transport::Mqtt => {
+                        device::connect(&target, &identity, index).await.map(|m| Link::Mqtt(Box::new(m)))
+                    }
                     Transport::Amqp => {
                         amqp_device::connect(&target, &identity, index).await.map(|d| Link::Amqp(Box::new(d)))
                     }
@@ -80,7 +82,7 @@ pub async fn connect(target: Arc<Target>, identities: Vec<Identity>, concurrency
                 tokio::spawn(async move {
                     let served = match link {
                         Link::Mqtt(mqtt) => {
-                            device::serve(mqtt, identity.device_id.clone(), counters, phase, results).await
+                            device::serve(*mqtt, identity.device_id.clone(), counters, phase, results).await
                         }
                         Link::Amqp(device) => amqp_device::serve(*device, counters, phase, results).await,
                     };
