@@ -321,16 +321,13 @@ pub(super) async fn serve_telemetry(
     let joined = join(connection, key, Kind::Telemetry);
     let hub = &connection.hub;
     loop {
-        let next = tokio::select! {
-            () = joined.attached.closed.cancelled() => {
+        let delivery = match next_from_device(&mut receiver, &joined.attached, &stop).await {
+            Next::Delivery(delivery) => delivery,
+            Next::Stopped => return Some(receiver),
+            Next::Ended if joined.attached.closed.is_cancelled() => {
                 super::links::close_receiver(receiver, Some(connection_ended())).await;
                 return None;
             }
-            next = next_delivery(&mut receiver, &stop) => next,
-        };
-        let delivery = match next {
-            Next::Delivery(delivery) => delivery,
-            Next::Stopped => return Some(receiver),
             Next::Ended => return None,
         };
         hub.touch(key);
@@ -350,6 +347,15 @@ pub(super) async fn serve_telemetry(
         if settled.is_err() {
             return None;
         }
+    }
+}
+
+/// The next delivery on one of an identity's links; `Ended` also when the hub ended the identity's connection
+/// (then `attached.closed` is cancelled and the caller detaches the link with [`connection_ended`]).
+async fn next_from_device(receiver: &mut Receiver, attached: &Attached, stop: &CancellationToken) -> Next {
+    tokio::select! {
+        () = attached.closed.cancelled() => Next::Ended,
+        next = next_delivery(receiver, stop) => next,
     }
 }
 
@@ -570,16 +576,13 @@ pub(super) async fn serve_method_answers(
     let joined = join(connection, key, Kind::Requests);
     let hub = &connection.hub;
     loop {
-        let next = tokio::select! {
-            () = joined.attached.closed.cancelled() => {
+        let delivery = match next_from_device(&mut receiver, &joined.attached, &stop).await {
+            Next::Delivery(delivery) => delivery,
+            Next::Stopped => return Some(receiver),
+            Next::Ended if joined.attached.closed.is_cancelled() => {
                 super::links::close_receiver(receiver, Some(connection_ended())).await;
                 return None;
             }
-            next = next_delivery(&mut receiver, &stop) => next,
-        };
-        let delivery = match next {
-            Next::Delivery(delivery) => delivery,
-            Next::Stopped => return Some(receiver),
             Next::Ended => return None,
         };
         hub.touch(key);
@@ -705,16 +708,13 @@ pub(super) async fn serve_twin_requests(
     let joined = join(connection, key, Kind::Requests);
     let hub = &connection.hub;
     loop {
-        let next = tokio::select! {
-            () = joined.attached.closed.cancelled() => {
+        let delivery = match next_from_device(&mut receiver, &joined.attached, &stop).await {
+            Next::Delivery(delivery) => delivery,
+            Next::Stopped => return Some(receiver),
+            Next::Ended if joined.attached.closed.is_cancelled() => {
                 super::links::close_receiver(receiver, Some(connection_ended())).await;
                 return None;
             }
-            next = next_delivery(&mut receiver, &stop) => next,
-        };
-        let delivery = match next {
-            Next::Delivery(delivery) => delivery,
-            Next::Stopped => return Some(receiver),
             Next::Ended => return None,
         };
         settle_request(&receiver, &delivery).await;
