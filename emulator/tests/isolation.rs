@@ -244,11 +244,11 @@ async fn amqp_links_open_only_for_a_service_connect_claim_on_this_hub() {
         client.close().await;
     }
 
-    // Tokens that are no service credential for this hub's nodes: `$cbs` answers with `status`, and neither link
-    // opens on them.
+    // Tokens that are no service credential for this hub's nodes: `$cbs` answers with `status` (a device's own
+    // token is a claim, for the device's own links only), and neither service link opens on them.
     let device = device_token(&hub, "d1", "d1", unix_now() + 600);
     let cases: Vec<(&str, String, &str, i32)> = vec![
-        ("a device's own token, for its own audience", device.clone(), "localhost/devices/d1", 401),
+        ("a device's own token, for its own audience", device.clone(), "localhost/devices/d1", 200),
         ("a device's own token, for the hub", device.clone(), "localhost", 401),
         (
             "a ServiceConnect token scoped to one device",
@@ -280,9 +280,15 @@ async fn amqp_links_open_only_for_a_service_connect_claim_on_this_hub() {
         client.close().await;
     }
 
-    // SASL PLAIN with a device's token as the password is refused before the connection opens.
+    // SASL PLAIN with a device's token as the password (as older device SDKs log in) opens the connection for that
+    // device's own links, and no service link.
     let plain = fe2o3_amqp::sasl_profile::SaslProfile::Plain { username: "d1@sas.localhost".into(), password: device };
-    assert!(amqp::try_open(&hub, Some(plain)).await.is_err(), "SASL PLAIN with a device token");
+    let mut client = amqp::try_open(&hub, Some(plain)).await.expect("SASL PLAIN with a device token");
+    let mut sender = client.devicebound().await;
+    assert_eq!(sender_refusal(&mut sender).await, refused, "a device's login: no devicebound link");
+    let mut feedback = client.feedback().await;
+    assert_eq!(receiver_refusal(&mut feedback).await, refused, "a device's login: no feedback link");
+    client.close().await;
 
     let device_doc: Value = hub.get_json("/devices/d1").await;
     let senders = policies.iter().filter(|(_, r)| r.intersects(Rights::SERVICE_CONNECT)).count();
