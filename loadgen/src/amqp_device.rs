@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use fe2o3_amqp::connection::ConnectionHandle;
 use fe2o3_amqp::session::SessionHandle;
-use fe2o3_amqp::types::messaging::{AmqpValue, ApplicationProperties, Body, Data, Message, Outcome, Properties};
+use fe2o3_amqp::types::messaging::{ApplicationProperties, Body, Data, Message, Outcome, Properties};
 use fe2o3_amqp::types::primitives::{Binary, SimpleValue, Value};
 use fe2o3_amqp::{Connection, Receiver, Sender, Session};
 use tokio::sync::{mpsc, watch};
@@ -48,29 +48,7 @@ pub async fn connect(target: &Target, identity: &Identity, index: usize) -> anyh
     let resource = format!("{}/devices/{}", target.host, identity.device_id);
     let token = iothub_proto::generate_token(&resource, &identity.key, None, unix_now() + target.token_ttl_secs)
         .map_err(|e| anyhow::anyhow!("SAS token: {e}"))?;
-    let mut requests = Sender::attach(&mut session, "cbs-requests", "$cbs").await?;
-    let mut replies = Receiver::attach(&mut session, "cbs-replies", "$cbs").await?;
-    let request = Message::builder()
-        .properties(Properties::builder().message_id(1u64).reply_to("cbs").build())
-        .application_properties(
-            ApplicationProperties::builder()
-                .insert("operation", "put-token")
-                .insert("type", "servicebus.windows.net:sastoken")
-                .insert("name", resource.as_str())
-                .build(),
-        )
-        .body(Body::Value(AmqpValue(Value::String(token))))
-        .build();
-    requests.send(request).await.context("put-token")?;
-    let reply = tokio::time::timeout(Duration::from_secs(30), replies.recv::<Body<Value>>())
-        .await
-        .context("no put-token reply within 30 s")?
-        .context("put-token reply")?;
-    replies.accept(&reply).await?;
-    match reply.message().application_properties.as_ref().and_then(|p| p.get("status-code")) {
-        Some(SimpleValue::Int(200)) => {}
-        other => bail!("put-token refused: {other:?}"),
-    }
+    crate::c2d::put_token(&mut session, token, &resource).await?;
     let id = &identity.device_id;
     let events = Sender::attach(&mut session, "events", format!("/devices/{id}/messages/events")).await?;
     let methods = format!("/devices/{id}/methods/devicebound");

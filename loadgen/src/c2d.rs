@@ -28,6 +28,36 @@ pub fn sent_at(body: &[u8]) -> Option<u128> {
     text.strip_prefix("{\"t\":")?.strip_suffix('}')?.parse().ok()
 }
 
+/// Puts `token` for `name` on `$cbs` over `session` (as the SDKs do) and checks the reply's `status-code` 200.
+pub(crate) async fn put_token(session: &mut SessionHandle<()>, token: String, name: &str) -> anyhow::Result<()> {
+    let mut requests = Sender::attach(session, "cbs-requests", "$cbs").await?;
+    let mut replies = Receiver::attach(session, "cbs-replies", "$cbs").await?;
+    let request = Message::builder()
+        .properties(Properties::builder().message_id(1u64).reply_to("cbs").build())
+        .application_properties(
+            ApplicationProperties::builder()
+                .insert("operation", "put-token")
+                .insert("type", "servicebus.windows.net:sastoken")
+                .insert("name", name)
+                .build(),
+        )
+        .body(Body::Value(AmqpValue(Value::String(token))))
+        .build();
+    requests.send(request).await.context("put-token")?;
+    let reply = tokio::time::timeout(Duration::from_secs(30), replies.recv::<Body<Value>>())
+        .await
+        .context("no put-token reply within 30 s")?
+        .context("put-token reply")?;
+    replies.accept(&reply).await?;
+    match reply.message().application_properties.as_ref().and_then(|p| p.get("status-code")) {
+        Some(SimpleValue::Int(200)) => {}
+        other => bail!("put-token refused: {other:?}"),
+    }
+    let _ = requests.close().await;
+    let _ = replies.close().await;
+    Ok(())
+}
+
 /// An open connection and session, authorized for cloud-to-device sends.
 async fn open(
     target: &Target,
@@ -48,28 +78,7 @@ async fn open(
     let expiry = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) + 4 * 3600;
     let token = iothub_proto::generate_token(&service.host_name, &service.key, Some(&service.key_name), expiry)
         .map_err(|e| anyhow::anyhow!("SAS token: {e}"))?;
-    let mut requests = Sender::attach(&mut session, "cbs-requests", "$cbs").await?;
-    let mut replies = Receiver::attach(&mut session, "cbs-replies", "$cbs").await?;
-    let request = Message::builder()
-        .properties(Properties::builder().message_id(1u64).reply_to("cbs").build())
-        .application_properties(
-            ApplicationProperties::builder()
-                .insert("operation", "put-token")
-                .insert("type", "servicebus.windows.net:sastoken")
-                .insert("name", service.host_name.as_str())
-                .build(),
-        )
-        .body(Body::Value(AmqpValue(Value::String(token))))
-        .build();
-    requests.send(request).await.context("put-token")?;
-    let reply = replies.recv::<Body<Value>>().await.context("put-token reply")?;
-    replies.accept(&reply).await?;
-    match reply.message().application_properties.as_ref().and_then(|p| p.get("status-code")) {
-        Some(SimpleValue::Int(200)) => {}
-        other => bail!("put-token refused: {other:?}"),
-    }
-    let _ = requests.close().await;
-    let _ = replies.close().await;
+    put_token(&mut session, token, &service.host_name).await?;
     Ok((connection, session))
 }
 

@@ -54,6 +54,17 @@ pub(super) fn property_text(value: &SimpleValue) -> Option<String> {
     })
 }
 
+/// A message's body as bytes: its data sections joined, or a string or binary value; `None` for other values.
+pub(super) fn body_of(message: &AmqpMessage<Body<Value>>) -> Option<Vec<u8>> {
+    Some(match &message.body {
+        Body::Data(sections) => sections.iter().flat_map(|d| d.0.iter().copied()).collect(),
+        Body::Value(AmqpValue(Value::String(text))) => text.clone().into_bytes(),
+        Body::Value(AmqpValue(Value::Binary(bytes))) => bytes.to_vec(),
+        Body::Empty => Vec::new(),
+        _ => return None,
+    })
+}
+
 /// The device a `to` of `/devices/<id>/messages/devicebound` names (percent-decoded: Node encodes the id).
 fn device_of(to: &str) -> Option<String> {
     let id = super::links::path_of(to).strip_prefix("/devices/")?.strip_suffix("/messages/devicebound")?;
@@ -82,13 +93,8 @@ pub(super) fn read(message: &AmqpMessage<Body<Value>>) -> Result<(String, Messag
             application.push((key.clone(), text));
         }
     }
-    let body = match &message.body {
-        Body::Data(sections) => sections.iter().flat_map(|d| d.0.iter().copied()).collect(),
-        Body::Value(AmqpValue(Value::String(text))) => text.clone().into_bytes(),
-        Body::Value(AmqpValue(Value::Binary(bytes))) => bytes.to_vec(),
-        Body::Empty => Vec::new(),
-        _ => return Err(error(AmqpError::DecodeError, "The body must be data (or a string or binary value)")),
-    };
+    let body = body_of(message)
+        .ok_or_else(|| error(AmqpError::DecodeError, "The body must be data (or a string or binary value)"))?;
     let expiry = properties
         .and_then(|p| p.absolute_expiry_time.as_ref())
         .and_then(|t| Timestamp::from_millisecond(t.milliseconds()).ok());

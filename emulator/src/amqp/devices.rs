@@ -22,15 +22,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::Bytes;
 use fe2o3_amqp::types::definitions::{self, AmqpError, LinkError};
 use fe2o3_amqp::types::messaging::{
-    AmqpValue, ApplicationProperties, Body, Data, Message as AmqpMessage, MessageAnnotations, MessageId, Outcome,
-    Properties,
+    ApplicationProperties, Body, Data, Message as AmqpMessage, MessageAnnotations, MessageId, Outcome, Properties,
 };
 use fe2o3_amqp::types::primitives::{Binary, SimpleValue, Timestamp as AmqpTimestamp, Value};
 use fe2o3_amqp::{Receiver, Sender};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::c2d::{id_text, property_text};
+use super::c2d::{body_of, id_text, property_text};
 use super::context::Connection;
 use super::links::{Next, error, next_delivery};
 use crate::domain::c2d::Settlement;
@@ -267,13 +266,8 @@ fn telemetry_of(
     message: &AmqpMessage<Body<Value>>,
     hub: &Hub,
 ) -> Result<TelemetryMessage, definitions::Error> {
-    let body: Vec<u8> = match &message.body {
-        Body::Data(sections) => sections.iter().flat_map(|d| d.0.iter().copied()).collect(),
-        Body::Value(AmqpValue(Value::String(text))) => text.clone().into_bytes(),
-        Body::Value(AmqpValue(Value::Binary(bytes))) => bytes.to_vec(),
-        Body::Empty => Vec::new(),
-        _ => return Err(error(AmqpError::DecodeError, "The body must be data (or a string or binary value)")),
-    };
+    let body: Vec<u8> = body_of(message)
+        .ok_or_else(|| error(AmqpError::DecodeError, "The body must be data (or a string or binary value)"))?;
     if body.len() > telemetry::MAX_BODY_BYTES {
         return Err(error(LinkError::MessageSizeExceeded, "A device-to-cloud message may be at most 256 KB"));
     }
@@ -506,13 +500,9 @@ fn integer(value: &Value) -> Option<i64> {
     }
 }
 
+/// A request's body as bytes, empty when it has none this hub reads.
 fn body_bytes(message: &AmqpMessage<Body<Value>>) -> Vec<u8> {
-    match &message.body {
-        Body::Data(sections) => sections.iter().flat_map(|d| d.0.iter().copied()).collect(),
-        Body::Value(AmqpValue(Value::String(text))) => text.clone().into_bytes(),
-        Body::Value(AmqpValue(Value::Binary(bytes))) => bytes.to_vec(),
-        _ => Vec::new(),
-    }
+    body_of(message).unwrap_or_default()
 }
 
 /// Settles a request the device may have sent pre-settled (the twin link does): a failed disposition of a
