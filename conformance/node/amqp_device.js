@@ -12,7 +12,7 @@
 const crypto = require('crypto');
 const { Client: DeviceClient, Message } = require('azure-iot-device');
 const { Amqp, AmqpWs } = require('azure-iot-device-amqp');
-const { Client: ServiceClient, ConnectionString, JobClient, Registry, SharedAccessSignature } = require('azure-iothub');
+const { Client: ServiceClient, JobClient, Registry } = require('azure-iothub');
 const { EventHubConsumerClient, earliestEventPosition } = require('@azure/event-hubs');
 const harness = require('./harness');
 const { check, withTimeout } = harness;
@@ -57,18 +57,7 @@ async function simDevice(device, transport) {
 }
 
 // The emulator's test-suite controls (/emulator/...), signed like the service SDK signs (owner policy).
-async function emulator(method, path, body) {
-  const { SharedAccessKeyName: keyName, SharedAccessKey: key } = ConnectionString.parse(connectionString);
-  const token = SharedAccessSignature.create(hostName, keyName, key, Math.ceil(Date.now() / 1000) + 3600).toString();
-  const response = await fetch(`https://${hostName}${path}`, {
-    method,
-    headers: { Authorization: token, 'Content-Type': 'application/json' },
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
-  const text = await response.text();
-  if (!response.ok) throw new Error(`${method} ${path}: ${response.status} ${text}`);
-  return text ? JSON.parse(text) : undefined;
-}
+const emulator = harness.emulatorControls(connectionString);
 
 const connectionState = async (id) => (await registry.getTwin(id)).responseBody.connectionState;
 

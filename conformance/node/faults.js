@@ -31,8 +31,8 @@
 const crypto = require('crypto');
 const { Client: DeviceClient } = require('azure-iot-device');
 const { Mqtt } = require('azure-iot-device-mqtt');
-const { Client: ServiceClient, ConnectionString, JobClient, Registry, SharedAccessSignature } = require('azure-iothub');
-const { ownerConnection, check, scenario, deviceMaker, fail, run, withTimeout } = require('./harness');
+const { Client: ServiceClient, JobClient, Registry } = require('azure-iothub');
+const { emulatorControls, ownerConnection, check, scenario, deviceMaker, fail, run, withTimeout } = require('./harness');
 
 const { connectionString, hostName } = ownerConnection();
 const registry = Registry.fromConnectionString(connectionString);
@@ -59,18 +59,7 @@ async function until(condition, ms, what) {
 
 // The emulator-only controls under /emulator/, authorized like the service SDK authorizes itself: a SAS token of
 // the owner policy for the hub host name.
-async function emulator(method, path, body) {
-  const { SharedAccessKeyName: keyName, SharedAccessKey: key } = ConnectionString.parse(connectionString);
-  const token = SharedAccessSignature.create(hostName, keyName, key, Math.ceil(Date.now() / 1000) + 3600).toString();
-  const response = await fetch(`https://${hostName}${path}`, {
-    method,
-    headers: { Authorization: token, 'Content-Type': 'application/json' },
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
-  const text = await response.text();
-  if (!response.ok) throw new Error(`${method} ${path}: ${response.status} ${text}`);
-  return text ? JSON.parse(text) : undefined;
-}
+const emulator = emulatorControls(connectionString);
 
 async function health() {
   const response = await fetch(`https://${hostName}/emulator/health`);

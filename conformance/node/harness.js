@@ -88,4 +88,22 @@ function run(main, { seconds, clients, service, registry, created }) {
     });
 }
 
-module.exports = { ownerConnection, check, scenario, withTimeout, fail, finish, deviceMaker, run };
+// A caller of the emulator's test-suite controls (/emulator/...), signed as the service SDK signs itself with the
+// owner connection string: `await emulator('POST', '/emulator/faults', {...})` gives the parsed answer.
+function emulatorControls(connectionString) {
+  const { ConnectionString, SharedAccessSignature } = require('azure-iothub');
+  const { HostName: hostName, SharedAccessKeyName: keyName, SharedAccessKey: key } = ConnectionString.parse(connectionString);
+  return async function emulator(method, path, body) {
+    const token = SharedAccessSignature.create(hostName, keyName, key, Math.ceil(Date.now() / 1000) + 3600).toString();
+    const response = await fetch(`https://${hostName}${path}`, {
+      method,
+      headers: { Authorization: token, 'Content-Type': 'application/json' },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    const text = await response.text();
+    if (!response.ok) throw new Error(`${method} ${path}: ${response.status} ${text}`);
+    return text ? JSON.parse(text) : undefined;
+  };
+}
+
+module.exports = { emulatorControls, ownerConnection, check, scenario, withTimeout, fail, finish, deviceMaker, run };
