@@ -122,6 +122,38 @@ async fn cloud_to_device_messages_complete_reject_and_abandon_by_disposition() {
     amqp.close().await;
 }
 
+/// The .NET SDK takes a cloud-to-device message's lock token from its delivery tag (`new Guid(tag)`, 16 bytes) and
+/// announces 64 KiB frames; the hub's frames stay within what a peer announces.
+#[tokio::test]
+async fn cloud_to_device_tags_are_16_bytes_unique_per_link_and_frames_fit_the_peers_size() {
+    let hub = start().await;
+    hub.create_device("d1").await;
+    let body = "x".repeat(5_000);
+    let mut tags = Vec::new();
+    for round in 0..2 {
+        let mut amqp = common::amqp::open_taking_frames_of(&hub, None, Some(1_024)).await.expect("open");
+        let token = device_token(&hub, "d1", "d1", unix_now() + 600);
+        assert_eq!(amqp.put_token(&token, &audience("d1")).await, 200);
+        let mut receiver = amqp.receiver_from("c2d", "/devices/d1/messages/devicebound").await;
+        send_c2d(&hub, "d1", &format!("{body}{round}")).await;
+        let delivery =
+            tokio::time::timeout(WAIT, receiver.recv::<Body<Value>>()).await.expect("in time").expect("whole message");
+        assert!(
+            matches!(&delivery.message().body, Body::Data(d) if d.iter().map(|s| s.0.len()).sum::<usize>() == 5_001),
+            "a message over several 1 KiB frames arrives whole"
+        );
+        let tag = delivery.delivery_tag().to_vec();
+        assert_eq!(tag.len(), 16, "a GUID's worth");
+        receiver.accept(&delivery).await.expect("settled by the delivery the tag names");
+        tags.push(tag);
+        amqp.close().await;
+    }
+    assert_ne!(tags[0], tags[1], "a lock token from an earlier link names nothing on the next");
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let stats: Json = hub.get_json("/devices/d1").await;
+    assert_eq!(stats["cloudToDeviceMessageCount"], 0, "both completed");
+}
+
 #[tokio::test]
 async fn several_devices_share_a_connection_each_confined_to_its_own_addresses() {
     let hub = start().await;
@@ -129,8 +161,10 @@ async fn several_devices_share_a_connection_each_confined_to_its_own_addresses()
     hub.create_device("b").await;
     hub.create_device("c").await;
     let mut amqp = device_connection(&hub, "a").await;
+    // b puts its token as .NET's pooled device clients do: type `azure-devices.net:sastoken`, audience
+    // `<host>/devices/<id>`.
     let token_b = device_token(&hub, "b", "b", unix_now() + 600);
-    assert_eq!(amqp.put_token(&token_b, &audience("b")).await, 200);
+    assert_eq!(amqp.put_token_of_type(&token_b, &audience("b"), "azure-devices.net:sastoken").await, 200);
     let mut to_a = amqp.sender_to("a-events", "/devices/a/messages/events").await;
     let mut to_b = amqp.sender_to("b-events", "/devices/b/messages/events").await;
     assert!(matches!(send(&mut to_a, telemetry("from a")).await, Outcome::Accepted(_)));
@@ -168,6 +202,41 @@ async fn one_connection_per_identity_across_transports() {
     let twin: Json = response.json().await.expect("json");
     assert_eq!(twin["connectionState"], "Connected");
     amqp.close().await;
+}
+
+/// A device's links live as long as its token: renewed on `$cbs` in time (as the SDKs do before expiry) they go
+/// on; left to expire, they are detached with `amqp:unauthorized-access` and the device is disconnected.
+#[tokio::test]
+async fn device_links_end_when_their_token_expires_unless_it_is_renewed() {
+    let hub = start().await;
+    hub.create_device("renewing").await;
+    hub.create_device("lapsing").await;
+    let short = |id: &str| device_token(&hub, id, id, unix_now() + 2);
+
+    let mut renewing = common::amqp::open(&hub, None).await;
+    assert_eq!(renewing.put_token(&short("renewing"), &audience("renewing")).await, 200);
+    let mut events = renewing.sender_to("events", "/devices/renewing/messages/events").await;
+    let mut lapsing = common::amqp::open(&hub, None).await;
+    assert_eq!(lapsing.put_token(&short("lapsing"), &audience("lapsing")).await, 200);
+    let mut c2d = lapsing.receiver_from("c2d", "/devices/lapsing/messages/devicebound").await;
+    let mut lapsing_events = lapsing.sender_to("events", "/devices/lapsing/messages/events").await;
+    assert!(matches!(send(&mut lapsing_events, telemetry("{}")).await, Outcome::Accepted(_)));
+    assert!(hub.emulator.hub().is_connected("lapsing"));
+
+    let renewed = device_token(&hub, "renewing", "renewing", unix_now() + 600);
+    assert_eq!(renewing.put_token(&renewed, &audience("renewing")).await, 200);
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+
+    assert!(matches!(send(&mut events, telemetry("{}")).await, Outcome::Accepted(_)), "renewed in time");
+    assert_eq!(
+        receiver_refusal(&mut c2d).await,
+        Some(ErrorCondition::AmqpError(AmqpError::UnauthorizedAccess)),
+        "the lapsed token's receiver is detached, saying why"
+    );
+    assert!(lapsing_events.send(telemetry("late")).await.is_err(), "and its sender too");
+    assert!(!hub.emulator.hub().is_connected("lapsing"), "a device without links is disconnected");
+    assert!(hub.emulator.hub().is_connected("renewing"));
+    renewing.close().await;
 }
 
 #[tokio::test]

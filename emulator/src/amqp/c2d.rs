@@ -148,10 +148,10 @@ pub(super) async fn serve(
             Err(unreadable) => Err(unreadable),
         };
         let settled = match queued {
-            Ok(()) => receiver.accept(&*delivery).await,
+            Ok(()) => Box::pin(receiver.accept(&*delivery)).await,
             Err(reason) => {
                 tracing::debug!(peer = %connection.peer, condition = ?reason.condition, "message refused");
-                receiver.reject(&*delivery, reason).await
+                Box::pin(receiver.reject(&*delivery, reason)).await
             }
         };
         if settled.is_err() {

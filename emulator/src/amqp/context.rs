@@ -17,8 +17,9 @@ use crate::hub::Hub;
 /// How long a reply waits for the client to attach its reply link.
 const REPLY_LINK_WAIT: Duration = Duration::from_secs(5);
 
-/// A `$cbs` or `$management` reply on its way to the client.
-pub(super) type Reply = Message<Body<Value>>;
+/// A `$cbs` or `$management` reply on its way to the client (boxed: a message is ~600 bytes, and every reply
+/// link's channel holds a block of 32 slots from the start).
+pub(super) type Reply = Box<Message<Body<Value>>>;
 
 /// The state one connection shares with its links.
 pub(super) struct Connection {

@@ -299,7 +299,7 @@ pub(super) async fn serve_partition(
                 }
                 // The outcome is not awaited: a pre-settled delivery has none, and on an unsettled link the
                 // client's disposition changes nothing here.
-                sent = sender.send_batchable(delivery) => if sent.is_err() { return None },
+                sent = Box::pin(sender.send_batchable(delivery)) => if sent.is_err() { return None },
             }
             next = event.sequence + 1;
         }

@@ -47,7 +47,7 @@ pub(super) async fn serve(mut sender: Sender, connection: &Connection, stop: Can
                 let _ = hub.abandon_feedback(&batch.token);
                 return Some(sender);
             }
-            sent = sender.send(message(&batch, &hub_name, hub.clock().now())) => sent,
+            sent = Box::pin(sender.send(message(&batch, &hub_name, hub.clock().now()))) => sent,
         };
         match sent {
             Ok(Outcome::Accepted(_) | Outcome::Rejected(_)) => {

@@ -1,5 +1,6 @@
 //! The byte stream under an AMQP connection: replays the protocol header the endpoint read to choose between
-//! SASL and plain AMQP, guards fe2o3 against frames it cannot decode, and can be cut off.
+//! SASL and plain AMQP, lowers the max-frame-size the peer's open announces to fe2o3 by the room the outbound
+//! rewrite needs, guards fe2o3 against frames it cannot decode, and can be cut off.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -9,7 +10,8 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-use super::padding::FramePadder;
+use super::encoding::{self, MAX_DECLARED, walk};
+use super::outbound::{HEADROOM, OutboundFrames};
 
 /// Padded bytes the stream may hold back before a write waits for the peer to read.
 const MAX_UNWRITTEN: usize = 256 * 1024;
@@ -22,12 +24,17 @@ const MAX_UNWRITTEN: usize = 256 * 1024;
 /// `Read::read_bytes`): one 60-byte frame declaring a 3 GB symbol would have the emulator allocate 3 GB,
 /// and one that declares 4 GiB in a message's properties the same (found by fuzz/fuzz_targets/amqp_frames.rs).
 pub(super) struct PrefixedIo<S> {
-    header: [u8; 8],
-    pos: usize,
+    /// Inbound bytes handed to fe2o3 before any more are read: the replayed header, then frames held back
+    /// until the peer's open had passed ([`PeerOpen`]). `ready_at` of them are read.
+    ready: Vec<u8>,
+    ready_at: usize,
+    /// `None` once the peer's open has passed.
+    before_open: Option<PeerOpen>,
     inner: S,
     guard: FrameGuard,
-    /// Outbound frames get their full field lists (`padding`), and wait in `out` until the stream takes them.
-    padder: FramePadder,
+    /// Outbound frames are rewritten (`outbound`: full field lists, 16-byte delivery tags), and wait in `out`
+    /// until the stream takes them.
+    outbound: OutboundFrames,
     out: Vec<u8>,
     written: usize,
     kill: CancellationToken,
@@ -37,12 +44,16 @@ pub(super) struct PrefixedIo<S> {
 impl<S> PrefixedIo<S> {
     pub(super) fn new(header: [u8; 8], inner: S, kill: CancellationToken) -> Self {
         let killed = Box::pin(kill.clone().cancelled_owned());
+        let mut before_open = PeerOpen::default();
+        let mut ready = Vec::new();
+        let passed = before_open.push(&header, &mut ready);
         Self {
-            header,
-            pos: 0,
+            ready,
+            ready_at: 0,
+            before_open: (!passed).then_some(before_open),
             inner,
             guard: FrameGuard::default(),
-            padder: FramePadder::default(),
+            outbound: OutboundFrames::default(),
             out: Vec::new(),
             written: 0,
             kill,
@@ -60,7 +71,7 @@ impl<S> PrefixedIo<S> {
 
 impl<S> fmt::Debug for PrefixedIo<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PrefixedIo").field("replayed", &self.pos).finish()
+        f.debug_struct("PrefixedIo").field("open_passed", &self.before_open.is_none()).finish()
     }
 }
 
@@ -69,18 +80,108 @@ impl<S: AsyncRead + Unpin> AsyncRead for PrefixedIo<S> {
         let this = &mut *self;
         this.check_killed(cx)?;
         let before = buf.filled().len();
-        if this.pos < this.header.len() {
-            let n = (this.header.len() - this.pos).min(buf.remaining());
-            buf.put_slice(&this.header[this.pos..this.pos + n]);
-            this.pos += n;
-        } else {
-            std::task::ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+        loop {
+            if this.ready_at < this.ready.len() {
+                let n = (this.ready.len() - this.ready_at).min(buf.remaining());
+                buf.put_slice(&this.ready[this.ready_at..this.ready_at + n]);
+                this.ready_at += n;
+                if this.ready_at == this.ready.len() {
+                    this.ready = Vec::new();
+                    this.ready_at = 0;
+                }
+                break;
+            }
+            let Some(open) = &mut this.before_open else {
+                std::task::ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+                break;
+            };
+            let mut chunk = [0u8; 1024];
+            let mut read = ReadBuf::new(&mut chunk);
+            std::task::ready!(Pin::new(&mut this.inner).poll_read(cx, &mut read))?;
+            if read.filled().is_empty() {
+                // The peer is gone before its open: fe2o3 gets what it sent, then the end of the stream.
+                this.ready.append(&mut open.pending);
+                this.before_open = None;
+                continue;
+            }
+            if open.push(read.filled(), &mut this.ready) {
+                this.before_open = None;
+            }
         }
         // On Err the caller discards what was put in `buf` (tokio-util only advances on Ok).
         this.guard.scan(&buf.filled()[before..])?;
         Poll::Ready(Ok(()))
     }
 }
+
+/// Holds inbound protocol headers and frames until the peer's open (the first AMQP frame) is whole, and lowers
+/// the max-frame-size it announces by [`HEADROOM`]: fe2o3 then writes frames that the outbound rewrite
+/// ([`super::outbound`]) can lengthen without going past what the peer takes (.NET's is 64 KiB).
+#[derive(Debug, Default)]
+struct PeerOpen {
+    pending: Vec<u8>,
+}
+
+impl PeerOpen {
+    /// Moves every whole header and frame of `data` (after what came before) to `ready`; true once the open has
+    /// gone, with everything after it. A frame this cannot follow (a size the guard refuses) ends the holding
+    /// too: the guard then refuses the stream.
+    fn push(&mut self, data: &[u8], ready: &mut Vec<u8>) -> bool {
+        self.pending.extend_from_slice(data);
+        let mut at = 0;
+        let passed = loop {
+            let rest = &self.pending[at..];
+            if rest.starts_with(b"AMQP") || (rest.len() < 4 && b"AMQP".starts_with(rest)) {
+                if rest.len() < 8 {
+                    break false;
+                }
+                at += 8;
+                continue;
+            }
+            let Some(size) = rest.get(..4).map(|s| u32::from_be_bytes([s[0], s[1], s[2], s[3]])) else {
+                break false;
+            };
+            if !(8..=super::MAX_FRAME_SIZE).contains(&size) {
+                break true;
+            }
+            let size = size as usize;
+            if rest.len() < size {
+                break false;
+            }
+            let frame = &mut self.pending[at..at + size];
+            at += size;
+            if lower_max_frame_size(frame) {
+                break true;
+            }
+        };
+        if passed {
+            ready.append(&mut self.pending);
+        } else {
+            ready.extend(self.pending.drain(..at));
+        }
+        passed
+    }
+}
+
+/// If `frame` is an AMQP open, lowers its max-frame-size in place (a `uint`, the form every client sends; null
+/// means 4 GiB, where there is room anyway) and says so.
+fn lower_max_frame_size(frame: &mut [u8]) -> bool {
+    let (Some(&doff), Some(&kind)) = (frame.get(4), frame.get(5)) else { return false };
+    let Some(body) = frame.get(usize::from(doff) * 4..) else { return false };
+    if kind != 0 {
+        return false;
+    }
+    let Some(open) = encoding::performative(body).filter(|p| p.code == encoding::OPEN) else { return false };
+    let Some(field) = open.fields.get(2).filter(|f| f.len() == 5 && f[0] == 0x70) else { return true };
+    let Some(announced) = encoding::uint(field) else { return true };
+    let at = field.as_ptr() as usize - frame.as_ptr() as usize + 1;
+    let lowered = announced.saturating_sub(HEADROOM).max(MIN_MAX_FRAME_SIZE);
+    frame[at..at + 4].copy_from_slice(&lowered.to_be_bytes());
+    true
+}
+
+/// The smallest max-frame-size AMQP allows (part 2, 2.7.1).
+const MIN_MAX_FRAME_SIZE: u32 = 512;
 
 /// Tracks frame boundaries of the inbound byte stream (protocol headers and frames, SASL then
 /// AMQP), rejects frame sizes below the 8-byte frame header or above the endpoint's max frame size,
@@ -109,14 +210,8 @@ impl Default for Stream {
     }
 }
 
-/// Largest length, size or count an encoded value may declare. Nothing legitimate comes near: a frame
-/// is at most 64 KiB, a message at most 1 MiB.
-const MAX_DECLARED: u32 = 1 << 20;
 /// Most payload bytes of unfinished multi-frame deliveries a connection may have buffered here.
 const MAX_BUFFERED: usize = 4 << 20;
-/// Transfer performative descriptors.
-const TRANSFER_CODE: u8 = 0x14;
-const TRANSFER_SYMBOL: &[u8] = b"amqp:transfer:list";
 
 fn invalid(message: String) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, message)
@@ -248,137 +343,13 @@ struct TransferFields {
 /// The handle, `more` and `aborted` of a transfer performative; `None` for any other performative (or
 /// one the guard cannot read: fe2o3 refuses it then).
 fn transfer_fields(performative: &[u8]) -> Option<TransferFields> {
-    let mut bytes = performative.strip_prefix(&[0x00])?;
-    let descriptor = take_value(&mut bytes)?;
-    let is_transfer = match descriptor {
-        [0x53, code] | [0x80, 0, 0, 0, 0, 0, 0, 0, code] => *code == TRANSFER_CODE,
-        [0xa3, _, symbol @ ..] | [0xb3, _, _, _, _, symbol @ ..] => symbol == TRANSFER_SYMBOL,
-        _ => false,
-    };
-    if !is_transfer {
-        return None;
-    }
-    let (code, mut items) = bytes.split_first()?;
-    let count = match code {
-        0x45 => 0,
-        0xc0 => {
-            let count = u32::from(*items.get(1)?);
-            items = items.get(2..)?;
-            count
-        }
-        0xd0 => {
-            let count = u32::from_be_bytes(items.get(4..8)?.try_into().ok()?);
-            items = items.get(8..)?;
-            count
-        }
-        _ => return None,
-    };
-    let mut fields = Vec::new();
-    for _ in 0..count.min(10) {
-        fields.push(take_value(&mut items)?);
-    }
-    let handle = match fields.first()? {
-        [0x43] => 0,
-        [0x52, n] => u32::from(*n),
-        [0x70, b @ ..] => u32::from_be_bytes((*b).try_into().ok()?),
-        _ => return None,
-    };
-    let flag = |field: usize| matches!(fields.get(field), Some([0x41] | [0x56, 1]));
-    Some(TransferFields { handle, more: flag(5), aborted: flag(9) })
-}
-
-/// Takes one whole encoded value off the front of `bytes`, if it is there and within the limits.
-fn take_value<'a>(bytes: &mut &'a [u8]) -> Option<&'a [u8]> {
-    let start = *bytes;
-    match walk(bytes, 0) {
-        Ok(true) => Some(&start[..start.len() - bytes.len()]),
-        _ => None,
-    }
-}
-
-/// Nesting deeper than this is left to serde_amqp (which refuses it) rather than followed here.
-const MAX_DEPTH: u32 = 64;
-
-/// Walks one encoded value off the front of `bytes` (AMQP 1.0 part 1: the constructor's high nibble
-/// says how its width is encoded). `Err(declared)` when it, or anything in it, declares a length, size
-/// or count above [`MAX_DECLARED`]; `Ok(false)` when the value cannot be followed (cut short, an
-/// unknown constructor, too deep); `Ok(true)` when it was walked whole.
-fn walk(bytes: &mut &[u8], depth: u32) -> Result<bool, u32> {
-    if depth > MAX_DEPTH {
-        return Ok(false);
-    }
-    let Some((&code, rest)) = bytes.split_first() else { return Ok(false) };
-    *bytes = rest;
-    if code == 0x00 {
-        return Ok(walk(bytes, depth + 1)? && walk(bytes, depth + 1)?);
-    }
-    walk_after(code, bytes, depth)
-}
-
-/// Walks what follows the constructor `code`.
-fn walk_after(code: u8, bytes: &mut &[u8], depth: u32) -> Result<bool, u32> {
-    let skip = |bytes: &mut &[u8], n: usize| match bytes.get(n..) {
-        Some(rest) => {
-            *bytes = rest;
-            true
-        }
-        None => false,
-    };
-    let read = |bytes: &mut &[u8], width: usize| -> Option<u32> {
-        let field = bytes.get(..width)?;
-        *bytes = &bytes[width..];
-        Some(field.iter().fold(0u32, |n, b| (n << 8) | u32::from(*b)))
-    };
-    let declared = |n: u32| if n > MAX_DECLARED { Err(n) } else { Ok(n as usize) };
-    let width = match code >> 4 {
-        0x4 => return Ok(true),
-        0x5 => return Ok(skip(bytes, 1)),
-        0x6 => return Ok(skip(bytes, 2)),
-        0x7 => return Ok(skip(bytes, 4)),
-        0x8 => return Ok(skip(bytes, 8)),
-        0x9 => return Ok(skip(bytes, 16)),
-        0xa | 0xc | 0xe => 1,
-        0xb | 0xd | 0xf => 4,
-        _ => return Ok(false),
-    };
-    let Some(size) = read(bytes, width) else { return Ok(false) };
-    let size = declared(size)?;
-    if code >> 4 <= 0xb {
-        // variable width: binary, string, symbol
-        return Ok(skip(bytes, size));
-    }
-    // compound (list, map) or array: the count, then the items, within `size`. serde_amqp reads the
-    // items without checking `size` first, so a compound cut short is walked as far as it goes.
-    let (mut inner, after) = bytes.split_at(size.min(bytes.len()));
-    *bytes = after;
-    let Some(count) = read(&mut inner, width) else { return Ok(false) };
-    declared(count)?;
-    if code >> 4 <= 0xd {
-        for _ in 0..count {
-            if !walk(&mut inner, depth + 1)? {
-                return Ok(false);
-            }
-        }
-        return Ok(true);
-    }
-    let Some((&element, rest)) = inner.split_first() else { return Ok(false) };
-    inner = rest;
-    let element = if element == 0x00 {
-        if !walk(&mut inner, depth + 1)? {
-            return Ok(false);
-        }
-        let Some((&element, rest)) = inner.split_first() else { return Ok(false) };
-        inner = rest;
-        element
-    } else {
-        element
-    };
-    for _ in 0..count {
-        if !walk_after(element, &mut inner, depth + 1)? {
-            return Ok(false);
-        }
-    }
-    Ok(true)
+    let transfer = encoding::performative(performative).filter(|p| p.code == encoding::TRANSFER)?;
+    let handle = encoding::uint(transfer.fields.first()?)?;
+    Some(TransferFields {
+        handle,
+        more: encoding::is_true(transfer.fields.get(5)),
+        aborted: encoding::is_true(transfer.fields.get(9)),
+    })
 }
 
 impl<S: AsyncWrite + Unpin> PrefixedIo<S> {
@@ -409,7 +380,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for PrefixedIo<S> {
             return Poll::Pending;
         }
         let this = &mut *self;
-        this.padder.push(data, &mut this.out);
+        this.outbound.push(data, &mut this.out);
         if let Poll::Ready(Err(error)) = self.poll_drain(cx) {
             return Poll::Ready(Err(error));
         }
@@ -508,5 +479,43 @@ mod tests {
         guard.scan(&[0, 0, 0, 8, 2, 1, 0, 0]).expect("a SASL frame");
         guard.scan(b"AMQP\x00\x01\x00\x00").expect("the AMQP header that follows");
         guard.scan(&[0, 0, 0, 8, 2, 0, 0, 0]).expect("a frame");
+    }
+
+    /// An open from `container` announcing `max_frame_size` as a uint, as rhea, uamqp and .NET send it.
+    fn open_announcing(max_frame_size: u32) -> Vec<u8> {
+        let mut fields = vec![0xa1, 1, b'c', 0x40, 0x70];
+        fields.extend_from_slice(&max_frame_size.to_be_bytes());
+        let mut body = vec![0x00, 0x53, 0x10, 0xc0, (fields.len() + 1) as u8, 3];
+        body.extend_from_slice(&fields);
+        frame(&body)
+    }
+
+    #[test]
+    fn the_peers_open_reaches_fe2o3_with_room_for_the_rewrite_whatever_the_reads() {
+        let mut stream = b"AMQP\x03\x01\x00\x00".to_vec();
+        stream.extend_from_slice(&[0, 0, 0, 8, 2, 1, 0, 0]); // a SASL frame
+        stream.extend_from_slice(b"AMQP\x00\x01\x00\x00");
+        stream.extend_from_slice(&open_announcing(65_536));
+        stream.extend_from_slice(&[0, 0, 0, 8, 2, 0, 0, 0]); // what follows the open passes as it is
+        let mut expected = stream.clone();
+        let at = expected.len() - 8 - 4;
+        expected[at..at + 4].copy_from_slice(&(65_536 - HEADROOM).to_be_bytes());
+        for chunk_size in [1, 3, 7, stream.len()] {
+            let mut open = PeerOpen::default();
+            let mut ready = Vec::new();
+            let mut passed = false;
+            for chunk in stream.chunks(chunk_size) {
+                if passed {
+                    ready.extend_from_slice(chunk);
+                } else {
+                    passed = open.push(chunk, &mut ready);
+                }
+            }
+            assert!(passed, "the open passed (reads of {chunk_size})");
+            assert_eq!(ready, expected, "reads of {chunk_size}");
+        }
+        let mut ready = Vec::new();
+        assert!(PeerOpen::default().push(&open_announcing(512), &mut ready));
+        assert_eq!(ready, open_announcing(512), "never below the smallest max-frame-size AMQP allows");
     }
 }

@@ -6,16 +6,23 @@
 //! WebSocket stream. Clients open three ways: no SASL at all (Node's rhea), SASL MSSBCBS (Python's uamqp), SASL
 //! PLAIN or ANONYMOUS (Event Hubs clients). fe2o3's acceptor with SASL refuses a plain header, so the endpoint
 //! reads the protocol header itself and picks the path. One task per connection, per session and per link.
+//!
+//! Memory: fe2o3's futures are large (a send ~3.9 KB, a receive ~2.9 KB, a detach ~5 KB), and an async fn's state
+//! is as large as the largest thing it ever awaits, for the task's whole life. So the handshake, attaches, sends,
+//! dispositions and detaches are boxed where they are awaited, and messages in channels are boxed (a channel holds
+//! a block of 32 slots from the start). heaptrack, 1,000 AMQP devices: 197 → 156 MB of heap; what remains is
+//! mostly fe2o3's own channels and tasks (~85 KB a connection).
 
 mod c2d;
 mod cbs;
 mod context;
 mod devices;
+mod encoding;
 mod eventhubs;
 mod feedback;
 mod io;
 mod links;
-mod padding;
+mod outbound;
 mod request;
 mod sasl;
 
@@ -81,13 +88,14 @@ where
         .channel_max(255u16)
         .idle_time_out(IDLE_TIMEOUT_MS);
     let sasl = Sasl::new(Arc::clone(&hub));
-    let opening = async {
+    // Boxed: the handshake's state is large, and inline it would stay in the connection task's state for good.
+    let opening = Box::pin(async {
         if use_sasl {
             acceptor.sasl_acceptor(sasl.clone()).build().accept(io).await.map_err(|e| format!("{e:?}"))
         } else {
             acceptor.build().accept(io).await.map_err(|e| format!("{e:?}"))
         }
-    };
+    });
     let mut handle = tokio::select! {
         () = shutdown.cancelled() => return,
         opened = tokio::time::timeout(handshake, opening) => match opened {
@@ -119,7 +127,7 @@ where
                 let Some(incoming) = incoming else { break None };
                 // An explicit handle-max: fe2o3 leaves the default (2^32-1) out, and pyamqp compares with it.
                 let acceptor = SessionAcceptor::builder().handle_max(MAX_LINKS_PER_SESSION).build();
-                match acceptor.accept_incoming_session(incoming, &mut handle).await {
+                match Box::pin(acceptor.accept_incoming_session(incoming, &mut handle)).await {
                     Ok(session) => {
                         sessions.spawn(links::serve_session(session, Arc::clone(&connection), ended.child_token()));
                     }

@@ -63,7 +63,7 @@ pub(super) async fn serve_requests(
         let reply_to = properties.and_then(|p| p.reply_to.clone());
         let Answer { status, description, body } = answer(connection, request);
         // The request is settled before the reply goes out: uamqp waits for that order.
-        if receiver.accept(&*delivery).await.is_err() {
+        if Box::pin(receiver.accept(&*delivery)).await.is_err() {
             return None;
         }
         let mut reply_properties = Properties::builder();
@@ -85,7 +85,7 @@ pub(super) async fn serve_requests(
             .build();
         match router.route(reply_to.as_deref()).await {
             Some(link) => {
-                let _ = link.send(reply).await;
+                let _ = link.send(Box::new(reply)).await;
             }
             None => tracing::debug!(peer = %connection.peer, "a reply had no link to go out on"),
         }
@@ -111,7 +111,7 @@ pub(super) async fn serve_replies(
                 let sent = tokio::select! {
                     () = stop.cancelled() => break true,
                     sent = async {
-                        match sender.send_batchable(reply).await {
+                        match Box::pin(sender.send_batchable(*reply)).await {
                             Ok(outcome) => outcome.await.map(|_| ()),
                             Err(error) => Err(error),
                         }

@@ -28,8 +28,20 @@ pub async fn open(hub: &TestHub, sasl: Option<SaslProfile>) -> Amqp {
 
 /// Like [`open`], but gives back why the hub refused the connection (a SASL outcome, say).
 pub async fn try_open(hub: &TestHub, sasl: Option<SaslProfile>) -> Result<Amqp, String> {
+    open_taking_frames_of(hub, sasl, None).await
+}
+
+/// Like [`try_open`], announcing `max_frame_size` (fe2o3's default, 256 KiB, when `None`) in the open.
+pub async fn open_taking_frames_of(
+    hub: &TestHub,
+    sasl: Option<SaslProfile>,
+    max_frame_size: Option<u32>,
+) -> Result<Amqp, String> {
     let stream = tls_to(hub, hub.emulator.amqp_addr()).await;
     let mut builder = Connection::builder().container_id("test-client").hostname("localhost");
+    if let Some(max_frame_size) = max_frame_size {
+        builder = builder.max_frame_size(max_frame_size);
+    }
     if let Some(profile) = sasl {
         builder = builder.sasl_profile(profile);
     }
@@ -41,6 +53,11 @@ pub async fn try_open(hub: &TestHub, sasl: Option<SaslProfile>) -> Result<Amqp, 
 impl Amqp {
     /// Puts `token` for `audience` on `$cbs` and returns the reply's `status-code`.
     pub async fn put_token(&mut self, token: &str, audience: &str) -> i32 {
+        self.put_token_of_type(token, audience, "servicebus.windows.net:sastoken").await
+    }
+
+    /// [`Amqp::put_token`] with the token type given (.NET's device client says `azure-devices.net:sastoken`).
+    pub async fn put_token_of_type(&mut self, token: &str, audience: &str, token_type: &str) -> i32 {
         let mut requests = Sender::attach(&mut self.session, "cbs-sender", "$cbs").await.expect("cbs sender");
         let mut replies = Receiver::attach(&mut self.session, "cbs-receiver", "$cbs").await.expect("cbs receiver");
         let request = Message::builder()
@@ -48,7 +65,7 @@ impl Amqp {
             .application_properties(
                 ApplicationProperties::builder()
                     .insert("operation", "put-token")
-                    .insert("type", "servicebus.windows.net:sastoken")
+                    .insert("type", token_type)
                     .insert("name", audience)
                     .build(),
             )
