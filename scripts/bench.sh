@@ -68,8 +68,11 @@ cpu_seconds() { awk '{printf "%.2f", ($14 + $15) / 100}' "/proc/$1/stat"; }
 peak_rss() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
 rss() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 
-# Starts a fresh emulator on the bench data dir (seeding it the first time) and waits for its banner.
+# Starts a fresh emulator on a fresh copy of the seeded data dir and waits for its banner. A copy per scenario: what
+# one scenario stores (the telemetry kept for the Event Hubs endpoint, say) must not weigh on the next one's memory.
 start_emulator() {
+  rm -rf "$work/data"
+  if [ -d "$work/seeded" ]; then cp -a "$work/seeded" "$work/data"; fi
   "$emulator" --data-dir "$work/data" --https-port "$https_port" --mqtt-port "$mqtt_port" --amqp-port "$amqp_port" \
     --seed "$work/devices.json" \
     >"$work/banner.txt" 2>"$work/emulator.log" &
@@ -109,25 +112,37 @@ scenario() {
   stop_emulator
 }
 
-# Devices connected and held: the emulator's memory per connection is read while they are held.
+# The seeded data dir every scenario starts from.
 start_emulator
-base_rss="$(rss "$emulator_pid")"
-echo "== connect: $held devices"
-lg --count "$held" connect --hold 5 >"$work/connect.out" 2>"$work/connect.err" &
-loadgen_pid=$!
-for _ in $(seq 1 600); do
-  grep -q '^connected' "$work/connect.out" 2>/dev/null && break
-  sleep 0.1
-done
-sleep 2
-held_rss="$(rss "$emulator_pid")"
-wait "$loadgen_pid" || true
-grep -E '^(RESULT|connected)' "$work/connect.out" | sed 's/^/   /'
-grep '^RESULT' "$work/connect.out" | sed 's/^RESULT /RESULT run=connect /' >>"$results"
-per_connection=$(( (held_rss - base_rss) * 1024 / held ))
-echo "   emulator memory: ${base_rss} KiB idle, ${held_rss} KiB with $held held: $per_connection bytes per connection"
-echo "RESULT run=connect scenario=emulator-memory base_kib=$base_rss held_kib=$held_rss per_connection_bytes=$per_connection" >>"$results"
 stop_emulator
+cp -a "$work/data" "$work/seeded"
+
+# Devices connected and held: the emulator's memory per connection is read while they are held.
+# `held_connections <name> <count> [loadgen options before the command]`
+held_connections() {
+  local name="$1" count="$2"; shift 2
+  start_emulator
+  local base_rss; base_rss="$(rss "$emulator_pid")"
+  echo "== $name: $count devices connected and held"
+  lg --count "$count" "$@" connect --hold 5 >"$work/$name.out" 2>"$work/$name.err" &
+  local loadgen_pid=$!
+  for _ in $(seq 1 600); do
+    grep -q '^connected' "$work/$name.out" 2>/dev/null && break
+    sleep 0.1
+  done
+  sleep 2
+  local held_rss; held_rss="$(rss "$emulator_pid")"
+  wait "$loadgen_pid" || true
+  grep -E '^(RESULT|connected)' "$work/$name.out" | sed 's/^/   /'
+  grep '^RESULT' "$work/$name.out" | sed "s/^RESULT /RESULT run=$name /" >>"$results"
+  local per_connection=$(( (held_rss - base_rss) * 1024 / count ))
+  echo "   emulator memory: ${base_rss} KiB idle, ${held_rss} KiB with $count held: $per_connection bytes per connection"
+  echo "RESULT run=$name scenario=emulator-memory base_kib=$base_rss held_kib=$held_rss per_connection_bytes=$per_connection" >>"$results"
+  stop_emulator
+}
+held_connections connect "$held"
+# AMQP devices (TLS, no SASL, a put-token on $cbs, a session with telemetry and method links).
+held_connections amqp-connect "$devices" --transport amqp
 
 scenario methods-idle --count "$devices" methods --callers 1 --seconds "$seconds"
 scenario methods-load --count "$devices" methods --callers 64 --seconds "$seconds"

@@ -78,7 +78,7 @@ def main():
     out.append(f"Machine: {machine()}.\n")
     out.append("The emulator and the load generator (`iothub-loadgen`) run as separate processes on the same machine, over "
                "loopback with TLS everywhere; the emulator keeps its registry in a redb data dir (every acknowledged write "
-               "durable). Each scenario gets a fresh emulator process, so its CPU time and peak memory are its own. "
+               "durable). Each scenario gets a fresh emulator process on a fresh copy of the seeded data dir, so its CPU time and peak memory are its own. "
                "Latencies come from HDR histograms at the caller. Reproduce everything with `scripts/bench.sh` "
                "(`scripts/bench.sh --quick` for a smoke run); each row's command is below the table.\n")
     out.append("| scenario | target | measured | emulator CPU, peak RSS | load generator CPU, peak RSS |")
@@ -105,6 +105,13 @@ def main():
                f"{get('telemetry-30k', 'telemetry', 'rate')}/s, p50 {get('telemetry-30k', 'telemetry', 'p50_ms')} ms, p99 {get('telemetry-30k', 'telemetry', 'p99_ms')} ms | {procs('telemetry-30k')} |")
     out.append(f"| telemetry QoS 1 from 1,000 devices back to back | (the ceiling) | "
                f"{get('telemetry-load', 'telemetry', 'rate')}/s, p99 {get('telemetry-load', 'telemetry', 'p99_ms')} ms | {procs('telemetry-load')} |")
+    amqp_conn = runs.get("amqp-connect", {}).get("connect", [{}])[0]
+    amqp_memory = runs.get("amqp-connect", {}).get("emulator-memory", [{}])[0]
+    amqp_per_conn = int(amqp_memory.get("per_connection_bytes", "0") or 0)
+    out.append(f"| 1,000 AMQP devices connected (TLS + put-token on $cbs + session, telemetry and method links) | beside the MQTT row | "
+               f"{amqp_conn.get('connected', '-')} in {amqp_conn.get('seconds', '-')} s, {amqp_conn.get('failed', '-')} failed, all held; "
+               f"{amqp_per_conn} bytes ({amqp_per_conn / 1024:.1f} KiB) of emulator RSS per held connection | "
+               f"- | {get('amqp-connect', 'loadgen-process', 'cpu_seconds')} s, {int(get('amqp-connect', 'loadgen-process', 'peak_rss_kib', '0') or 0) / 1024:.0f} MiB |")
     out.append(f"| direct methods to 1,000 AMQP devices, 64 callers back to back | beside the MQTT row | "
                f"{get('amqp-methods-load', 'methods', 'rate')}/s, p50 {get('amqp-methods-load', 'methods', 'p50_ms')} ms, p99 {get('amqp-methods-load', 'methods', 'p99_ms')} ms | {procs('amqp-methods-load')} |")
     out.append(f"| telemetry from 1,000 AMQP devices back to back (accepted once stored) | beside the MQTT row | "
@@ -154,6 +161,7 @@ def main():
                "--service <connection string> --source-ip 127.0.0.2,127.0.0.3,127.0.0.4,127.0.0.5`):\n")
     for row, command in [
         ("connected", "iothub-loadgen --count 19000 connect --hold 5 (emulator RSS read before and while held)"),
+        ("AMQP devices", "iothub-loadgen --count 1000 --transport amqp connect --hold 5 | methods --callers 64 --seconds 10 | telemetry --seconds 10"),
         ("methods", "iothub-loadgen --count 1000 methods --callers 64 --seconds 10 [--rate 10000]; --callers 1 for idle"),
         ("jobs", "iothub-loadgen --count 10000 jobs --runs 3 --condition \"deviceId < 'sim-010000'\""),
         ("cloud-to-device", "iothub-loadgen --count 1000 c2d --senders 64 --seconds 10 [--rate 10000]"),
