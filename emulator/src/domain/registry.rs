@@ -401,6 +401,24 @@ fn validate_status_reason(reason: &Option<String>) -> Result<(), HubError> {
     }
 }
 
+/// What every IoT Edge device scope starts with (docs/research/edge-scopes.md §1).
+pub const EDGE_SCOPE_PREFIX: &str = "ms-azure-iot-edge://";
+/// Most layers of IoT Edge devices in one hierarchy (a top layer and four nested below it).
+pub const MAX_EDGE_LAYERS: usize = 5;
+/// The system modules the hub gives every IoT Edge device, and who it says manages them.
+pub const EDGE_SYSTEM_MODULES: [&str; 2] = ["$edgeAgent", "$edgeHub"];
+pub const EDGE_MANAGED_BY: &str = "IotEdge";
+
+/// An IoT Edge device's own scope: `ms-azure-iot-edge://<deviceId>-<generationId>`, as the hub generates it.
+pub fn edge_scope(device_id: &str, generation_id: &str) -> String {
+    format!("{EDGE_SCOPE_PREFIX}{device_id}-{generation_id}")
+}
+
+/// The device id a scope names (the part before its last `-`, as the Azure CLI reads it), if it is an Edge scope.
+pub fn scope_device_id(scope: &str) -> Option<&str> {
+    scope.strip_prefix(EDGE_SCOPE_PREFIX)?.rsplit_once('-').map(|(id, _)| id)
+}
+
 /// Makes a new device from a create request. `identity_version` is the hub's next change number.
 pub fn create_device(id: &str, spec: &DeviceSpec, now: Timestamp, identity_version: u64) -> Result<Device, HubError> {
     validate_device_id(id)?;

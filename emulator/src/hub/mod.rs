@@ -4,6 +4,7 @@
 //! Split by concern: this file holds the state and the registry; `presence` the live connections,
 //! `twins`, `methods` and `telemetry` the device features.
 
+mod edge;
 mod faults;
 mod jobs;
 mod messages;
@@ -52,6 +53,14 @@ pub struct RegistryStatistics {
     pub total: usize,
     pub enabled: usize,
     pub disabled: usize,
+}
+
+/// One record a change replaced in memory (`written`; none for a deletion) and what it replaced (`previous`; none
+/// for a creation), so a change the store could not save can be undone.
+struct Change {
+    key: String,
+    previous: Option<Arc<Device>>,
+    written: Option<Arc<Device>>,
 }
 
 struct State {
@@ -420,10 +429,10 @@ impl Hub {
         // An id that can never exist is a 400 whatever else the request says.
         registry::validate_device_id(id)?;
         let now = self.clock.now();
-        let (device, previous, pending) = {
+        let (device, changes, pending) = {
             let mut state = self.write();
             let previous = state.devices.get(id).cloned();
-            let device = match (&previous, if_match) {
+            let mut device = match (&previous, if_match) {
                 (None, None) => registry::create_device(id, spec, now, state.next_version)?,
                 (None, Some(_)) => return Err(HubError::DeviceNotFound(id.to_owned())),
                 (Some(_), None) => return Err(HubError::DeviceAlreadyExists(id.to_owned())),
@@ -432,17 +441,48 @@ impl Hub {
                     registry::update_device(current, spec, now, state.next_version)?
                 }
             };
+            state.place_in_hierarchy(&mut device)?;
             state.take_version();
+            // An Edge device that stops being one leaves its children without a parent.
+            let lost_scope =
+                previous.as_ref().filter(|p| p.iot_edge && !device.iot_edge).and_then(|p| p.device_scope.clone());
+            let mut dependents = lost_scope.map(|scope| state.orphans_of(&scope)).unwrap_or_default();
+            if device.iot_edge {
+                dependents.extend(state.missing_system_modules(id, now)?);
+            }
             if device.status == DeviceStatus::Disabled {
                 for key in std::iter::once(id.to_owned()).chain(state.module_keys(id)) {
                     state.disconnect(&key);
                 }
             }
-            let (device, pending) = self.store_device(&mut state, device);
-            (device, previous, pending)
+            let (device, changes, pending) = self.store_with_dependents(&mut state, device, previous, dependents);
+            (device, changes, pending)
         };
-        self.settle(pending, id, previous, Some(&device)).await?;
+        self.settle_all(pending, changes).await?;
         Ok(device)
+    }
+
+    /// Stores `device` and its dependents (records the same change touches: orphaned children, system modules) in
+    /// one transaction, and says what each replaced, for [`Hub::settle_all`].
+    fn store_with_dependents(
+        &self,
+        state: &mut State,
+        device: Device,
+        previous: Option<Arc<Device>>,
+        dependents: Vec<edge::Dependent>,
+    ) -> (Arc<Device>, Vec<Change>, Pending) {
+        let mut changes = Vec::with_capacity(1 + dependents.len());
+        let mut also = Vec::with_capacity(dependents.len());
+        for dependent in dependents {
+            let written = Arc::new(dependent.written);
+            also.push(Write::put_device(&written));
+            let key = written.key().into_owned();
+            state.devices.insert(key.clone(), Arc::clone(&written));
+            changes.push(Change { key, previous: dependent.previous, written: Some(written) });
+        }
+        let (device, pending) = self.store_device_with(state, device, also);
+        changes.insert(0, Change { key: device.key().into_owned(), previous, written: Some(Arc::clone(&device)) });
+        (device, changes, pending)
     }
 
     /// Replaces the device record in memory and queues it for the store (call with the state lock held, so
@@ -466,24 +506,36 @@ impl Hub {
     /// answering once the deletion is durable.
     pub async fn delete_device(&self, id: &str, if_match: Option<&IfMatch>) -> Result<(), HubError> {
         registry::validate_device_id(id).map_err(|_| HubError::DeviceNotFound(id.to_owned()))?;
-        let (previous, modules, pending) = {
+        let (changes, modules, pending) = {
             let mut state = self.write();
-            let current = state.lookup(id)?;
+            let current = Arc::clone(state.lookup(id)?);
             if let Some(condition) = if_match {
                 condition.check(&current.etag())?;
             }
             let module_keys = state.module_keys(id);
-            let writes = std::iter::once(id.to_owned())
+            // An Edge device's children are left without a parent, in the same transaction.
+            let scope = current.iot_edge.then(|| current.device_scope.clone()).flatten();
+            let orphans = scope.map(|scope| state.orphans_of(&scope)).unwrap_or_default();
+            let mut writes: Vec<Write> = std::iter::once(id.to_owned())
                 .chain(module_keys.iter().cloned())
                 .map(|key| Write::DeleteDevice { id: key })
                 .collect();
+            let mut changes = Vec::with_capacity(1 + orphans.len());
+            for orphan in orphans {
+                let written = Arc::new(orphan.written);
+                writes.push(Write::put_device(&written));
+                let key = written.key().into_owned();
+                state.devices.insert(key.clone(), Arc::clone(&written));
+                changes.push(Change { key, previous: orphan.previous, written: Some(written) });
+            }
             let pending = self.store.submit(writes);
             let previous = state.forget_identity(id);
+            changes.insert(0, Change { key: id.to_owned(), previous, written: None });
             let modules: Vec<_> = module_keys.iter().filter_map(|key| state.forget_identity(key)).collect();
             state.messages.queues.remove(id);
-            (previous, modules, pending)
+            (changes, modules, pending)
         };
-        let result = self.settle(pending, id, previous, None).await;
+        let result = self.settle_all(pending, changes).await;
         if result.is_ok() {
             self.forget_history(id);
             for module in &modules {
@@ -508,18 +560,26 @@ impl Hub {
         previous: Option<Arc<Device>>,
         written: Option<&Arc<Device>>,
     ) -> Result<(), HubError> {
+        let change = Change { key: id.to_owned(), previous, written: written.cloned() };
+        self.settle_all(pending, vec![change]).await
+    }
+
+    /// [`Hub::settle`] for a change of several records committed together: undone record by record.
+    async fn settle_all(&self, pending: Pending, changes: Vec<Change>) -> Result<(), HubError> {
         let Err(error) = pending.durable().await else { return Ok(()) };
         let mut state = self.write();
-        let still_ours = match (state.devices.get(id), written) {
-            (Some(current), Some(written)) => Arc::ptr_eq(current, written),
-            (None, None) => true,
-            _ => false,
-        };
-        if still_ours {
-            match previous {
-                Some(device) => state.devices.insert(id.to_owned(), device),
-                None => state.devices.remove(id),
+        for Change { key, previous, written } in changes {
+            let still_ours = match (state.devices.get(&key), &written) {
+                (Some(current), Some(written)) => Arc::ptr_eq(current, written),
+                (None, None) => true,
+                _ => false,
             };
+            if still_ours {
+                match previous {
+                    Some(device) => state.devices.insert(key, device),
+                    None => state.devices.remove(&key),
+                };
+            }
         }
         Err(HubError::ServerError(format!("The change could not be saved: {error}")))
     }

@@ -217,6 +217,12 @@ fn call<'a>(name: &str, mut args: Vec<Val<'a>>) -> Val<'a> {
     let type_check = |ok: bool| Val::Bool(ok);
     match name {
         "IS_DEFINED" => type_check(first != Val::Undefined),
+        "ARRAY_CONTAINS" => match (&first, args.get(1)) {
+            (Val::Arr(items), Some(wanted)) => {
+                Val::Bool(items.iter().any(|item| compare(CmpOp::Eq, &Val::of(item), wanted) == Val::Bool(true)))
+            }
+            _ => Val::Undefined,
+        },
         "IS_NULL" => type_check(first == Val::Null),
         "IS_BOOL" => type_check(matches!(first, Val::Bool(_))),
         "IS_NUMBER" => type_check(matches!(first, Val::Num(_))),
@@ -316,7 +322,7 @@ mod tests {
 
     #[test]
     fn missing_properties_and_type_mismatches_never_match() {
-        let doc = json!({"n": 5, "s": "5", "b": true, "z": null, "o": {"x": 1}});
+        let doc = json!({"n": 5, "s": "5", "b": true, "z": null, "o": {"x": 1}, "a": ["p", 2]});
         for (condition, expected) in [
             ("n = 5", true),
             ("n = 5.0", true),
@@ -346,6 +352,9 @@ mod tests {
             ("STARTSWITH(s, '5') AND LENGTH(s) = 1 AND UPPER('ab') = 'AB'", true),
             ("CONCAT(s, 'x') = '5x' AND SUBSTRING('hello', 1, 3) = 'ell' AND INDEX_OF('hello', 'l') = 2", true),
             ("AS_NUMBER(s) = n AND ABS(-2) = 2 AND IS_NUMBER(n) AND IS_OBJECT(o) AND IS_PRIMITIVE(z)", true),
+            ("ARRAY_CONTAINS(a, 'p') AND array_contains(a, 2.0) AND NOT ARRAY_CONTAINS(a, '2')", true),
+            ("ARRAY_CONTAINS(s, '5')", false),
+            ("ARRAY_CONTAINS(missing, 'p')", false),
         ] {
             assert_eq!(check(condition, &doc), expected, "{condition}");
         }

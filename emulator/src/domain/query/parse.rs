@@ -25,9 +25,11 @@ impl std::fmt::Display for ParseError {
 }
 
 /// Functions the parser accepts, with their argument counts. Besides `IS_DEFINED` (the only function the
-/// docs list for twin queries), the routing-query functions are accepted as an extension (wire-spec F.4).
-const FUNCTIONS: [(&str, usize, usize); 23] = [
+/// docs list for twin queries) and `ARRAY_CONTAINS` (which the Azure CLI's `children list` sends a real hub,
+/// docs/research/edge-scopes.md §4), the routing-query functions are accepted as an extension (wire-spec F.4).
+const FUNCTIONS: [(&str, usize, usize); 24] = [
     ("IS_DEFINED", 1, 1),
+    ("ARRAY_CONTAINS", 2, 2),
     ("IS_NULL", 1, 1),
     ("IS_BOOL", 1, 1),
     ("IS_NUMBER", 1, 1),

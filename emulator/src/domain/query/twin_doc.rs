@@ -15,7 +15,7 @@ use crate::domain::twin::{Object, Section, Stamp};
 
 /// The root members of a twin document, in canonical spelling and in the order the document lists them
 /// (wire-spec D.1; `moduleId` only on module twins, `deviceScope` only on edge devices and their children).
-pub const ROOT_MEMBERS: [&str; 18] = [
+pub const ROOT_MEMBERS: [&str; 19] = [
     "deviceId",
     "moduleId",
     "etag",
@@ -34,6 +34,7 @@ pub const ROOT_MEMBERS: [&str; 18] = [
     "properties",
     "capabilities",
     "deviceScope",
+    "parentScopes",
 ];
 
 /// The canonical spelling of a root member, matched case-insensitively (exact spellings first: they are the
@@ -134,6 +135,15 @@ impl Document for TwinView<'_> {
             "deviceScope" => {
                 leaf(device.device_scope.as_deref().map_or(Val::Undefined, |s| Val::Str(Cow::Borrowed(s))), rest)
             }
+            // Shown beside `deviceScope`, as in the twin document.
+            "parentScopes" => match &device.device_scope {
+                Some(_) => {
+                    let scopes =
+                        device.parent_scopes.iter().map(|s| serde_json::Value::String(s.clone())).collect::<Vec<_>>();
+                    leaf(Val::Arr(Cow::Owned(scopes)), rest)
+                }
+                None => Val::Undefined,
+            },
             "x509Thumbprint" => match rest {
                 [name] if name.eq_ignore_ascii_case("primaryThumbprint") => text(auth.primary_thumbprint.as_deref()),
                 [name] if name.eq_ignore_ascii_case("secondaryThumbprint") => {
