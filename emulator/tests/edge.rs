@@ -4,7 +4,8 @@
 
 mod common;
 
-use common::{TestHub, expect_error, start};
+use common::{TestHub, expect_error, start, start_with};
+use iothub_emulator::Emulator;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -149,7 +150,8 @@ async fn nested_edge_devices_stop_at_five_layers_and_never_loop() {
 
 #[tokio::test]
 async fn children_lose_their_parent_when_it_is_deleted_or_stops_being_edge() {
-    let hub = start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hub = start_with(Emulator::builder().data_dir(dir.path())).await;
     let gateway = edge(&hub, "gateway", None).await;
     let scope = scope_of(&gateway);
     let leaf = put_ok(&hub, "leaf", json!({"deviceId": "leaf", "deviceScope": scope}), false).await;
@@ -173,10 +175,15 @@ async fn children_lose_their_parent_when_it_is_deleted_or_stops_being_edge() {
     let leaf2_after: Value = hub.get_json("/devices/leaf2").await;
     assert!(leaf2_after.get("deviceScope").is_none_or(Value::is_null), "{leaf2_after}");
 
-    // Kept across a restart of the emulator's state (the changes were stored with the deletion).
-    hub.emulator.hub().sync().await.expect("sync");
-    let persisted = hub.emulator.hub().get_device("leaf").expect("leaf");
-    assert!(persisted.device_scope.is_none() && persisted.parent_scopes.is_empty());
+    // Stored with the changes that caused them: a restart on the same data dir finds them.
+    hub.emulator.shutdown().await;
+    let hub = start_with(Emulator::builder().data_dir(dir.path())).await;
+    for id in ["leaf", "leaf2", "nested"] {
+        let device = hub.emulator.hub().get_device(id).expect(id);
+        assert!(device.parent_scopes.is_empty(), "{id} after the restart");
+        assert_eq!(device.device_scope.is_some(), device.iot_edge, "{id}: only an Edge device keeps a scope");
+    }
+    assert!(hub.emulator.hub().get_device("gateway").is_err());
 }
 
 #[tokio::test]
