@@ -32,20 +32,13 @@ pub(super) fn performative(body: &[u8]) -> Option<Performative<'_>> {
         _ => return None,
     };
     let head = &body[..body.len() - bytes.len()];
+    // The items are read one after another whatever the list's size says, as serde_amqp reads them (and as
+    // `walk` does): the list ends where its last item does.
     let (constructor, after) = bytes.split_first()?;
-    let (count, mut items, rest) = match constructor {
-        0x45 => (0, &[][..], after),
-        0xc0 => {
-            let (size, count) = (usize::from(*after.first()?), u32::from(*after.get(1)?));
-            let list = after.get(1..1 + size)?;
-            (count, list.get(1..)?, after.get(1 + size..)?)
-        }
-        0xd0 => {
-            let size = u32::from_be_bytes(after.get(..4)?.try_into().ok()?) as usize;
-            let count = u32::from_be_bytes(after.get(4..8)?.try_into().ok()?);
-            let list = after.get(4..4usize.checked_add(size)?)?;
-            (count, list.get(4..)?, after.get(4 + size..)?)
-        }
+    let (count, mut items) = match constructor {
+        0x45 => (0, after),
+        0xc0 => (u32::from(*after.get(1)?), after.get(2..)?),
+        0xd0 => (u32::from_be_bytes(after.get(4..8)?.try_into().ok()?), after.get(8..)?),
         _ => return None,
     };
     if count > 64 {
@@ -55,6 +48,7 @@ pub(super) fn performative(body: &[u8]) -> Option<Performative<'_>> {
     for _ in 0..count {
         fields.push(take_value(&mut items)?);
     }
+    let rest = items;
     Some(Performative { head, code, fields, rest })
 }
 
@@ -142,35 +136,35 @@ fn walk_after(code: u8, bytes: &mut &[u8], depth: u32) -> Result<bool, u32> {
         // variable width: binary, string, symbol
         return Ok(skip(bytes, size));
     }
-    // compound (list, map) or array: the count, then the items, within `size`. serde_amqp reads the
-    // items without checking `size` first, so a compound cut short is walked as far as it goes.
-    let (mut inner, after) = bytes.split_at(size.min(bytes.len()));
-    *bytes = after;
-    let Some(count) = read(&mut inner, width) else { return Ok(false) };
+    // compound (list, map) or array: the count, then the items. serde_amqp reads them one after another
+    // whatever `size` says, so they are walked the same way, and every byte it reads as a value is walked.
+    // Walking only `size` bytes let items past it through unchecked (a fuzz case: a list declaring 0 bytes and
+    // 1,794 items, the first declaring 3 GB). A size that is not its items' is fe2o3's to refuse.
+    let Some(count) = read(bytes, width) else { return Ok(false) };
     declared(count)?;
     if code >> 4 <= 0xd {
         for _ in 0..count {
-            if !walk(&mut inner, depth + 1)? {
+            if !walk(bytes, depth + 1)? {
                 return Ok(false);
             }
         }
-        return Ok(true);
-    }
-    let Some((&element, rest)) = inner.split_first() else { return Ok(false) };
-    inner = rest;
-    let element = if element == 0x00 {
-        if !walk(&mut inner, depth + 1)? {
-            return Ok(false);
-        }
-        let Some((&element, rest)) = inner.split_first() else { return Ok(false) };
-        inner = rest;
-        element
     } else {
-        element
-    };
-    for _ in 0..count {
-        if !walk_after(element, &mut inner, depth + 1)? {
-            return Ok(false);
+        let Some((&element, rest)) = bytes.split_first() else { return Ok(false) };
+        *bytes = rest;
+        let element = if element == 0x00 {
+            if !walk(bytes, depth + 1)? {
+                return Ok(false);
+            }
+            let Some((&element, rest)) = bytes.split_first() else { return Ok(false) };
+            *bytes = rest;
+            element
+        } else {
+            element
+        };
+        for _ in 0..count {
+            if !walk_after(element, bytes, depth + 1)? {
+                return Ok(false);
+            }
         }
     }
     Ok(true)

@@ -162,6 +162,23 @@ const LEFT: &str = "close amqp:illegal-state";
 /// The server's side of a connection that never got past the Open.
 const REFUSED: &[&str] = &["header 0", "open", "close", LEFT];
 
+/// What the server says to the Device start when the next frame is refused: its links, and nothing answered.
+const DEVICE_CUT_OFF: &[&str] = &[
+    "header 0",
+    "open",
+    "begin",
+    "attach 0",
+    "flow",
+    "attach 1",
+    "accepted",
+    "transfer 1",
+    "attach 2",
+    "flow",
+    "attach 3",
+    "flow",
+    "attach 4",
+];
+
 /// What the server says to a SASL PLAIN login with a devicebound and a feedback link, up to the feedback
 /// message it offers (left unsettled).
 const LINKS_UP: &[&str] = &[
@@ -375,6 +392,15 @@ fn amqp_cases() -> Vec<(&'static str, AmqpStart, Vec<u8>, Expect)> {
             AmqpStart::DeviceBound,
             b"\x00\x00\x00\x72\x02\x00\x00\x00\x00\x53\x14\xc0\x0b\x05\x43\x43\xa0\x04\x00\x00\x00\x00\x43\x42\x00\x53\x73\xd0\x00\x00\x00\x2a\x00\x00\x00\x03\x40\x40\xb1\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x00\x53\x74\xd1\x00\x00\x00\xcb\x16\x00\x00\x00\x02\xa1\x0a\x69\x6f\x74\x68\x75\x62\x2d\x7a\x2d\x6c\x69\x6e\x6b\x52\x02\x42\x50\x00\x40\x00\x53\x28\xc0\x0c\x01\xa1\x09\x66\x75\x7a\x61\x63\x6b\x00\x00\x00\x00\x00\x00\x00\xa1\x04\x41\x75\x6c\x6c\x00\x53\x75\xb0\x00\x00\x00\x02\x68\x69".to_vec(),
             Only(LINKS_UP),
+        ),
+        // Found by the fuzzer: a twin request whose properties list declares 0 bytes but 1,794 items; serde_amqp
+        // reads the items anyway, and the first declares 3 GB. The guard now walks items as serde_amqp reads them
+        // and refuses a size that is not theirs, so the connection is cut before anything is decoded.
+        (
+            "a list declaring 0 bytes whose items declare 3 GB",
+            AmqpStart::Device,
+            b"\x00\x00\x00\x33\x02\x00\x00\x00\x00\x53\x14\xc0\x0d\x05\x52\x03\x52\x01\xa0\x04\x00\x00\x00\x01\x43\x42\x00\x53\x73\xd0\x00\x00\x00\x00\x00\x07\x02\x00\x53\x75\xb0\xc3\x01\x53\x75\xc1\xb0\x00\x00\x00\x02\x7b\x7d".to_vec(),
+            Only(DEVICE_CUT_OFF),
         ),
         // The same in a message sent over two frames.
         (
