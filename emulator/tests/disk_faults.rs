@@ -142,3 +142,34 @@ async fn writes_fail_cleanly_and_recover(disk: FlakyDisk) {
     assert!(matches!(again.get_device("d2"), Err(HubError::DeviceNotFound(_))));
     assert_eq!(twin_document(&again, "d1").expect("twin")["properties"]["reported"]["$version"], 1);
 }
+
+/// A change of several records (an Edge device deleted, its children orphaned; an Edge device created with its
+/// system modules) that cannot be saved is undone whole: no record of it stays in memory, and a restart finds
+/// the hierarchy as it was.
+#[tokio::test]
+async fn a_change_of_several_records_that_fails_is_undone_whole() {
+    let disk = FlakyDisk::new(io::ErrorKind::StorageFull);
+    let hub = open(&disk);
+    let edge = DeviceSpec { iot_edge: Some(true), ..DeviceSpec::default() };
+    let gateway = hub.put_device("gateway", &edge, None).await.expect("gateway");
+    let scope = gateway.device_scope.clone().expect("an Edge scope");
+    let leaf = DeviceSpec { device_scope: Some(scope.clone()), ..DeviceSpec::default() };
+    hub.put_device("leaf", &leaf, None).await.expect("leaf");
+
+    disk.fail(true);
+    assert!(matches!(hub.delete_device("gateway", Some(&IfMatch::Any)).await, Err(HubError::ServerError(_))));
+    assert!(hub.get_device("gateway").is_ok(), "the deletion was undone");
+    let child = hub.get_device("leaf").expect("leaf");
+    assert_eq!(child.parent_scopes, vec![scope.clone()], "and so was the orphaning");
+    assert!(matches!(hub.put_device("edge2", &edge, None).await, Err(HubError::ServerError(_))));
+    for key in ["edge2", "edge2/$edgeAgent", "edge2/$edgeHub"] {
+        assert!(hub.get_device(key).is_err(), "{key} was undone with the create");
+    }
+
+    disk.fail(false);
+    hub.close().await;
+    let again = open(&disk);
+    assert!(again.get_device("gateway/$edgeHub").is_ok());
+    assert_eq!(again.get_device("leaf").expect("leaf").device_scope.as_deref(), Some(scope.as_str()));
+    assert!(again.get_device("edge2").is_err());
+}

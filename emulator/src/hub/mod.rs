@@ -106,6 +106,20 @@ impl State {
         self.devices.range(registry::keys_under(device_id)).map(|(key, _)| key.clone()).collect()
     }
 
+    /// Puts `dependents` (records a change touches beside the one it names) in memory, adds their writes to
+    /// `writes`, and says what each replaced.
+    fn put_dependents(&mut self, dependents: Vec<edge::Dependent>, writes: &mut Vec<Write>) -> Vec<Change> {
+        let mut changes = Vec::with_capacity(1 + dependents.len());
+        for dependent in dependents {
+            let written = Arc::new(dependent.written);
+            writes.push(Write::put_device(&written));
+            let key = written.key().into_owned();
+            self.devices.insert(key.clone(), Arc::clone(&written));
+            changes.push(Change { key, previous: dependent.previous, written: Some(written) });
+        }
+        changes
+    }
+
     /// Removes a deleted identity from memory with its connection and session; returns its record.
     fn forget_identity(&mut self, key: &str) -> Option<Arc<Device>> {
         self.disconnect(key);
@@ -471,15 +485,8 @@ impl Hub {
         previous: Option<Arc<Device>>,
         dependents: Vec<edge::Dependent>,
     ) -> (Arc<Device>, Vec<Change>, Pending) {
-        let mut changes = Vec::with_capacity(1 + dependents.len());
         let mut also = Vec::with_capacity(dependents.len());
-        for dependent in dependents {
-            let written = Arc::new(dependent.written);
-            also.push(Write::put_device(&written));
-            let key = written.key().into_owned();
-            state.devices.insert(key.clone(), Arc::clone(&written));
-            changes.push(Change { key, previous: dependent.previous, written: Some(written) });
-        }
+        let mut changes = state.put_dependents(dependents, &mut also);
         let (device, pending) = self.store_device_with(state, device, also);
         changes.insert(0, Change { key: device.key().into_owned(), previous, written: Some(Arc::clone(&device)) });
         (device, changes, pending)
@@ -520,14 +527,7 @@ impl Hub {
                 .chain(module_keys.iter().cloned())
                 .map(|key| Write::DeleteDevice { id: key })
                 .collect();
-            let mut changes = Vec::with_capacity(1 + orphans.len());
-            for orphan in orphans {
-                let written = Arc::new(orphan.written);
-                writes.push(Write::put_device(&written));
-                let key = written.key().into_owned();
-                state.devices.insert(key.clone(), Arc::clone(&written));
-                changes.push(Change { key, previous: orphan.previous, written: Some(written) });
-            }
+            let mut changes = state.put_dependents(orphans, &mut writes);
             let pending = self.store.submit(writes);
             let previous = state.forget_identity(id);
             changes.insert(0, Change { key: id.to_owned(), previous, written: None });
