@@ -29,6 +29,12 @@ pub enum HubError {
     /// The device already has its limit of modules.
     #[error("{0}")]
     TooManyModules(String),
+    /// A bulk registry call with more items than the hub takes in one call.
+    #[error("{0}")]
+    TooManyDevices(String),
+    /// A bulk registry call naming one identity twice.
+    #[error("{0}")]
+    DeviceDefinedMultipleTimes(String),
     #[error("{0}")]
     PreconditionFailed(String),
     #[error("Job {0} not found")]
@@ -116,6 +122,8 @@ impl HubError {
             Self::ModuleAlreadyExists(..) => w(409, "ModuleAlreadyExistsOnDevice", 409301, 3),
             // The hub's quota error for a registry limit.
             Self::TooManyModules(_) => w(403, "IotHubQuotaExceeded", 403002, 3),
+            Self::TooManyDevices(_) => w(413, "TooManyDevices", 413002, 3),
+            Self::DeviceDefinedMultipleTimes(_) => w(400, "DeviceDefinedMultipleTimes", 400011, 3),
             Self::PreconditionFailed(_) => w(412, "PreconditionFailed", 412001, 3),
             Self::JobNotFound(_) => w(404, "JobNotFound", 404002, 3),
             // Decisions on wire-spec C.6.1: a duplicate id is JobAlreadyExists, too many active jobs the
@@ -159,6 +167,8 @@ mod tests {
             HubError::ModuleNotFound(String::new(), String::new()),
             HubError::ModuleAlreadyExists(String::new(), String::new()),
             HubError::TooManyModules(String::new()),
+            HubError::TooManyDevices(String::new()),
+            HubError::DeviceDefinedMultipleTimes(String::new()),
             HubError::PreconditionFailed(String::new()),
             HubError::JobNotFound(String::new()),
             HubError::JobAlreadyExists(String::new()),

@@ -1,5 +1,6 @@
 //! Pure hub logic: no sockets, no HTTP or MQTT details. The transports translate to and from these types.
 
+pub mod bulk;
 pub mod c2d;
 pub mod eventlog;
 pub mod faults;

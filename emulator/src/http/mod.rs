@@ -58,8 +58,8 @@ impl FromRef<AppState> for Arc<Hub> {
 pub fn router(hub: Arc<Hub>, dashboard: Arc<Dashboard>, shutdown: CancellationToken) -> Router {
     let state = AppState { hub, dashboard, shutdown };
     Router::new()
-        .route("/devices", get(registry::list_devices))
-        .route("/devices/", get(registry::list_devices))
+        .route("/devices", get(registry::list_devices).post(registry::bulk_devices))
+        .route("/devices/", get(registry::list_devices).post(registry::bulk_devices))
         .route(
             "/devices/{id}",
             get(registry::get_device)

@@ -1,4 +1,5 @@
-//! Device registry endpoints: `PUT/GET/DELETE /devices/{id}`, `GET /devices`, `GET /statistics/*`.
+//! Device registry endpoints: `PUT/GET/DELETE /devices/{id}`, `GET /devices`, bulk `POST /devices`,
+//! `GET /statistics/*`.
 
 use std::sync::Arc;
 
@@ -43,6 +44,20 @@ pub async fn put_device(
     let spec = wire::registry::device_spec(&id, &body)?;
     let device = hub.put_device(&id, &spec, if_match(&headers)?.as_ref()).await?;
     Ok(device_response(&hub, &device))
+}
+
+/// `POST /devices` (and `/devices/`, as the C# SDK writes it): up to 100 identities created, updated or deleted,
+/// each on its own; 200 with `isSuccessful` and an error per failed item.
+pub async fn bulk_devices(
+    State(hub): State<Arc<Hub>>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<serde_json::Value>,
+) -> ApiResult {
+    hub.authorize_service(authorization(&headers), "devices", Rights::REGISTRY_WRITE)?;
+    hub.admit(Operation::Registry, 1.0)?;
+    let items = wire::bulk::parse_items(&body)?;
+    let failures = hub.bulk_registry(&items).await;
+    Ok(ok_json(&wire::bulk::result(&failures)))
 }
 
 /// `DELETE /devices/{id}`: 204; a missing `If-Match` deletes unconditionally.

@@ -4,6 +4,7 @@
 //! Split by concern: this file holds the state and the registry; `presence` the live connections,
 //! `twins`, `methods` and `telemetry` the device features.
 
+mod bulk;
 mod edge;
 mod faults;
 mod jobs;

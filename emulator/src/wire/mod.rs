@@ -2,6 +2,7 @@
 //! hub's member order) and reads their requests back into typed values. The transports (`http`, `mqtt`) call
 //! it; the hub and the domain never see JSON text.
 
+pub mod bulk;
 pub mod controls;
 pub mod errors;
 pub mod jobs;
