@@ -108,6 +108,101 @@ pub struct DeviceCapabilities {
     pub iot_edge: Option<bool>,
 }
 
+/// One item of a bulk registry call (`POST /devices`): an identity and what to do with it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ExportImportDevice {
+    /// `id`: the device's id.
+    pub id: String,
+    /// `moduleId`: set for a module item.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub module_id: Option<String>,
+    /// `eTag`: the identity's etag, for the `*IfMatchETag` identity modes.
+    #[serde(rename = "eTag", skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
+    /// `importMode`: `create`, `update`, `updateIfMatchETag`, `createOrUpdate`, `createOrUpdateIfMatchETag`,
+    /// `delete`, `deleteIfMatchETag`, `updateTwin` or `updateTwinIfMatchETag` (none: `createOrUpdate`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub import_mode: Option<String>,
+    /// `status`: `enabled` or `disabled`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    /// `statusReason`: why the status was set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status_reason: Option<String>,
+    /// `authentication`: as for a single device; left out, SAS with generated keys.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub authentication: Option<AuthenticationMechanism>,
+    /// `twinETag`: the twin's etag, for `updateTwinIfMatchETag`.
+    #[serde(rename = "twinETag", skip_serializing_if = "Option::is_none")]
+    pub twin_etag: Option<String>,
+    /// `tags`: the twin's tags to write (create and `updateTwin` modes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tags: Option<serde_json::Value>,
+    /// `properties`: `{"desired": {...}}` to write (create and `updateTwin` modes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub properties: Option<serde_json::Value>,
+    /// `capabilities`: e.g. an IoT Edge device.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capabilities: Option<DeviceCapabilities>,
+    /// `deviceScope`: the parent's scope, for a leaf child of an IoT Edge device.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_scope: Option<String>,
+    /// `parentScopes`: the parent's scope, for a nested IoT Edge device.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent_scopes: Option<Vec<String>>,
+}
+
+/// The answer to a bulk registry call.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct BulkRegistryOperationResult {
+    /// `isSuccessful`: every item succeeded.
+    pub is_successful: bool,
+    /// `errors`: one per failed item.
+    pub errors: Vec<DeviceRegistryOperationError>,
+    /// `warnings`: items that succeeded with a remark.
+    pub warnings: Vec<DeviceRegistryOperationWarning>,
+}
+
+/// Why one item of a bulk call failed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct DeviceRegistryOperationError {
+    /// `deviceId`: the item's device.
+    pub device_id: Option<String>,
+    /// `errorCode`: the hub's numeric code (409001 DeviceAlreadyExists, 404001, 412001, ...). The hub writes a
+    /// number although its REST definition says text; both are read.
+    #[serde(deserialize_with = "number_or_text")]
+    pub error_code: Option<u32>,
+    /// `errorStatus`: the message.
+    pub error_status: Option<String>,
+    /// `moduleId`: the item's module, for a module item.
+    pub module_id: Option<String>,
+    /// `operation`: the item's import mode.
+    pub operation: Option<String>,
+}
+
+/// A remark on an item of a bulk call that succeeded.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct DeviceRegistryOperationWarning {
+    /// `deviceId`: the item's device.
+    pub device_id: Option<String>,
+    /// `warningCode`: e.g. `DeviceRegisteredWithoutTwin`.
+    pub warning_code: Option<String>,
+    /// `warningStatus`: the message.
+    pub warning_status: Option<String>,
+}
+
+fn number_or_text<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<u32>, D::Error> {
+    Ok(match serde_json::Value::deserialize(deserializer)? {
+        serde_json::Value::Number(n) => n.as_u64().and_then(|n| u32::try_from(n).ok()),
+        serde_json::Value::String(text) => text.parse().ok(),
+        _ => None,
+    })
+}
+
 /// `GET /statistics/devices`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

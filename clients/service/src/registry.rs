@@ -1,6 +1,8 @@
 //! Device identities: `PUT/GET/DELETE /devices/{id}`, `GET /devices`, `GET /statistics/devices`.
 
-use iothub_proto::registry::{AuthenticationMechanism, Device, RegistryStatistics, SymmetricKey};
+use iothub_proto::registry::{
+    AuthenticationMechanism, BulkRegistryOperationResult, Device, ExportImportDevice, RegistryStatistics, SymmetricKey,
+};
 use reqwest::Method;
 
 use crate::client::{Call, Safety, ServiceClient, segment};
@@ -87,6 +89,13 @@ impl RegistryClient {
         let call = Call::new(Method::DELETE, device_path(device_id), Safety::Once)
             .header(reqwest::header::IF_MATCH, etag.header());
         self.client.send(call).await.map(drop)
+    }
+
+    /// Applies up to 100 identity operations in one call (`POST /devices`): each item on its own, its failure
+    /// reported in the result rather than as an error (only a refused call is an error).
+    pub async fn bulk(&self, items: &[ExportImportDevice]) -> Result<BulkRegistryOperationResult, Error> {
+        let body = serde_json::to_value(items).map_err(|e| Error::Config(e.to_string()))?;
+        self.client.send(Call::new(Method::POST, "/devices".into(), Safety::Once).body(body)).await?.json()
     }
 
     /// Up to `top` devices (the hub's limit is 1000).

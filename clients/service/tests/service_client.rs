@@ -56,6 +56,35 @@ fn method(name: &str, timeout: u64) -> CloudToDeviceMethod {
 }
 
 #[tokio::test]
+async fn bulk_registry_operations_report_each_item() {
+    use iothub_service::proto::registry::ExportImportDevice;
+    let (_emulator, service) = start().await;
+    let registry = service.registry();
+    registry.create_sas_device("bulk-taken").await.expect("create");
+    let item = |id: &str, mode: &str| ExportImportDevice {
+        id: id.into(),
+        import_mode: Some(mode.into()),
+        ..ExportImportDevice::default()
+    };
+    let mut with_twin = item("bulk-1", "create");
+    with_twin.tags = Some(serde_json::json!({"site": "x"}));
+    let result =
+        registry.bulk(&[with_twin, item("bulk-taken", "create"), item("bulk-2", "create")]).await.expect("bulk");
+    assert!(!result.is_successful);
+    assert_eq!(result.errors.len(), 1);
+    assert_eq!(
+        (result.errors[0].device_id.as_deref(), result.errors[0].error_code),
+        (Some("bulk-taken"), Some(409001))
+    );
+    assert!(registry.get_device("bulk-2").await.is_ok(), "the other items went through");
+    let result = registry.bulk(&[item("bulk-1", "delete"), item("bulk-2", "delete")]).await.expect("bulk delete");
+    assert!(result.is_successful && result.errors.is_empty());
+    let too_many: Vec<ExportImportDevice> = (0..101).map(|i| item(&format!("many-{i}"), "create")).collect();
+    let err = registry.bulk(&too_many).await.expect_err("over 100");
+    assert_eq!((err.status(), err.code()), (Some(413), Some("TooManyDevices")));
+}
+
+#[tokio::test]
 async fn registry_crud_with_etags_and_typed_errors() {
     let (_emulator, service) = start().await;
     let registry = service.registry();
