@@ -6,6 +6,24 @@
 /// is at most 64 KiB, a message at most 1 MiB.
 pub(super) const MAX_DECLARED: u32 = 1 << 20;
 
+/// What a byte stream of AMQP starts with: a protocol header (8 bytes), a frame of the size its first four bytes
+/// declare (not yet checked, nor known to be whole), or too few bytes to tell.
+pub(super) enum Unit {
+    Header,
+    Frame(u32),
+    Partial,
+}
+
+/// The unit at the start of `stream`, for the stages that split the byte stream under fe2o3 into headers and frames.
+pub(super) fn next_unit(stream: &[u8]) -> Unit {
+    match stream {
+        [b'A', b'M', b'Q', b'P', ..] if stream.len() >= 8 => Unit::Header,
+        [b'A', b'M', b'Q', b'P', ..] => Unit::Partial,
+        [a, b, c, d, ..] => Unit::Frame(u32::from_be_bytes([*a, *b, *c, *d])),
+        _ => Unit::Partial,
+    }
+}
+
 /// Performative descriptor codes this crate looks for (AMQP 1.0 part 2, 2.7).
 pub(super) const OPEN: u64 = 0x10;
 pub(super) const ATTACH: u64 = 0x12;

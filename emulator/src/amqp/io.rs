@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-use super::encoding::{self, MAX_DECLARED, walk};
+use super::encoding::{self, MAX_DECLARED, Unit, walk};
 use super::outbound::{HEADROOM, OutboundFrames};
 
 /// Padded bytes the stream may hold back before a write waits for the peer to read.
@@ -131,15 +131,13 @@ impl PeerOpen {
         let mut at = 0;
         let passed = loop {
             let rest = &self.pending[at..];
-            if rest.starts_with(b"AMQP") || (rest.len() < 4 && b"AMQP".starts_with(rest)) {
-                if rest.len() < 8 {
-                    break false;
+            let size = match encoding::next_unit(rest) {
+                Unit::Header => {
+                    at += 8;
+                    continue;
                 }
-                at += 8;
-                continue;
-            }
-            let Some(size) = rest.get(..4).map(|s| u32::from_be_bytes([s[0], s[1], s[2], s[3]])) else {
-                break false;
+                Unit::Frame(size) => size,
+                Unit::Partial => break false,
             };
             if !(8..=super::MAX_FRAME_SIZE).contains(&size) {
                 break true;

@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 
-use super::encoding::{self, ATTACH, Performative, TRANSFER};
+use super::encoding::{self, ATTACH, Performative, TRANSFER, Unit};
 
 /// Bytes a rewritten frame may grow by: a transfer's tag (+12), its missing fields (at most 11 nulls) and a list8
 /// turned list32 (+6), with room to spare.
@@ -64,18 +64,15 @@ impl OutboundFrames {
         let mut at = 0;
         loop {
             let rest = &self.pending[at..];
-            if rest.len() >= 4 && rest.starts_with(b"AMQP") {
-                if rest.len() < 8 {
-                    break;
+            let size = match encoding::next_unit(rest) {
+                Unit::Header => {
+                    out.extend_from_slice(&rest[..8]);
+                    at += 8;
+                    continue;
                 }
-                out.extend_from_slice(&rest[..8]);
-                at += 8;
-                continue;
-            }
-            let Some(size) = rest.get(..4).map(|s| u32::from_be_bytes([s[0], s[1], s[2], s[3]]) as usize) else {
-                break;
+                Unit::Frame(size) => (size as usize).max(8),
+                Unit::Partial => break,
             };
-            let size = size.max(8);
             if rest.len() < size {
                 break;
             }
