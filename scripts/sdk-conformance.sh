@@ -155,7 +155,7 @@ run_restart_suites() {
 }
 
 (cd conformance/node && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
-for suite in registry device jobs c2d modules edge bulk; do
+for suite in registry device jobs c2d modules edge bulk configurations; do
   run_suite "node-$suite" env IOTHUB_CONNECTION_STRING="$connection_string" NODE_EXTRA_CA_CERTS="$ca" \
     IOTHUB_JOBS_CONNECTION_STRING="$jobs_connection_string" \
     IOTHUB_EVENTHUB_CONNECTION_STRING="$eventhub_connection_string" node "conformance/node/$suite.js"
@@ -188,6 +188,9 @@ run_suite python-edge env IOTHUB_CONNECTION_STRING="$connection_string" REQUESTS
 # Bulk identity operations (POST /devices).
 run_suite python-bulk env IOTHUB_CONNECTION_STRING="$connection_string" REQUESTS_CA_BUNDLE="$ca" \
   "$venv/bin/python" conformance/python/bulk_conformance.py
+# Automatic device management (IoTHubConfigurationManager).
+run_suite python-configurations env IOTHUB_CONNECTION_STRING="$connection_string" REQUESTS_CA_BUNDLE="$ca" \
+  "$venv/bin/python" conformance/python/configurations_conformance.py
 # uamqp (the service SDK's AMQP for cloud-to-device messages) trusts only SSL_CERT_FILE.
 run_suite python-c2d env IOTHUB_CONNECTION_STRING="$connection_string" REQUESTS_CA_BUNDLE="$ca" SSL_CERT_FILE="$ca" \
   IOTHUB_CA_FILE="$ca" "$venv/bin/python" conformance/python/c2d_conformance.py

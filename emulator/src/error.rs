@@ -39,6 +39,16 @@ pub enum HubError {
     PreconditionFailed(String),
     #[error("Job {0} not found")]
     JobNotFound(String),
+    #[error("Configuration {0} not registered.")]
+    ConfigurationNotFound(String),
+    #[error("A configuration with ID '{0}' already exists.")]
+    ConfigurationAlreadyExists(String),
+    /// The hub already holds its limit of configurations.
+    #[error("{0}")]
+    ConfigurationCountLimitExceeded(String),
+    /// A configuration's content the hub does not take (paths, sections, values).
+    #[error("{0}")]
+    InvalidConfigurationContent(String),
     #[error("A job with ID '{0}' already exists.")]
     JobAlreadyExists(String),
     /// The throttling profile refused the operation (`--throttle`).
@@ -126,6 +136,13 @@ impl HubError {
             Self::DeviceDefinedMultipleTimes(_) => w(400, "DeviceDefinedMultipleTimes", 400011, 3),
             Self::PreconditionFailed(_) => w(412, "PreconditionFailed", 412001, 3),
             Self::JobNotFound(_) => w(404, "JobNotFound", 404002, 3),
+            // Configuration codes: ConfigurationNotFound's number is the .NET SDK's (v2 `IotHubServiceErrorCode`);
+            // the hub's numbers for the other three are not published, so these are the emulator's, in the
+            // hub's envelope and with the hub's names and statuses (docs/research/configurations.md).
+            Self::ConfigurationNotFound(_) => w(404, "ConfigurationNotFound", 404301, 3),
+            Self::ConfigurationAlreadyExists(_) => w(409, "ConfigurationAlreadyExists", 409302, 3),
+            Self::ConfigurationCountLimitExceeded(_) => w(413, "ConfigurationCountLimitExceeded", 413003, 3),
+            Self::InvalidConfigurationContent(_) => w(400, "InvalidConfigurationContent", 400027, 3),
             // Decisions on wire-spec C.6.1: a duplicate id is JobAlreadyExists, too many active jobs the
             // throttling code the docs list for it.
             Self::JobAlreadyExists(_) => w(409, "JobAlreadyExists", 409104, 3),
@@ -171,6 +188,10 @@ mod tests {
             HubError::DeviceDefinedMultipleTimes(String::new()),
             HubError::PreconditionFailed(String::new()),
             HubError::JobNotFound(String::new()),
+            HubError::ConfigurationNotFound(String::new()),
+            HubError::ConfigurationAlreadyExists(String::new()),
+            HubError::ConfigurationCountLimitExceeded(String::new()),
+            HubError::InvalidConfigurationContent(String::new()),
             HubError::JobAlreadyExists(String::new()),
             HubError::TooManyActiveJobs(String::new()),
             HubError::Throttled(String::new()),

@@ -260,6 +260,18 @@ async fn malformed_service_requests_get_the_hubs_errors() {
     let in_list: Vec<String> = (0..700).map(|i| format!("'d{i:04}'")).collect();
     let huge_in = format!("SELECT * FROM devices WHERE deviceId IN [{}]", in_list.join(","));
     let too_long = format!("SELECT * FROM devices WHERE tags.a = '{}'", "x".repeat(9000));
+    let configuration = json!({"content": {"deviceContent": {"properties.desired.a": 1}}, "targetCondition": "*"});
+    let created = hub.request(Method::PUT, "/configurations/cfg").json(&configuration).send().await.expect("send");
+    assert_eq!(created.status(), StatusCode::OK);
+    let with = |member: &str, value: Value| {
+        let mut body = configuration.clone();
+        body[member] = value;
+        Some(body.to_string())
+    };
+    let six_metrics: serde_json::Map<String, Value> =
+        (0..6).map(|i| (format!("m{i}"), json!("SELECT deviceId FROM devices"))).collect();
+    let too_many_items: Vec<Value> =
+        (0..101).map(|i| json!({"id": format!("bulk{i}"), "importMode": "create"})).collect();
     let cases: Vec<ServiceCase> = vec![
         ("malformed JSON", Method::PUT, "/devices/x1", Some("{\"deviceId\":".into()), StatusCode::BAD_REQUEST, "IotHubFormatError"),
         ("JSON nested 1,000 deep", Method::PATCH, "/twins/d1", Some(deep), StatusCode::BAD_REQUEST, "IotHubFormatError"),
@@ -287,6 +299,21 @@ async fn malformed_service_requests_get_the_hubs_errors() {
         ("a module twin nested past 10 levels", Method::PATCH, "/twins/d1/modules/m1", Some(deep_twin.clone()), StatusCode::BAD_REQUEST, "ArgumentInvalid"),
         ("a module method timeout over 300 s", Method::POST, "/twins/d1/modules/m1/methods", Some(json!({"methodName": "m", "responseTimeoutInSeconds": 301}).to_string()), StatusCode::BAD_REQUEST, "ArgumentInvalid"),
         ("a module twin of a missing module", Method::GET, "/twins/d1/modules/nobody", None, StatusCode::NOT_FOUND, "ModuleNotFound"),
+        ("a bulk body that is not an array", Method::POST, "/devices", Some("{}".into()), StatusCode::BAD_REQUEST, "ArgumentInvalid"),
+        ("101 bulk items", Method::POST, "/devices", Some(json!(too_many_items).to_string()), StatusCode::PAYLOAD_TOO_LARGE, "TooManyDevices"),
+        ("one device twice in a bulk call", Method::POST, "/devices", Some(json!([{"id": "x"}, {"id": "x"}]).to_string()), StatusCode::BAD_REQUEST, "DeviceDefinedMultipleTimes"),
+        ("a configuration id in upper case", Method::PUT, "/configurations/Cfg", with("priority", json!(1)), StatusCode::BAD_REQUEST, "ArgumentInvalid"),
+        ("malformed configuration JSON", Method::PUT, "/configurations/cfg", Some("{\"content\":".into()), StatusCode::BAD_REQUEST, "IotHubFormatError"),
+        ("a configuration that is not an object", Method::PUT, "/configurations/cfg", Some("[1]".into()), StatusCode::BAD_REQUEST, "ArgumentInvalid"),
+        ("a target condition that does not parse", Method::PUT, "/configurations/cfg", with("targetCondition", json!("tags.x =")), StatusCode::BAD_REQUEST, "ArgumentInvalid"),
+        ("a priority beyond 32 bits", Method::PUT, "/configurations/cfg", with("priority", json!(1u64 << 40)), StatusCode::BAD_REQUEST, "ArgumentInvalid"),
+        ("six custom metrics", Method::PUT, "/configurations/cfg", with("metrics", json!({"queries": six_metrics})), StatusCode::BAD_REQUEST, "ArgumentInvalid"),
+        ("labels that are not strings", Method::PUT, "/configurations/cfg", with("labels", json!({"a": 1})), StatusCode::BAD_REQUEST, "ArgumentInvalid"),
+        ("changed configuration content", Method::PUT, "/configurations/cfg", with("content", json!({"deviceContent": {"properties.desired.a": 2}})), StatusCode::BAD_REQUEST, "ArgumentInvalid"),
+        ("a missing configuration", Method::DELETE, "/configurations/nobody", None, StatusCode::NOT_FOUND, "ConfigurationNotFound"),
+        ("testQueries with a body that is not an object", Method::POST, "/configurations/testQueries", Some("[]".into()), StatusCode::BAD_REQUEST, "ArgumentInvalid"),
+        ("content applied without modulesContent", Method::POST, "/devices/d1/applyConfigurationContent", Some(json!({"deviceContent": {}}).to_string()), StatusCode::BAD_REQUEST, "InvalidConfigurationContent"),
+        ("modules content applied to a device that is not an Edge device", Method::POST, "/devices/d1/applyConfigurationContent", Some(json!({"modulesContent": {"$edgeAgent": {"properties.desired": {}}}}).to_string()), StatusCode::BAD_REQUEST, "ArgumentInvalid"),
     ];
     for (label, method, path, body, status, code) in cases {
         let mut request = hub.request(method, path).header("If-Match", "*");

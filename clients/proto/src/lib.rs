@@ -4,6 +4,7 @@
 
 #![warn(missing_docs)]
 
+pub mod configurations;
 pub mod connection_string;
 pub mod emulator;
 pub mod jobs;

@@ -13,7 +13,8 @@ use serde::de::DeserializeOwned;
 use crate::amqp::Amqp;
 use crate::error::Error;
 use crate::{
-    EmulatorControls, JobClient, MessageClient, MethodClient, ModuleClient, QueryClient, RegistryClient, TwinClient,
+    ConfigurationClient, EmulatorControls, JobClient, MessageClient, MethodClient, ModuleClient, QueryClient,
+    RegistryClient, TwinClient,
 };
 
 /// The REST api-version the client speaks (the one the Azure SDKs use).
@@ -176,7 +177,7 @@ struct Inner {
 /// A connection to a hub's service API, made from a hub connection string (a shared access policy); cheap to
 /// clone (the clones share one HTTPS client and one AMQP connection). The per-area clients come from it:
 /// [`registry`](Self::registry), [`twins`](Self::twins), [`methods`](Self::methods), [`jobs`](Self::jobs),
-/// [`query`](Self::query) and [`messages`](Self::messages).
+/// [`query`](Self::query), [`configurations`](Self::configurations) and [`messages`](Self::messages).
 #[derive(Clone)]
 pub struct ServiceClient {
     inner: Arc<Inner>,
@@ -253,6 +254,11 @@ impl ServiceClient {
     /// Queries over twins and job records.
     pub fn query(&self) -> QueryClient {
         QueryClient::new(self.clone())
+    }
+
+    /// Configurations (automatic device management and IoT Edge deployments).
+    pub fn configurations(&self) -> ConfigurationClient {
+        ConfigurationClient::new(self.clone())
     }
 
     /// Cloud-to-device messages, their feedback and the devices' queues.

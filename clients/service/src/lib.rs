@@ -5,7 +5,9 @@
 //! SAS token and hands out the clients of each area: [`RegistryClient`] (device identities, with etags),
 //! [`TwinClient`] (get, patch, replace with etags), [`MethodClient`] (direct methods with response and connect
 //! timeouts), [`JobClient`] (scheduled method and twin jobs, their progress and cancellation),
-//! [`QueryClient`] (the query language, paged) and [`MessageClient`] (cloud-to-device messages). Requests and
+//! [`QueryClient`] (the query language, paged), [`ConfigurationClient`] (automatic device management:
+//! configurations and IoT Edge deployments applied by priority to the twins they target, their metrics, query
+//! checks, Edge content put on one device) and [`MessageClient`] (cloud-to-device messages). Requests and
 //! answers are the wire types of [`iothub_proto`]; the hub's error bodies become [`Error::Hub`] with the
 //! status, `ErrorCode` and message. Throttled requests (429) are retried with back-off; 5xx answers only for
 //! requests that are safe to repeat.
@@ -56,6 +58,7 @@
 
 mod amqp;
 mod client;
+mod configurations;
 mod emulator;
 mod error;
 mod events;
@@ -69,6 +72,7 @@ mod registry;
 mod twins;
 
 pub use client::{API_VERSION, RetryPolicy, ServiceClient, ServiceOptions, Trust};
+pub use configurations::ConfigurationClient;
 pub use emulator::EmulatorControls;
 pub use error::Error;
 pub use events::{EventHubConsumer, EventPosition, PartitionReceiver, ReceivedEvent};

@@ -1,10 +1,12 @@
 //! The service client against the in-process emulator over real TLS, with a real `iothub-device` client
-//! answering methods: registry, twins, methods, jobs and queries, and the hub's errors as typed errors.
+//! answering methods: registry, twins, methods, jobs, queries and configurations, and the hub's errors as typed
+//! errors.
 
 use std::time::Duration;
 
 use iothub_device::{ClientOptions, DeviceClient, MethodResponse};
 use iothub_emulator::{Emulator, RunningEmulator};
+use iothub_service::proto::configurations::{Configuration, ConfigurationContent, ConfigurationQueriesTestInput};
 use iothub_service::proto::jobs::{DeviceJob, DeviceJobStatus, JobStatus, JobType};
 use iothub_service::proto::methods::CloudToDeviceMethod;
 use iothub_service::proto::twin::Twin;
@@ -330,4 +332,141 @@ async fn the_emulator_controls_inject_faults_record_history_and_reset() {
     let reader = emulator.policy_connection_string("registryRead").expect("policy");
     let refused = service_for(&emulator, &reader).emulator().faults().await.expect_err("not the owner");
     assert!(matches!(&refused, Error::Hub { status: 401, .. }), "{refused}");
+}
+
+/// Polls `device_id`'s desired `cfg` (every 100 ms, up to 10 s) until it is `expected`; the last value otherwise.
+async fn wait_for_desired_cfg(service: &ServiceClient, device_id: &str, expected: &Value) -> Option<Value> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let twin = service.twins().get_twin(device_id).await.expect("twin");
+        let cfg = twin.desired().and_then(|d| d.get("cfg")).cloned();
+        if cfg.as_ref() == Some(expected) || tokio::time::Instant::now() >= deadline {
+            return cfg;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn device_configuration(id: &str, priority: i32, content: Value) -> Configuration {
+    Configuration {
+        id: id.into(),
+        target_condition: "tags.fleet='cfg'".into(),
+        priority,
+        content: ConfigurationContent { device_content: Some(map(content)), ..Default::default() },
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn configurations_apply_by_priority_and_report_metrics() {
+    let (_emulator, service) = start().await;
+    for id in ["cfg-d1", "cfg-d2", "cfg-other"] {
+        service.registry().create_sas_device(id).await.expect("create");
+    }
+    for id in ["cfg-d1", "cfg-d2"] {
+        service.twins().update_twin(id, &Twin::tags_patch(map(json!({"fleet": "cfg"}))), Etag::Any).await.expect("tag");
+    }
+    let configurations = service.configurations();
+    let low = device_configuration("cfg-low", 1, json!({"properties.desired.cfg": {"a": 1, "b": 1}}));
+    let created = configurations.create(&low).await.expect("create low");
+    assert_eq!((created.id.as_str(), created.priority, created.etag.as_deref()), ("cfg-low", 1, Some("MQ==")));
+    assert_eq!(created.content, low.content);
+    assert!(created.created_time_utc.is_some());
+    let err = configurations.create(&low).await.expect_err("duplicate");
+    assert_eq!((err.status(), err.code()), (Some(409), Some("ConfigurationAlreadyExists")));
+    let high = configurations
+        .create(&device_configuration("cfg-high", 2, json!({"properties.desired.cfg.b": 2})))
+        .await
+        .expect("create high");
+
+    for id in ["cfg-d1", "cfg-d2"] {
+        let cfg = wait_for_desired_cfg(&service, id, &json!({"a": 1, "b": 2})).await;
+        assert_eq!(cfg, Some(json!({"a": 1, "b": 2})), "{id}: the higher priority wins b");
+    }
+    let untargeted = service.twins().get_twin("cfg-other").await.expect("twin");
+    assert_eq!(untargeted.desired().and_then(|d| d.get("cfg")), None, "not targeted");
+    let got = configurations.get("cfg-low").await.expect("get");
+    assert_eq!(
+        (got.system_metrics.results.get("targetedCount"), got.system_metrics.results.get("appliedCount")),
+        (Some(&json!(2)), Some(&json!(2))),
+        "{:?}",
+        got.system_metrics
+    );
+    assert_eq!(
+        got.system_metrics.queries.get("appliedCount"),
+        Some(&json!("select deviceId from devices where configurations.[[cfg-low]].status = 'Applied'"))
+    );
+
+    let mut relabelled = got.clone();
+    relabelled.labels = Some(map(json!({"team": "ops"})));
+    let updated =
+        configurations.update(&relabelled, Etag::Value(got.etag.clone().expect("etag"))).await.expect("update");
+    assert_eq!(updated.labels, relabelled.labels);
+    assert_eq!(updated.created_time_utc, got.created_time_utc);
+    assert_ne!(updated.etag, got.etag);
+    let err =
+        configurations.update(&relabelled, Etag::Value(got.etag.clone().expect("etag"))).await.expect_err("stale");
+    assert!(matches!(&err, Error::Hub { status: 412, code, .. } if code == "PreconditionFailed"), "{err}");
+
+    configurations.delete("cfg-high", Etag::Value(high.etag.clone().expect("etag"))).await.expect("delete");
+    let err = configurations.get("cfg-high").await.expect_err("deleted");
+    assert_eq!((err.status(), err.code()), (Some(404), Some("ConfigurationNotFound")));
+    for id in ["cfg-d1", "cfg-d2"] {
+        let cfg = wait_for_desired_cfg(&service, id, &json!({"a": 1, "b": 1})).await;
+        assert_eq!(cfg, Some(json!({"a": 1, "b": 1})), "{id}: b falls back to the lower priority");
+    }
+
+    let checked = configurations
+        .test_queries(&ConfigurationQueriesTestInput {
+            target_condition: "tags.fleet='cfg'".into(),
+            custom_metric_queries: map(json!({
+                "good": "SELECT deviceId FROM devices WHERE properties.reported.cfg.a = 1",
+                "bad": "SELECT deviceId FROM devices WHERE",
+            })),
+        })
+        .await
+        .expect("test queries");
+    assert_eq!(checked.target_condition_error, "");
+    assert_eq!(checked.custom_metric_query_errors.get("good"), Some(&json!("")), "{checked:?}");
+    assert!(
+        checked.custom_metric_query_errors.get("bad").and_then(Value::as_str).is_some_and(|e| !e.is_empty()),
+        "{checked:?}"
+    );
+
+    let listed = configurations.list(None).await.expect("list");
+    assert_eq!(listed.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(), ["cfg-low"]);
+    assert_eq!(listed[0].labels, relabelled.labels);
+}
+
+#[tokio::test]
+async fn configurations_edge_content_reaches_module_twins() {
+    use iothub_service::proto::registry::{Device, DeviceCapabilities};
+    let (_emulator, service) = start().await;
+    let edge = Device {
+        device_id: Some("cfg-edge".into()),
+        capabilities: Some(DeviceCapabilities { iot_edge: Some(true) }),
+        ..Default::default()
+    };
+    service.registry().create_device(&edge).await.expect("create edge device");
+    let content = ConfigurationContent {
+        modules_content: Some(map(json!({
+            "$edgeAgent": {"properties.desired": {"schemaVersion": "1.1", "modules": {}}},
+            "$edgeHub": {"properties.desired": {"schemaVersion": "1.1", "routes": {}}},
+            "sensor": {"properties.desired": {"interval": 5}},
+        }))),
+        ..Default::default()
+    };
+    let configurations = service.configurations();
+    configurations.apply_on_edge_device("cfg-edge", &content).await.expect("apply");
+    let agent = service.modules().get_twin("cfg-edge", "$edgeAgent").await.expect("agent twin");
+    assert_eq!(agent.desired().and_then(|d| d.get("schemaVersion")), Some(&json!("1.1")));
+    let sensor = service.modules().get_twin("cfg-edge", "sensor").await.expect("created module's twin");
+    assert_eq!(sensor.desired().and_then(|d| d.get("interval")), Some(&json!(5)));
+
+    let device_only =
+        ConfigurationContent { device_content: Some(map(json!({"properties.desired.x": 1}))), ..Default::default() };
+    let err = configurations.apply_on_edge_device("cfg-edge", &device_only).await.expect_err("no modulesContent");
+    assert_eq!((err.status(), err.code()), (Some(400), Some("InvalidConfigurationContent")));
+    let err = configurations.apply_on_edge_device("ghost", &content).await.expect_err("unknown device");
+    assert_eq!((err.status(), err.code()), (Some(404), Some("DeviceNotFound")));
 }

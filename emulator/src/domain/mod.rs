@@ -2,6 +2,7 @@
 
 pub mod bulk;
 pub mod c2d;
+pub mod configurations;
 pub mod eventlog;
 pub mod faults;
 pub mod history;

@@ -56,6 +56,8 @@ pub enum Operation {
     CloudToDeviceSend,
     /// Cloud-to-device messages received (and settled) by devices.
     CloudToDeviceReceive,
+    /// Configuration create, read, list, update, delete (automatic device management).
+    Configuration,
 }
 
 impl Operation {
@@ -85,6 +87,8 @@ impl Operation {
             (O::CloudToDeviceSend, S3) => 5000.0 / 60.0,
             (O::CloudToDeviceReceive, S1 | S2) => 1000.0 / 60.0,
             (O::CloudToDeviceReceive, S3) => 50_000.0 / 60.0,
+            // The quotas article: 20 per minute per unit on every tier.
+            (O::Configuration, _) => 20.0 / 60.0,
         }
     }
 
@@ -102,6 +106,7 @@ impl Operation {
             Self::JobDeviceOperation => "jobs device operations",
             Self::CloudToDeviceSend => "cloud-to-device sends",
             Self::CloudToDeviceReceive => "cloud-to-device receives",
+            Self::Configuration => "configuration operations",
         }
     }
 }

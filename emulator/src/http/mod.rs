@@ -1,5 +1,6 @@
 //! The HTTPS service API: the axum router over the hub, and the connection handling behind the TLS listener.
 
+mod configurations;
 mod device;
 mod emulator;
 mod jobs;
@@ -68,6 +69,16 @@ pub fn router(hub: Arc<Hub>, dashboard: Arc<Dashboard>, shutdown: CancellationTo
                 .post(registry::post_device_path),
         )
         .route("/devices/{id}/modules", get(modules::list_modules))
+        .route("/devices/{id}/applyConfigurationContent", post(configurations::apply_configuration_content))
+        .route("/configurations", get(configurations::list_configurations))
+        .route("/configurations/", get(configurations::list_configurations))
+        .route("/configurations/testQueries", post(configurations::test_queries))
+        .route(
+            "/configurations/{id}",
+            get(configurations::get_configuration)
+                .put(configurations::put_configuration)
+                .delete(configurations::delete_configuration),
+        )
         .route(
             "/devices/{id}/modules/{mid}",
             get(modules::get_module).put(modules::put_module).delete(modules::delete_module),

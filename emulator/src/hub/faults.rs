@@ -228,6 +228,7 @@ impl Hub {
             state.sessions.clear();
             state.last_activity.clear();
             state.messages.clear();
+            state.configurations.clear();
             summary.jobs = self.jobs.clear();
             let mut writes = vec![Write::Reset];
             writes.extend(self.drop_all_telemetry());

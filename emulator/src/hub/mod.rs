@@ -5,6 +5,7 @@
 //! `twins`, `methods` and `telemetry` the device features.
 
 mod bulk;
+mod configurations;
 mod edge;
 mod faults;
 mod jobs;
@@ -25,6 +26,7 @@ use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use configurations::ConfigurationCounts;
 pub use faults::ResetSummary;
 pub use jobs::{JobSettings, JobSnapshot, MAX_JOBS_PAGE};
 pub use messages::Delivery;
@@ -34,6 +36,7 @@ pub use telemetry::{EventLog, MAX_READERS_PER_PARTITION, ReaderLease, ReaderRefu
 
 use crate::auth::{self, AuthFailure, Claim, Policies, Principal, Rights};
 use crate::clock::SharedClock;
+use crate::domain::configurations::Configuration;
 use crate::domain::eventlog::{Event, LogSettings};
 use crate::domain::methods::PendingCalls;
 use crate::domain::registry::{self, Device, DeviceSpec, DeviceStatus, IfMatch, Liveness};
@@ -78,6 +81,8 @@ struct State {
     last_activity: HashMap<String, Timestamp>,
     /// Cloud-to-device queues and feedback.
     messages: messages::Messages,
+    /// Configurations (automatic device management), by id.
+    configurations: BTreeMap<String, Arc<Configuration>>,
 }
 
 impl State {
@@ -173,6 +178,9 @@ pub struct Hub {
     telemetry_count: std::sync::atomic::AtomicU64,
     /// Connections and disconnections as they happen (the dashboard's live connection states).
     presence_feed: broadcast::Sender<PresenceChange>,
+    /// Twins waiting for the configurations to be applied to them, and the wake-up of the task that does it.
+    configuration_marked: std::sync::Mutex<configurations::Marked>,
+    configurations_changed: Notify,
 }
 
 impl Hub {
@@ -200,6 +208,7 @@ impl Hub {
                 sessions,
                 last_activity: HashMap::new(),
                 messages: messages::Messages::new(messages, loaded.feedback),
+                configurations: loaded.configurations.into_iter().map(|c| (c.id.clone(), Arc::new(c))).collect(),
             }),
             presence_changed: Notify::new(),
             pending_calls: PendingCalls::default(),
@@ -219,6 +228,8 @@ impl Hub {
             connect_attempts: std::sync::atomic::AtomicU64::new(0),
             telemetry_count: std::sync::atomic::AtomicU64::new(0),
             presence_feed: broadcast::channel(presence::FEED_CAPACITY).0,
+            configuration_marked: std::sync::Mutex::default(),
+            configurations_changed: Notify::new(),
         }
     }
 
@@ -236,6 +247,7 @@ impl Hub {
     /// for message expiries and locks that ran out.
     pub fn start(self: &Arc<Self>) {
         self.start_jobs();
+        self.background.spawn(Arc::clone(self).run_configurations());
         self.background.spawn(Arc::clone(self).run_event_retention());
         let hub = Arc::clone(self);
         let stop = self.stop.clone();
@@ -489,6 +501,9 @@ impl Hub {
         let mut also = Vec::with_capacity(dependents.len());
         let mut changes = state.put_dependents(dependents, &mut also);
         let (device, pending) = self.store_device_with(state, device, also);
+        for change in &changes {
+            self.mark_for_configurations(state, &change.key);
+        }
         changes.insert(0, Change { key: device.key().into_owned(), previous, written: Some(Arc::clone(&device)) });
         (device, changes, pending)
     }
@@ -507,6 +522,7 @@ impl Hub {
         writes.extend(also);
         let pending = self.store.submit(writes);
         state.devices.insert(device.key().into_owned(), device.clone());
+        self.mark_for_configurations(state, &device.key());
         (device, pending)
     }
 

@@ -248,6 +248,37 @@ impl Hub {
         QueryPage { items: matched.into_iter().map(QueryItem::DeviceJob).collect(), item_type, continuation }
     }
 
+    /// How many rows `query` returns now, `TOP` applied: what a configuration's metric counts.
+    pub(super) fn query_row_count(&self, query: &Query) -> u64 {
+        let condition = query.condition.as_ref();
+        let count = match query.from {
+            Collection::DevicesJobs => {
+                let mut count = 0u64;
+                self.visit_device_jobs(None, |record| {
+                    count += u64::from(condition.is_none_or(|c| matches(c, &DeviceJobView(record))));
+                    true
+                });
+                count
+            }
+            from => {
+                let modules = from == Collection::DevicesModules;
+                let state = self.read();
+                let state = &*state;
+                let liveness = |id: &str| Self::liveness_in(state, id);
+                let selected =
+                    |device: &Device| -> bool { condition.is_none_or(|c| matches(c, &view(device, &liveness))) };
+                let devices: Vec<&Arc<Device>> =
+                    state.devices.values().filter(|d| d.module.is_some() == modules).collect();
+                if run::is_aggregate(query) {
+                    aggregate(query, &devices, &selected, &liveness).len() as u64
+                } else {
+                    select_batch(&devices, &selected).into_iter().filter(|hit| *hit).count() as u64
+                }
+            }
+        };
+        query.top.map_or(count, |top| count.min(top))
+    }
+
     /// The ids of every device `condition` selects (all devices for `None`), in id order: a job's targets.
     pub(super) fn matching_device_ids(&self, condition: Option<&Expr>) -> Vec<String> {
         let state = self.read();

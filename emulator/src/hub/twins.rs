@@ -82,7 +82,7 @@ impl Hub {
         Ok((device, current, pending))
     }
 
-    fn notify_desired(state: &State, device_id: &str, notification: DesiredNotification) {
+    pub(super) fn notify_desired(state: &State, device_id: &str, notification: DesiredNotification) {
         let Some(presence) = state.connected.get(device_id) else { return };
         if !state.sessions.get(device_id).is_some_and(|s| s.desired) {
             return;

@@ -29,6 +29,8 @@ const FEEDBACK: TableDefinition<&str, &[u8]> = TableDefinition::new("c2d_feedbac
 /// The Event Hubs-compatible log, keyed (partition, sequence) (`events::encode`), where a store has no directory
 /// for segment files (`open_with`). A data dir keeps the log in segment files (`segments`) and moves records an
 /// earlier build left here into them on open.
+/// Configurations by id (automatic device management); absent in files written before they existed.
+const CONFIGURATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("configurations");
 const EVENTS: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("events");
 /// The endpoint's record, each trimmed partition's continuation and trim point (JSON), under `hub`,
 /// `continue/<n>` and `trimmed/<n>`.
@@ -324,6 +326,10 @@ fn load(db: &impl redb::ReadableDatabase, shown: &str) -> Result<Loaded, StoreEr
         devices: read_all(&read, DEVICES, "device", shown)?,
         jobs: read_all(&read, JOBS, "job", shown)?,
         device_jobs: read_all(&read, DEVICE_JOBS, "device job", shown)?,
+        configurations: match read.open_table(CONFIGURATIONS) {
+            Ok(_) => read_all(&read, CONFIGURATIONS, "configuration", shown)?,
+            Err(_) => Vec::new(),
+        },
         sessions: read_keyed(&read, SESSIONS, "session", shown)?,
         messages: read_keyed(&read, MESSAGES, "cloud-to-device message", shown)?
             .into_iter()
@@ -508,6 +514,7 @@ fn commit_transaction(db: &Database, in_segments: bool, group: &[Batch]) -> Resu
         let mut feedback = txn.open_table(FEEDBACK)?;
         let mut events = txn.open_table(EVENTS)?;
         let mut event_meta = txn.open_table(EVENT_META)?;
+        let mut configurations = txn.open_table(CONFIGURATIONS)?;
         for write in group.iter().flat_map(|b| &b.writes) {
             match write {
                 Write::PutDevice(device) => {
@@ -556,6 +563,12 @@ fn commit_transaction(db: &Database, in_segments: bool, group: &[Batch]) -> Resu
                     let range = keys_under(id);
                     device_jobs.retain_in(range.start.as_str()..range.end.as_str(), |_, _| false)?;
                 }
+                Write::PutConfiguration(configuration) => {
+                    configurations.insert(configuration.id.as_str(), encode(&**configuration).as_slice())?;
+                }
+                Write::DeleteConfiguration { id } => {
+                    configurations.remove(id.as_str())?;
+                }
                 Write::PutEventHub(record) => {
                     event_meta.insert(EVENT_HUB_KEY, encode(record).as_slice())?;
                 }
@@ -570,6 +583,7 @@ fn commit_transaction(db: &Database, in_segments: bool, group: &[Batch]) -> Resu
                     sessions.retain(|_, _| false)?;
                     messages.retain(|_, _| false)?;
                     feedback.retain(|_, _| false)?;
+                    configurations.retain(|_, _| false)?;
                 }
                 Write::TrimEvents { partition, through, continuation } => {
                     if !in_segments {

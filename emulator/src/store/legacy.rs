@@ -70,6 +70,7 @@ fn twin(legacy: &LegacyTwin) -> Twin {
         tags: object(&legacy.tags, None, Stamp::default()),
         desired: section(&legacy.desired),
         reported: section(&legacy.reported),
+        configurations: None,
     }
 }
 

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use tokio::sync::oneshot;
 
 use crate::domain::c2d::{FeedbackRecord, Queued};
+use crate::domain::configurations::Configuration;
 use crate::domain::eventlog::{Continuation, Event};
 use crate::domain::jobs::{DeviceJob, Job};
 use crate::domain::registry::Device;
@@ -56,7 +57,11 @@ pub enum Write {
     /// Drop a partition's events up to and including `through` (retention, size cap), remembering where the
     /// partition continues.
     TrimEvents { partition: u32, through: u64, continuation: Continuation },
-    /// Remove every device, module, job, session, queued message and feedback record (a reset). The log is
+    /// Insert or replace a configuration (automatic device management).
+    PutConfiguration(Arc<Configuration>),
+    /// Remove a configuration.
+    DeleteConfiguration { id: String },
+    /// Remove every device, module, job, configuration, session, queued message and feedback record (a reset). The log is
     /// trimmed by `TrimEvents` beside it.
     Reset,
 }
@@ -101,6 +106,8 @@ pub struct Loaded {
     pub devices: Vec<Device>,
     pub jobs: Vec<Job>,
     pub device_jobs: Vec<DeviceJob>,
+    /// Configurations (automatic device management), in no particular order.
+    pub configurations: Vec<Configuration>,
     /// Stored MQTT sessions, by device id.
     pub sessions: Vec<(String, Subscriptions)>,
     /// Queued cloud-to-device messages, by device id.

@@ -3,6 +3,7 @@
 //! it; the hub and the domain never see JSON text.
 
 pub mod bulk;
+pub mod configurations;
 pub mod controls;
 pub mod errors;
 pub mod jobs;

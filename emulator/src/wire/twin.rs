@@ -9,7 +9,7 @@ use serde_json::{Map, Value as Json};
 use super::registry::{connection_state, thumbprints};
 use crate::clock::format_optional_time;
 use crate::domain::registry::{Device, Liveness};
-use crate::domain::twin::json::{MetadataJson, Plain, PlainObject, from_json};
+use crate::domain::twin::json::{ConfigurationsJson, MetadataJson, Plain, PlainObject, from_json};
 use crate::domain::twin::{DesiredNotification, Object, Property, Section, SectionKind, Stamp, Twin, TwinWrite};
 use crate::error::HubError;
 use crate::hub::DeviceSnapshot;
@@ -49,7 +49,11 @@ impl Serialize for TwinDocument<'_> {
         map.serialize_entry("version", &twin.version)?;
         map.serialize_entry("tags", &PlainObject(&twin.tags))?;
         map.serialize_entry("properties", &Properties(twin))?;
+        let marks = twin.configuration_marks();
         if module_id.is_some() {
+            if !marks.is_empty() {
+                map.serialize_entry("configurations", &ConfigurationsJson(marks))?;
+            }
             return map.end();
         }
         map.serialize_entry(
@@ -59,6 +63,10 @@ impl Serialize for TwinDocument<'_> {
         if let Some(scope) = &device.device_scope {
             map.serialize_entry("deviceScope", scope)?;
             map.serialize_entry("parentScopes", &device.parent_scopes)?;
+        }
+        // Where the hub puts this member is not recorded; it is read by name.
+        if !marks.is_empty() {
+            map.serialize_entry("configurations", &ConfigurationsJson(marks))?;
         }
         map.end()
     }

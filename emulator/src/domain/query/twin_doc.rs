@@ -10,12 +10,13 @@ use std::borrow::Cow;
 use super::eval::{Document, Val};
 use crate::clock::{format_optional_time, format_time};
 use crate::domain::registry::{Device, Liveness};
-use crate::domain::twin::json::MetadataJson;
+use crate::domain::twin::json::{ConfigurationsJson, MetadataJson, mark_status};
 use crate::domain::twin::{Object, Section, Stamp};
 
 /// The root members of a twin document, in canonical spelling and in the order the document lists them
-/// (wire-spec D.1; `moduleId` only on module twins, `deviceScope` only on edge devices and their children).
-pub const ROOT_MEMBERS: [&str; 19] = [
+/// (wire-spec D.1; `moduleId` only on module twins, `deviceScope` only on edge devices and their children,
+/// `configurations` only on twins that configurations target).
+pub const ROOT_MEMBERS: [&str; 20] = [
     "deviceId",
     "moduleId",
     "etag",
@@ -35,6 +36,7 @@ pub const ROOT_MEMBERS: [&str; 19] = [
     "capabilities",
     "deviceScope",
     "parentScopes",
+    "configurations",
 ];
 
 /// The canonical spelling of a root member, matched case-insensitively (exact spellings first: they are the
@@ -156,6 +158,31 @@ impl Document for TwinView<'_> {
                 _ => Val::Undefined,
             },
             "tags" => Val::walk_twin(&device.twin.tags, rest),
+            // `configurations.<id>.status`: `Applied` or `Targeted`, as the twin document shows.
+            "configurations" => {
+                let marks = device.twin.configuration_marks();
+                match rest {
+                    [] if marks.is_empty() => Val::Undefined,
+                    [] => match serde_json::to_value(ConfigurationsJson(marks)) {
+                        Ok(serde_json::Value::Object(map)) => Val::Obj(Cow::Owned(map)),
+                        _ => Val::Undefined,
+                    },
+                    [id, tail @ ..] => match marks.iter().find(|m| m.id == *id) {
+                        None => Val::Undefined,
+                        Some(mark) => match tail {
+                            [] => match serde_json::to_value(ConfigurationsJson(std::slice::from_ref(mark))) {
+                                Ok(serde_json::Value::Object(mut map)) => match map.shift_remove(id.as_str()) {
+                                    Some(serde_json::Value::Object(entry)) => Val::Obj(Cow::Owned(entry)),
+                                    _ => Val::Undefined,
+                                },
+                                _ => Val::Undefined,
+                            },
+                            [name] if name == "status" => Val::Str(Cow::Borrowed(mark_status(mark))),
+                            _ => Val::Undefined,
+                        },
+                    },
+                }
+            }
             "properties" => match rest.split_first() {
                 Some((name, rest)) if name.eq_ignore_ascii_case("desired") => section(&device.twin.desired, rest, true),
                 Some((name, rest)) if name.eq_ignore_ascii_case("reported") => {

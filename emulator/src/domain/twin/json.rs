@@ -104,6 +104,32 @@ impl Serialize for MetadataJson<'_> {
     }
 }
 
+/// A twin's `configurations` member: `{"<id>": {"status": "Applied" | "Targeted"}}`.
+pub struct ConfigurationsJson<'a>(pub &'a [super::ConfigurationMark]);
+
+/// A configuration's status on a twin, as the hub spells it.
+pub fn mark_status(mark: &super::ConfigurationMark) -> &'static str {
+    if mark.applied { "Applied" } else { "Targeted" }
+}
+
+impl Serialize for ConfigurationsJson<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        struct Status(&'static str);
+        impl Serialize for Status {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                let mut map = serializer.serialize_map(Some(1))?;
+                map.serialize_entry("status", self.0)?;
+                map.end()
+            }
+        }
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for mark in self.0 {
+            map.serialize_entry(&mark.id, &Status(mark_status(mark)))?;
+        }
+        map.end()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -40,12 +40,44 @@ pub struct Twin {
     pub tags: Object,
     pub desired: Section,
     pub reported: Section,
+    /// The configurations (automatic device management) that target this twin: the twin's `configurations`
+    /// member. Boxed and usually absent, so twins without any cost one pointer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub configurations: Option<Box<[ConfigurationMark]>>,
+}
+
+/// A configuration's mark on a twin it targets: whether its content is applied, and which desired paths it
+/// wrote and still owns, so they can be taken back when it stops applying (even after it is deleted).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConfigurationMark {
+    pub id: String,
+    /// Tells a configuration from one re-created later under the same id (its creation time, in microseconds).
+    pub generation: i64,
+    /// `Applied` (some path is its), else `Targeted` (higher-priority configurations won every path).
+    pub applied: bool,
+    /// Set by IoT Edge deployments: their content stays when no deployment applies any more, as on the hub.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub edge: bool,
+    /// The paths below `properties.desired` this configuration wrote and still owns.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<Vec<String>>,
 }
 
 impl Twin {
+    /// The marks of the configurations that target this twin.
+    pub fn configuration_marks(&self) -> &[ConfigurationMark] {
+        self.configurations.as_deref().unwrap_or(&[])
+    }
+
     /// A new twin as the hub makes it with its device: empty sections at `$version` 1.
     pub fn new(now: Timestamp) -> Self {
-        Self { version: 1, tags: Object::default(), desired: Section::new(now), reported: Section::new(now) }
+        Self {
+            version: 1,
+            tags: Object::default(),
+            desired: Section::new(now),
+            reported: Section::new(now),
+            configurations: None,
+        }
     }
 
     /// The twin etag: base64 of the 8-byte big-endian version (`AAAAAAAAAAE=` for a new twin), as real hubs show.
