@@ -92,7 +92,22 @@ pub const SURFACES: &[Surface] = &[
         "`GET /messages/serviceBound/feedback` and its completion; `DELETE /devices/{id}/commands` (purge)",
         &["c2d-round-trip", "c2d-refusals"],
     ),
-    missing("REST", "import/export jobs (`/jobs/create`), configurations"),
+    row(
+        "REST",
+        "IoT Edge devices (`capabilities.iotEdge`): generated `deviceScope`, leaf children by scope (`parentScopes`, also in twins), unknown scopes refused, children freed with their parent",
+        &["edge-hierarchy"],
+    ),
+    row(
+        "REST",
+        "bulk identity operations (`POST /devices`): per-item results with the hub's numeric codes",
+        &["bulk-registry"],
+    ),
+    row(
+        "REST",
+        "`PUT/GET/DELETE /configurations/{id}` with etags, applied to targeted twins by priority, system and custom metrics",
+        &["configurations"],
+    ),
+    missing("REST", "import/export jobs (`/jobs/create`)"),
     row("query", "WHERE on tags and reported properties, comparisons, AND/OR/NOT, `IN`", &["query-filters"]),
     row("query", "projections with `AS`", &["query-filters"]),
     row("query", "`COUNT()` with `GROUP BY` (and `[[quoted]]` names)", &["query-group-by"]),

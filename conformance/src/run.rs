@@ -1,5 +1,5 @@
-//! One scenario run: uniquely named devices and jobs (so runs never collide, on a shared real hub too), the
-//! observations it makes, and the clean-up afterwards.
+//! One scenario run: uniquely named devices, jobs and configurations (so runs never collide, on a shared real hub
+//! too), the observations it makes, and the clean-up afterwards.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,6 +16,7 @@ pub struct Run {
     /// Starts every id this run makes (`conf-<scenario>-<random>`); replaced by `<run>` in observations.
     prefix: String,
     devices: Mutex<Vec<String>>,
+    configurations: Mutex<Vec<String>>,
     observed: Mutex<Map<String, Value>>,
 }
 
@@ -23,7 +24,13 @@ impl Run {
     /// A run of scenario `name` on `target`.
     pub fn new(target: Arc<Target>, name: &str) -> Self {
         let prefix = format!("conf-{name}-{:08x}", rand::random::<u32>());
-        Self { target, prefix, devices: Mutex::new(Vec::new()), observed: Mutex::new(Map::new()) }
+        Self {
+            target,
+            prefix,
+            devices: Mutex::new(Vec::new()),
+            configurations: Mutex::new(Vec::new()),
+            observed: Mutex::new(Map::new()),
+        }
     }
 
     /// The service client.
@@ -47,6 +54,16 @@ impl Run {
             .device_connection_string(&device)
             .ok_or_else(|| anyhow::anyhow!("the registry returned no key for {id}"))?;
         Ok((id, cs))
+    }
+
+    /// Deletes device `id` after the run (for devices the scenario registers itself, e.g. in bulk).
+    pub fn adopt_device(&self, id: &str) {
+        self.devices.lock().unwrap_or_else(|p| p.into_inner()).push(id.to_owned());
+    }
+
+    /// Deletes configuration `id` after the run.
+    pub fn adopt_configuration(&self, id: &str) {
+        self.configurations.lock().unwrap_or_else(|p| p.into_inner()).push(id.to_owned());
     }
 
     /// A device client builder for `connection_string` with the target's options.
@@ -79,6 +96,10 @@ impl Run {
 
     /// Deletes what the run registered (errors ignored: the hub may have removed it already).
     pub async fn clean_up(&self) {
+        let configurations = std::mem::take(&mut *self.configurations.lock().unwrap_or_else(|p| p.into_inner()));
+        for id in configurations {
+            let _ = self.service().configurations().delete(&id, Etag::Any).await;
+        }
         let devices = std::mem::take(&mut *self.devices.lock().unwrap_or_else(|p| p.into_inner()));
         for id in devices {
             let _ = self.service().registry().delete_device(&id, Etag::Any).await;
@@ -97,6 +118,43 @@ pub fn skeleton(value: &Value) -> Value {
         Value::String(_) => Value::String("<string>".into()),
         Value::Array(items) => Value::Array(items.first().map(skeleton).into_iter().collect()),
         Value::Object(map) => Value::Object(map.iter().map(|(k, v)| (k.clone(), skeleton(v))).collect()),
+    }
+}
+
+/// `value` with every member named in `members` (at any depth) that holds something other than `null` replaced
+/// by `placeholder`: for times and other values that differ on every run, where the rest of the document matters.
+pub fn redact(value: &Value, members: &[&str], placeholder: &str) -> Value {
+    match value {
+        Value::Array(items) => Value::Array(items.iter().map(|v| redact(v, members, placeholder)).collect()),
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| {
+                    let v = if members.contains(&k.as_str()) && !v.is_null() {
+                        Value::String(placeholder.to_owned())
+                    } else {
+                        redact(v, members, placeholder)
+                    };
+                    (k.clone(), v)
+                })
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+/// `value` with `text` replaced by `placeholder` in every string and member name (for generated parts of values,
+/// such as the generation id in an IoT Edge device's scope).
+pub fn replace_text(value: &Value, text: &str, placeholder: &str) -> Value {
+    if text.is_empty() {
+        return value.clone();
+    }
+    match value {
+        Value::String(s) => Value::String(s.replace(text, placeholder)),
+        Value::Array(items) => Value::Array(items.iter().map(|v| replace_text(v, text, placeholder)).collect()),
+        Value::Object(map) => Value::Object(
+            map.iter().map(|(k, v)| (k.replace(text, placeholder), replace_text(v, text, placeholder))).collect(),
+        ),
+        other => other.clone(),
     }
 }
 
@@ -130,5 +188,15 @@ mod tests {
             skeleton(&doc),
             json!({"deviceId": "<string>", "version": "<number>", "tags": {"a": "<bool>"}, "list": [{"x": null}]})
         );
+    }
+
+    #[test]
+    fn redaction_replaces_named_members_and_text() {
+        let doc = json!({"id": "c-123", "createdTimeUtc": "2024-01-01T00:00:00Z", "inner": [{"createdTimeUtc": null}]});
+        assert_eq!(
+            redact(&doc, &["createdTimeUtc"], "<time>"),
+            json!({"id": "c-123", "createdTimeUtc": "<time>", "inner": [{"createdTimeUtc": null}]})
+        );
+        assert_eq!(replace_text(&json!({"c-123": ["x-123"]}), "123", "<n>"), json!({"c-<n>": ["x-<n>"]}));
     }
 }

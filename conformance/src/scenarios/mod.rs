@@ -9,6 +9,7 @@ mod methods;
 mod modules;
 mod queries;
 mod registry;
+mod registry_more;
 mod tutorial;
 mod twins;
 
@@ -22,6 +23,7 @@ use iothub_service::proto::methods::CloudToDeviceMethod;
 use serde_json::{Value, json};
 
 use crate::run::Run;
+use crate::target::TargetKind;
 
 /// What a scenario's body returns.
 pub type Outcome<'a> = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send + 'a>>;
@@ -53,6 +55,21 @@ pub const ALL: &[Scenario] = &[
         "registry-crud",
         "devices created with generated keys, read, listed, updated with etags, deleted",
         registry::crud
+    ),
+    scenario!(
+        "edge-hierarchy",
+        "an IoT Edge device's generated scope, a leaf child by deviceScope (device and twin), a scope no Edge device owns refused, the child freed when its parent is deleted",
+        registry_more::edge_hierarchy
+    ),
+    scenario!(
+        "bulk-registry",
+        "POST /devices: three creates with one already registered (409001), updates by etag (412001 when stale), deletes",
+        registry_more::bulk
+    ),
+    scenario!(
+        "configurations",
+        "two configurations on tagged twins, the higher priority winning one path and giving it back when deleted; metrics, etags, 404 after delete",
+        registry_more::configurations
     ),
     scenario!("method-round-trip", "a direct method with payloads both ways", methods::round_trip),
     scenario!("method-offline", "a method on a device that is not connected: 404103", methods::offline),
@@ -162,3 +179,13 @@ pub(crate) fn failure<T>(result: Result<T, iothub_service::Error>) -> Value {
 
 /// How long scenarios wait for something a real hub does eventually (queries lag twin writes there).
 pub(crate) const PATIENCE: Duration = Duration::from_secs(120);
+
+/// How long scenarios wait for what the hub does on its own schedule: applying configurations to twins and
+/// counting their metrics. The emulator does it within moments; a real hub runs configurations shortly after a
+/// change and then every five minutes, so allow ten there.
+pub(crate) fn background_patience(run: &Run) -> Duration {
+    match run.target.kind {
+        TargetKind::Emulator => Duration::from_secs(60),
+        TargetKind::Azure => Duration::from_secs(600),
+    }
+}

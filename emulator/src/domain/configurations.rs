@@ -876,6 +876,55 @@ mod tests {
         assert!(none.marks.is_empty());
     }
 
+    /// Applies plans to `twin` until none is left; the second plan must already be `None` (one pass settles).
+    fn settle(mut twin: Twin, configs: &[&Configuration], now: Timestamp) -> Twin {
+        use crate::domain::twin::json::object_from_json;
+        use crate::domain::twin::{TwinWrite, WriteMode};
+        if let Some(plan) = plan(&twin, &contribute(configs)) {
+            let write = TwinWrite { tags: None, desired: Some(Some(object_from_json(&plan.patch))) };
+            twin = twin.apply_service_write(&write, WriteMode::Merge, now).expect("write").twin;
+            twin.configurations = (!plan.marks.is_empty()).then(|| plan.marks.into_boxed_slice());
+        }
+        assert_eq!(plan(&twin, &contribute(configs)), None, "one pass settles the twin");
+        twin
+    }
+
+    proptest::proptest! {
+        /// Whatever configurations came and went before, a twin ends up with the desired properties and the
+        /// statuses it would have if only the present ones had ever existed.
+        #[test]
+        fn a_twin_ends_up_as_if_only_the_present_configurations_ever_applied(
+            specs in proptest::collection::vec(
+                (0i32..3, proptest::collection::vec((0usize..5, 0i64..4), 1..4)),
+                1..5,
+            ),
+            steps in proptest::collection::vec(0u8..16, 1..6),
+        ) {
+            const PATHS: [&str; 5] = ["properties.desired.a", "properties.desired.b", "properties.desired.a.x",
+                "properties.desired.a.y", "properties.desired.c.z"];
+            let configs: Vec<Configuration> = specs
+                .iter()
+                .enumerate()
+                .map(|(i, (priority, leaves))| {
+                    let content: Map<String, Json> =
+                        leaves.iter().map(|(path, value)| (PATHS[*path].to_owned(), json!(value))).collect();
+                    device_config(&format!("c{i}"), *priority, Json::Object(content), i as i64)
+                })
+                .collect();
+            let now = t(100);
+            let mut twin = Twin::new(now);
+            for step in steps {
+                let present: Vec<&Configuration> =
+                    configs.iter().enumerate().filter(|(i, _)| step & (1 << i) != 0).map(|(_, c)| c).collect();
+                twin = settle(twin, &present, now);
+                let fresh = settle(Twin::new(now), &present, now);
+                let desired = |twin: &Twin| crate::domain::twin::json::object_to_json(&twin.desired.properties);
+                proptest::prop_assert_eq!(desired(&twin), desired(&fresh));
+                proptest::prop_assert_eq!(twin.configuration_marks(), fresh.configuration_marks());
+            }
+        }
+    }
+
     #[test]
     fn the_stored_form_reads_back() {
         let config = device_config("c", 3, json!({"properties.desired.a": {"b": [1, 2]}}), 0);

@@ -1,12 +1,16 @@
 //! `iothub-crashtest`: runs a write workload against the emulator, kills it with SIGKILL at a random moment,
 //! restarts it on the same data dir, and checks the acknowledgements:
 //! - every write that was acknowledged is there: an HTTP 2xx for a device or module twin patch, a device create or
-//!   delete and a job; `res/204` for a reported patch;
+//!   delete, a bulk identity call (`POST /devices`, 3 creates or 3 deletes, `isSuccessful`), a configuration create
+//!   or delete, and a job; `res/204` for a reported patch;
 //! - versions only move forward;
 //! - every acknowledged job is still known and comes to an end;
 //! - every telemetry message the hub acknowledged (PUBACK) is read back from the Event Hubs-compatible endpoint
 //!   by a consumer that resumes from its checkpoints (the last sequence number read per partition): nothing
-//!   acknowledged is lost, nothing is read twice, sequence numbers only grow.
+//!   acknowledged is lost, nothing is read twice, sequence numbers only grow;
+//! - what the hub applies of its configurations converges after the restart: within 10 s each targeted twin
+//!   (`cfg-0`..`cfg-3`) has the desired content of the highest-priority configuration present (none when none is)
+//!   and its `configurations` member names exactly the configurations present.
 //!
 //! Repeats for many iterations and reports the anomalies (there must be none).
 //!
@@ -16,12 +20,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::Parser;
 use iothub_device::{ClientOptions, DeviceClient, Message, RetryPolicy};
+use iothub_service::proto::configurations::{Configuration, ConfigurationContent};
 use iothub_service::proto::jobs::JobStatus;
+use iothub_service::proto::registry::ExportImportDevice;
 use iothub_service::proto::twin::Twin;
 use iothub_service::{Etag, EventHubConsumer, EventPosition, Schedule, ServiceClient, ServiceOptions};
 use serde_json::{Value, json};
@@ -54,6 +60,14 @@ const MODULE: &str = "mod";
 const REPORTING_DEVICES: usize = 4;
 /// Devices connected, each sending numbered telemetry.
 const TELEMETRY_DEVICES: usize = 2;
+/// Devices each bulk identity call creates or deletes.
+const BULK_SIZE: usize = 3;
+/// Devices the configurations target (`cfg-0`..), none of them written by anything else.
+const CONFIGURATION_DEVICES: usize = 4;
+/// Configurations of the current round kept alive: iteration n deletes the one of iteration n - this.
+const CONFIGURATIONS_ALIVE: usize = 3;
+/// How long the twins the configurations target may take to show what the configurations present say.
+const CONVERGENCE: Duration = Duration::from_secs(10);
 
 /// What the emulator acknowledged, and so must still hold after any crash.
 #[derive(Default)]
@@ -62,10 +76,18 @@ struct Ledger {
     desired: BTreeMap<String, (u64, u64)>,
     /// Device -> (reported counter, reported $version) of the last acknowledged reported patch.
     reported: BTreeMap<String, (u64, u64)>,
-    /// Devices whose creation was acknowledged and whose deletion was not.
+    /// Devices whose creation was acknowledged (one by one, or by a bulk call) and whose deletion was not sent.
     created: BTreeSet<String>,
-    /// Devices whose deletion was acknowledged.
+    /// Devices whose deletion was acknowledged (one by one, or by a bulk call).
     deleted: BTreeSet<String>,
+    /// Items of acknowledged bulk calls (creates and deletes).
+    bulk_items: usize,
+    /// Configurations whose creation was acknowledged and whose deletion was not sent.
+    configurations_created: BTreeSet<String>,
+    /// Configurations whose deletion was acknowledged.
+    configurations_deleted: BTreeSet<String>,
+    /// Acknowledged configuration creates and deletes.
+    configuration_writes: usize,
     /// Jobs whose creation was acknowledged.
     jobs: BTreeSet<String>,
     /// Device -> the highest twin version ever seen (versions only move forward).
@@ -164,7 +186,8 @@ async fn device_connector(
     Ok(async move { DeviceClient::from_connection_string(&cs, options).await })
 }
 
-/// One round of load until `stop`: service twin patches, device reported patches, creates and deletes, jobs.
+/// One round of load until `stop`: service twin patches, device reported patches, creates and deletes (one by
+/// one and in bulk), configuration creates and deletes, jobs.
 async fn load(
     cli: &Cli,
     emulator: &Info,
@@ -296,6 +319,97 @@ async fn load(
             }
         });
     }
+    // Bulk identity calls: iteration n creates `blk-<round>-<n>-0..2` in one call; every second one also deletes
+    // the previous iteration's three in one call.
+    {
+        let (hub, ledger, stop) = (hub.clone(), ledger.clone(), stop.clone());
+        tasks.spawn(async move {
+            let registry = hub.registry();
+            let batch = |n: usize| (0..BULK_SIZE).map(|i| format!("blk-{round}-{n}-{i}")).collect::<Vec<_>>();
+            let items = |ids: &[String], mode: &str| {
+                ids.iter()
+                    .map(|id| ExportImportDevice {
+                        id: id.clone(),
+                        import_mode: Some(mode.to_owned()),
+                        ..ExportImportDevice::default()
+                    })
+                    .collect::<Vec<_>>()
+            };
+            let mut n = 0;
+            while !*stop.borrow() {
+                n += 1;
+                let ids = batch(n);
+                if let Ok(result) = registry.bulk(&items(&ids, "create")).await
+                    && result.is_successful
+                    && result.errors.is_empty()
+                    && let Ok(mut ledger) = ledger.lock()
+                {
+                    ledger.bulk_items += ids.len();
+                    ledger.created.extend(ids);
+                }
+                if n % 2 == 0 {
+                    let victims = batch(n - 1);
+                    // As for single deletes: once sent, the devices may or may not exist after a crash.
+                    if let Ok(mut ledger) = ledger.lock() {
+                        for victim in &victims {
+                            ledger.created.remove(victim);
+                        }
+                    }
+                    if let Ok(result) = registry.bulk(&items(&victims, "delete")).await
+                        && result.is_successful
+                        && result.errors.is_empty()
+                        && let Ok(mut ledger) = ledger.lock()
+                    {
+                        ledger.bulk_items += victims.len();
+                        ledger.deleted.extend(victims);
+                    }
+                }
+            }
+        });
+    }
+    // Configurations: first the leftovers of earlier rounds go, then iteration n creates `c-<round>-<n>` (the
+    // later, the higher its priority) and deletes `c-<round>-<n-3>`, so a few are alive at any time (the hub
+    // allows 100).
+    {
+        let (hub, ledger, stop) = (hub.clone(), ledger.clone(), stop.clone());
+        tasks.spawn(async move {
+            let configurations = hub.configurations();
+            let delete = async |id: String| {
+                // As for devices: once the delete is sent, the configuration may or may not exist after a crash.
+                if let Ok(mut ledger) = ledger.lock() {
+                    ledger.configurations_created.remove(&id);
+                }
+                if configurations.delete(&id, Etag::Any).await.is_ok()
+                    && let Ok(mut ledger) = ledger.lock()
+                {
+                    ledger.configuration_writes += 1;
+                    ledger.configurations_deleted.insert(id);
+                }
+            };
+            let Ok(leftovers) = configurations.list(None).await else { return };
+            for leftover in leftovers {
+                if *stop.borrow() {
+                    return;
+                }
+                delete(leftover.id).await;
+            }
+            let mut n = 0;
+            while !*stop.borrow() {
+                n += 1;
+                let configuration = round_configuration(round, n);
+                if configurations.create(&configuration).await.is_ok()
+                    && let Ok(mut ledger) = ledger.lock()
+                {
+                    ledger.configuration_writes += 1;
+                    ledger.configurations_created.insert(configuration.id);
+                }
+                if n > CONFIGURATIONS_ALIVE {
+                    delete(format!("c-{round}-{}", n - CONFIGURATIONS_ALIVE)).await;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+    }
     {
         let (hub, ledger, stop) = (hub.clone(), ledger.clone(), stop.clone());
         tasks.spawn(async move {
@@ -319,6 +433,21 @@ async fn load(
     }
     while tasks.join_next().await.is_some() {}
     Ok(())
+}
+
+/// The configuration iteration `n` of `round` creates: it targets the `cfg-*` devices, and a later one has a
+/// higher priority, so the latest present wins.
+fn round_configuration(round: usize, n: usize) -> Configuration {
+    let mut content = serde_json::Map::new();
+    content.insert("properties.desired.cfg".into(), json!({"round": round, "n": n}));
+    let targets: Vec<String> = (0..CONFIGURATION_DEVICES).map(|k| format!("'cfg-{k}'")).collect();
+    Configuration {
+        id: format!("c-{round}-{n}"),
+        target_condition: format!("deviceId IN [{}]", targets.join(",")),
+        priority: i32::try_from(round * 1000 + n).unwrap_or(i32::MAX),
+        content: ConfigurationContent { device_content: Some(content), ..ConfigurationContent::default() },
+        ..Configuration::default()
+    }
 }
 
 /// Checks the restarted hub against the ledger; returns the anomalies.
@@ -389,8 +518,88 @@ async fn verify(hub: &ServiceClient, info: &Info, ledger: &Mutex<Ledger>) -> any
             l.versions.insert(device, version);
         }
     }
+    anomalies.extend(verify_configurations(hub, ledger).await?);
     anomalies.extend(verify_telemetry(info, ledger).await?);
     Ok(anomalies)
+}
+
+/// Checks the acknowledged configuration creates and deletes, then that the twins the configurations target come
+/// to show what the configurations present now say: the desired `cfg` of the highest-priority one (none when
+/// there is none), and a `configurations` member naming each of them.
+async fn verify_configurations(hub: &ServiceClient, ledger: &Mutex<Ledger>) -> anyhow::Result<Vec<String>> {
+    let (created, deleted) = {
+        let l = ledger.lock().map_err(|_| anyhow::anyhow!("ledger poisoned"))?;
+        (l.configurations_created.clone(), l.configurations_deleted.clone())
+    };
+    let configurations = hub.configurations();
+    let mut anomalies = Vec::new();
+    for id in &created {
+        if let Err(error) = configurations.get(id).await {
+            anomalies.push(format!("acknowledged configuration {id} is missing: {error}"));
+        }
+    }
+    for id in &deleted {
+        match configurations.get(id).await {
+            Ok(_) => anomalies.push(format!("configuration {id} was deleted (acknowledged) but is back")),
+            Err(error) if error.status() == Some(404) => {}
+            Err(error) => anomalies.push(format!("configuration {id} was deleted (acknowledged); reading it: {error}")),
+        }
+    }
+    let present = configurations.list(None).await.context("listing the configurations")?;
+    let present_ids: BTreeSet<String> = present.iter().map(|c| c.id.clone()).collect();
+    let winner = present.iter().max_by_key(|c| c.priority);
+    let expected = winner
+        .and_then(|c| c.content.device_content.as_ref())
+        .and_then(|content| content.get("properties.desired.cfg"))
+        .cloned();
+    let winner = winner.map_or_else(|| "none present".to_owned(), |c| format!("{} (priority {})", c.id, c.priority));
+    for k in 0..CONFIGURATION_DEVICES {
+        let device = format!("cfg-{k}");
+        let deadline = Instant::now() + CONVERGENCE;
+        loop {
+            let desired = match hub.twins().get_twin(&device).await {
+                Ok(twin) => Ok(twin.desired().and_then(|d| d.get("cfg")).cloned()),
+                Err(error) => Err(format!("reading the twin: {error}")),
+            };
+            let marks = twin_configurations(hub, &device).await;
+            if desired.as_ref().is_ok_and(|d| *d == expected) && marks.as_ref().is_ok_and(|m| *m == present_ids) {
+                break;
+            }
+            if Instant::now() >= deadline {
+                anomalies.push(format!(
+                    "{device}: not converged after {} s: desired cfg {}, configurations {}; expected desired cfg {} \
+                     from {winner}, configurations {present_ids:?}",
+                    CONVERGENCE.as_secs(),
+                    match &desired {
+                        Ok(Some(value)) => value.to_string(),
+                        Ok(None) => "absent".to_owned(),
+                        Err(error) => error.clone(),
+                    },
+                    match &marks {
+                        Ok(marks) => format!("{marks:?}"),
+                        Err(error) => error.clone(),
+                    },
+                    expected.as_ref().map_or_else(|| "absent".to_owned(), Value::to_string),
+                ));
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(anomalies)
+}
+
+/// The ids in a twin's `configurations` member, read from the raw twin document of a query (the `Twin` type does
+/// not carry that member); none when the twin has no such member.
+async fn twin_configurations(hub: &ServiceClient, device: &str) -> Result<BTreeSet<String>, String> {
+    let rows = hub
+        .query()
+        .raw(&format!("SELECT * FROM devices WHERE deviceId = '{device}'"))
+        .collect_all()
+        .await
+        .map_err(|error| format!("querying the twin: {error}"))?;
+    let [twin] = rows.as_slice() else { return Err(format!("the query found {} twins", rows.len())) };
+    Ok(twin.get("configurations").and_then(Value::as_object).map(|marks| marks.keys().cloned().collect()).unwrap_or_default())
 }
 
 /// Reads every partition from its checkpoint to the end and checks the acknowledged telemetry against it.
@@ -449,6 +658,9 @@ async fn main() -> anyhow::Result<()> {
         for i in 0..TELEMETRY_DEVICES {
             hub.registry().create_sas_device(&format!("tel-{i}")).await?;
         }
+        for i in 0..CONFIGURATION_DEVICES {
+            hub.registry().create_sas_device(&format!("cfg-{i}")).await?;
+        }
         emulator.child.kill()?;
         emulator.child.wait()?;
     }
@@ -472,18 +684,21 @@ async fn main() -> anyhow::Result<()> {
         let mut restarted = start(&cli, &data)?;
         let mut anomalies = verify(&service(&cli, &restarted.info)?, &restarted.info, &ledger).await?;
         anomalies.retain(|anomaly| !total_anomalies.contains(anomaly));
-        let (desired, reported, devices, jobs, telemetry) = {
+        let (desired, reported, devices, bulk, configurations, jobs, telemetry) = {
             let l = ledger.lock().map_err(|_| anyhow::anyhow!("ledger poisoned"))?;
+            let single = |ids: &BTreeSet<String>| ids.iter().filter(|id| id.starts_with("tmp-")).count();
             (
                 l.desired.values().map(|(c, _)| c).sum::<u64>(),
                 l.reported.values().map(|(r, _)| r).sum::<u64>(),
-                l.created.len() + 2 * l.deleted.len(),
+                single(&l.created) + 2 * single(&l.deleted),
+                l.bulk_items,
+                l.configuration_writes,
                 l.jobs.len(),
                 l.telemetry.values().map(BTreeSet::len).sum::<usize>(),
             )
         };
         println!(
-            "round {round}: killed after {} ms; acknowledged so far: {desired} desired patches, {reported} reported patches, {devices} creates and deletes, {jobs} jobs, {telemetry} telemetry messages; {} anomalies",
+            "round {round}: killed after {} ms; acknowledged so far: {desired} desired patches, {reported} reported patches, {devices} creates and deletes, {bulk} bulk items, {configurations} configuration creates and deletes, {jobs} jobs, {telemetry} telemetry messages; {} anomalies",
             kill_after.as_millis(),
             anomalies.len()
         );
