@@ -32,7 +32,7 @@ async fn until(hub: &Hub, id: &str, started: Instant, done: impl Fn(u64, u64) ->
     loop {
         let counts = hub.configuration(id).map(|c| hub.configuration_counts(&c)).ok();
         let count = |name: &str| {
-            counts.as_ref().and_then(|c| c.system.iter().find(|(n, ..)| n == name)).map_or(0, |(.., n)| *n)
+            counts.as_ref().and_then(|c| c.system.iter().find(|(n, ..)| n == name)).and_then(|(.., n)| *n).unwrap_or(0)
         };
         if done(count("targetedCount"), count("appliedCount")) {
             return started.elapsed();

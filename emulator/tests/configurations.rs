@@ -29,6 +29,12 @@ fn device_configuration(priority: i32, target: &str, content: Value) -> Value {
     json!({"content": {"deviceContent": content}, "targetCondition": target, "priority": priority})
 }
 
+/// `POST path` with a JSON body, the answer parsed as JSON.
+async fn post_json(hub: &TestHub, path: &str, body: Value) -> Value {
+    let response = hub.request(Method::POST, path).json(&body).send().await.expect("send");
+    response.json().await.expect("json")
+}
+
 async fn tag(hub: &TestHub, id: &str, tags: Value) {
     let response = hub.request(Method::PATCH, &format!("/twins/{id}")).json(&json!({"tags": tags})).send().await;
     assert_eq!(response.expect("send").status(), StatusCode::OK);
@@ -86,7 +92,11 @@ async fn the_lifecycle_follows_the_hub_with_etags_and_errors() {
             "appliedCount": "select deviceId from devices where configurations.[[cfg-1]].status = 'Applied'"
         })
     );
-    assert_eq!(created["metrics"]["results"], json!({"reported": 0}));
+    // As on the hub, a write's answer has nothing counted yet; a read counts.
+    assert_eq!((&created["systemMetrics"]["results"], &created["metrics"]["results"]), (&json!({}), &json!({})));
+    let read: Value = hub.get_json("/configurations/cfg-1").await;
+    assert_eq!(read["metrics"]["results"], json!({"reported": 0}));
+    assert_eq!(read["systemMetrics"]["results"], json!({"targetedCount": 0, "appliedCount": 0}));
 
     expect_error(put(&hub, "cfg-1", &body, None).await, StatusCode::CONFLICT, "ConfigurationAlreadyExists").await;
     expect_error(
@@ -165,15 +175,12 @@ async fn bad_configurations_and_the_limits_are_refused() {
     let over = put(&hub, "c100", &ok, None).await;
     expect_error(over, StatusCode::PAYLOAD_TOO_LARGE, "ConfigurationCountLimitExceeded").await;
 
-    let answer: Value = hub
-        .request(Method::POST, "/configurations/testQueries")
-        .json(&json!({"targetCondition": "tags.a = 'b'", "customMetricQueries": {"ok": "SELECT deviceId FROM devices", "bad": "SELECT FROM"}}))
-        .send()
-        .await
-        .expect("send")
-        .json()
-        .await
-        .expect("json");
+    let answer = post_json(
+        &hub,
+        "/configurations/testQueries",
+        json!({"targetCondition": "tags.a = 'b'", "customMetricQueries": {"ok": "SELECT deviceId FROM devices", "bad": "SELECT FROM"}}),
+    )
+    .await;
     assert_eq!(answer["targetConditionError"], "");
     assert_eq!(answer["customMetricQueryErrors"]["ok"], "");
     assert_ne!(answer["customMetricQueryErrors"]["bad"], "");
@@ -209,15 +216,8 @@ async fn the_higher_priority_wins_each_path_and_the_other_takes_over_when_it_goe
             && t["configurations"]["high"]["status"] == "Targeted"
     })
     .await;
-    let applied: Value = hub
-        .request(Method::POST, "/devices/query")
-        .json(&json!({"query": "SELECT deviceId FROM devices WHERE configurations.[[low]].status = 'Targeted'"}))
-        .send()
-        .await
-        .expect("send")
-        .json()
-        .await
-        .expect("json");
+    let query = json!({"query": "SELECT deviceId FROM devices WHERE configurations.[[low]].status = 'Targeted'"});
+    let applied = post_json(&hub, "/devices/query", query).await;
     assert_eq!(applied.as_array().map(Vec::len), Some(2), "the twin member is queryable: {applied}");
 
     for gone in ["top", "high"] {

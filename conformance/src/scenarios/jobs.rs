@@ -131,6 +131,12 @@ pub(super) async fn query(run: &Run) -> anyhow::Result<()> {
     let method_job = run.id("method");
     jobs.schedule_device_method(&method_job, &condition, &lock_door(Value::Null, 15), Schedule::at(later(3600)))
         .await?;
+    // A job is answered `queued` and becomes `scheduled` moments later: the query waits for that, or what it sees
+    // depends on timing.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while jobs.get_job(&method_job).await?.status == JobStatus::Queued && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(POLL).await;
+    }
     let mine = |all: Vec<iothub_service::proto::jobs::JobResponse>| -> Vec<Value> {
         let mut ids: Vec<Value> = all
             .into_iter()

@@ -342,6 +342,9 @@ pub struct ConfigurationSpec {
     pub metrics: Vec<(String, String)>,
 }
 
+/// Where a configuration stands against others: priority, then creation time, then id (greater wins).
+pub type Precedence<'a> = (i32, Timestamp, &'a str);
+
 /// A stored configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Configuration {
@@ -414,7 +417,7 @@ impl Configuration {
     }
 
     /// The order in which configurations claim paths: higher priority first, then the newer one.
-    pub fn precedence(&self) -> (i32, Timestamp, &str) {
+    pub fn precedence(&self) -> Precedence<'_> {
         (self.priority, self.created, &self.id)
     }
 
@@ -576,7 +579,7 @@ pub fn plan(twin: &Twin, contributions: &[Contribution<'_>]) -> Option<Plan> {
         }
     }
     let mut marks = Vec::with_capacity(contributions.len());
-    let mut sets: Vec<(&[String], &Json)> = Vec::new();
+    let mut sets: Vec<(&[String], &Json, Precedence<'_>)> = Vec::new();
     let mut owned_now: HashSet<&[String]> = HashSet::new();
     for (index, contribution) in contributions.iter().enumerate() {
         let configuration = contribution.configuration;
@@ -586,7 +589,7 @@ pub fn plan(twin: &Twin, contributions: &[Contribution<'_>]) -> Option<Plan> {
             let leaf = &contribution.leaves[leaf_index];
             owned_now.insert(&leaf.path);
             if owner_before.get(leaf.path.as_slice()) != Some(&owner) {
-                sets.push((&leaf.path, leaf.value));
+                sets.push((&leaf.path, leaf.value, configuration.precedence()));
             }
             paths.push(leaf.path.clone());
         }
@@ -613,7 +616,10 @@ pub fn plan(twin: &Twin, contributions: &[Contribution<'_>]) -> Option<Plan> {
     for path in removals {
         place(&mut patch, path, Json::Null, false);
     }
-    for (path, value) in sets {
+    // New members go in from the lowest-priority configuration up, each in its content's order, so a twin's
+    // properties come out in the same order whichever configuration was applied first.
+    sets.sort_by_key(|(_, _, precedence)| *precedence);
+    for (path, value, _) in sets {
         place(&mut patch, path, value.clone(), true);
     }
     collapse(&mut patch, &twin.desired.properties);

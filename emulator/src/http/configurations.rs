@@ -14,15 +14,17 @@ use crate::domain::configurations::{Configuration, MAX_CONFIGURATIONS};
 use crate::domain::registry::IfMatch;
 use crate::domain::throttle::Operation;
 use crate::error::HubError;
-use crate::hub::Hub;
+use crate::hub::{ConfigurationCounts, Hub};
 use crate::wire;
 
 type ApiResult = Result<Response, ApiError>;
 
-/// A configuration with its metrics counted now, and its etag (quoted) in the `ETag` header, as the hub
-/// answers.
-fn configuration_response(hub: &Hub, configuration: &Configuration) -> Response {
-    let counts = hub.configuration_counts(configuration);
+/// A configuration and its etag (quoted) in the `ETag` header, as the hub answers: with its metrics counted now
+/// (reads), or not yet counted (writes: the hub answers a `PUT` with empty `results`, and the content is still
+/// being applied).
+fn configuration_response(hub: &Hub, configuration: &Configuration, counted: bool) -> Response {
+    let counts =
+        if counted { hub.configuration_counts(configuration) } else { ConfigurationCounts::uncounted(configuration) };
     let mut response = ok_json(&wire::configurations::configuration(configuration, &counts));
     if let Ok(etag) = HeaderValue::from_str(&format!("\"{}\"", configuration.etag())) {
         response.headers_mut().insert(header::ETAG, etag);
@@ -44,7 +46,7 @@ pub async fn get_configuration(State(hub): State<Arc<Hub>>, PathId(id): PathId, 
     hub.authorize_service(authorization(&headers), &format!("configurations/{id}"), Rights::REGISTRY_READ)?;
     hub.admit(Operation::Configuration, 1.0)?;
     let configuration = hub.configuration(&id)?;
-    Ok(configuration_response(&hub, &configuration))
+    Ok(configuration_response(&hub, &configuration, true))
 }
 
 /// `PUT /configurations/{id}`: create (no `If-Match`) or update; 200 either way, as the hub answers.
@@ -58,7 +60,7 @@ pub async fn put_configuration(
     hub.admit(Operation::Configuration, 1.0)?;
     let spec = wire::configurations::spec(&id, &body)?;
     let configuration = hub.put_configuration(&id, spec, configuration_if_match(&headers)?.as_ref()).await?;
-    Ok(configuration_response(&hub, &configuration))
+    Ok(configuration_response(&hub, &configuration, false))
 }
 
 /// `DELETE /configurations/{id}`: 204; no `If-Match` (the Node SDK sends none) deletes unconditionally.

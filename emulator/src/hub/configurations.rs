@@ -36,11 +36,25 @@ pub(super) struct Marked {
 /// Twins looked at between yields to the runtime and waits for durability.
 const RECONCILE_CHUNK: usize = 256;
 
-/// A configuration's counts: the system metrics' and the custom ones', by name, in the order they are shown.
+/// A configuration's counts: the system metrics' (name, query, rows) and the custom ones' (name, rows), in the
+/// order they are shown; a count of `None` is not evaluated yet.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ConfigurationCounts {
-    pub system: Vec<(String, String, u64)>,
-    pub custom: Vec<(String, u64)>,
+    pub system: Vec<(String, String, Option<u64>)>,
+    pub custom: Vec<(String, Option<u64>)>,
+}
+
+impl ConfigurationCounts {
+    /// The metric names and system queries with nothing counted yet.
+    pub fn uncounted(configuration: &Configuration) -> Self {
+        let system = configuration
+            .system_metric_queries()
+            .into_iter()
+            .map(|(name, text)| (name.to_owned(), text, None))
+            .collect();
+        let custom = configuration.metrics.iter().map(|metric| (metric.name.clone(), None)).collect();
+        Self { system, custom }
+    }
 }
 
 impl Hub {
@@ -145,13 +159,13 @@ impl Hub {
             .into_iter()
             .map(|(name, text)| {
                 let count = configurations::check_query(&text).map_or(0, |query| self.count_rows(&query));
-                (name.to_owned(), text, count)
+                (name.to_owned(), text, Some(count))
             })
             .collect();
         let custom = configuration
             .metrics
             .iter()
-            .map(|metric| (metric.name.clone(), metric.query.as_deref().map_or(0, |q| self.count_rows(q))))
+            .map(|metric| (metric.name.clone(), Some(metric.query.as_deref().map_or(0, |q| self.count_rows(q)))))
             .collect();
         ConfigurationCounts { system, custom }
     }
@@ -226,7 +240,15 @@ impl Hub {
 
     /// The background task that brings marked twins in line with the configurations, until the hub stops.
     pub(super) async fn run_configurations(self: Arc<Self>) {
-        self.mark_all_for_configurations();
+        // At start, every twin is looked at if anything may need doing: configurations exist, or a twin still
+        // carries marks (a configuration deleted just before a stop, whose content is still to be taken back).
+        let pending = {
+            let state = self.read();
+            !state.configurations.is_empty() || state.devices.values().any(|d| d.twin.configurations.is_some())
+        };
+        if pending {
+            self.mark_all_for_configurations();
+        }
         loop {
             tokio::select! {
                 () = self.stop.cancelled() => return,

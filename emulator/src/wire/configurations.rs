@@ -131,12 +131,16 @@ pub fn configuration(configuration: &Configuration, counts: &ConfigurationCounts
     let content = &configuration.content;
     let mut system = ConfigurationMetrics::default();
     for (name, text, count) in &counts.system {
-        system.results.insert(name.clone(), Json::from(*count));
+        if let Some(count) = count {
+            system.results.insert(name.clone(), Json::from(*count));
+        }
         system.queries.insert(name.clone(), Json::String(text.clone()));
     }
     let mut metrics = ConfigurationMetrics::default();
     for (name, count) in &counts.custom {
-        metrics.results.insert(name.clone(), Json::from(*count));
+        if let Some(count) = count {
+            metrics.results.insert(name.clone(), Json::from(*count));
+        }
     }
     for metric in &configuration.metrics {
         metrics.queries.insert(metric.name.clone(), Json::String(metric.text.clone()));
@@ -191,8 +195,8 @@ mod tests {
         let now = jiff::Timestamp::from_second(1_800_000_000).expect("time");
         let configuration = Configuration::create("c1", sent, now).expect("configuration");
         let counts = ConfigurationCounts {
-            system: vec![("targetedCount".into(), "select deviceId from devices where tags.x = 1".into(), 2)],
-            custom: vec![("m".into(), 5)],
+            system: vec![("targetedCount".into(), "select deviceId from devices where tags.x = 1".into(), Some(2))],
+            custom: vec![("m".into(), Some(5))],
         };
         let text = serde_json::to_string(&self::configuration(&configuration, &counts)).expect("json");
         assert_eq!(
