@@ -599,7 +599,11 @@ async fn twin_configurations(hub: &ServiceClient, device: &str) -> Result<BTreeS
         .await
         .map_err(|error| format!("querying the twin: {error}"))?;
     let [twin] = rows.as_slice() else { return Err(format!("the query found {} twins", rows.len())) };
-    Ok(twin.get("configurations").and_then(Value::as_object).map(|marks| marks.keys().cloned().collect()).unwrap_or_default())
+    Ok(twin
+        .get("configurations")
+        .and_then(Value::as_object)
+        .map(|marks| marks.keys().cloned().collect())
+        .unwrap_or_default())
 }
 
 /// Reads every partition from its checkpoint to the end and checks the acknowledged telemetry against it.
