@@ -242,6 +242,8 @@ echo "RESULT run=startup scenario=startup devices=$startup_devices best_ms=$best
 if ! $quick; then
   echo "== queries over 100k and 1M twins"
   cargo bench --quiet -p iothub-emulator --bench query_scale 2>/dev/null | tee "$work/query.out" | sed 's/^/   /'
+  echo "== configurations applied to 100k twins"
+  cargo bench --quiet -p iothub-emulator --bench configuration_apply 2>/dev/null | tee "$work/configurations.out" | sed 's/^/   /'
 fi
 
 if $quick; then
@@ -249,5 +251,5 @@ if $quick; then
   exit 0
 fi
 
-python3 "$root/scripts/bench_report.py" "$results" "$work/query.out" >"$root/BENCHMARKS.md"
+python3 "$root/scripts/bench_report.py" "$results" "$work/query.out" "$work/configurations.out" >"$root/BENCHMARKS.md"
 echo "== BENCHMARKS.md written"

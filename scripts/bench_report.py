@@ -39,6 +39,7 @@ def machine():
 def main():
     runs = parse(sys.argv[1])
     query = open(sys.argv[2]).read() if len(sys.argv) > 2 and os.path.exists(sys.argv[2]) else ""
+    configurations = open(sys.argv[3]).read() if len(sys.argv) > 3 and os.path.exists(sys.argv[3]) else ""
 
     def get(run, scenario, key, default="-"):
         rows = runs.get(run, {}).get(scenario, [])
@@ -154,6 +155,12 @@ def main():
         out.append("```")
         out.extend(line for line in query.splitlines() if re.search(r"twins", line))
         out.append("```\n")
+    if configurations:
+        out.append("## Configurations (in-process: automatic device management over the registry)\n")
+        out.append("Each step is timed from the `PUT` or `DELETE` until every twin it concerns shows the outcome.\n")
+        out.append("```")
+        out.extend(line for line in configurations.splitlines() if line.strip())
+        out.append("```\n")
     out.append("## How to reproduce each figure\n")
     out.append("`scripts/bench.sh` builds in release mode, writes a seed file of devices with keys, and for each row starts "
                "`target/release/iothub-emulator --data-dir <tmp> --https-port 18443 --mqtt-port 18883 --seed devices.json`, "
@@ -171,6 +178,7 @@ def main():
         ("anchor", "mosquitto with a TLS listener on 18884; iothub-loadgen --mqtt 127.0.0.1:18884 echo --responders 1000 --callers 64 --seconds 10 [--rate 10000]"),
         ("start-up", "seed 100,000 devices once, then time three fresh starts until the banner"),
         ("queries", "cargo bench -p iothub-emulator --bench query_scale"),
+        ("configurations", "cargo bench -p iothub-emulator --bench configuration_apply"),
     ]:
         out.append(f"- {row}: `{command}`")
     out.append("")

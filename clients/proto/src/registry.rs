@@ -41,6 +41,22 @@ pub struct Device {
     pub parent_scopes: Option<Vec<String>>,
 }
 
+impl Device {
+    /// An enabled device with SAS authentication whose keys the hub generates: what a create sends by default.
+    pub fn sas(device_id: &str) -> Self {
+        Self {
+            device_id: Some(device_id.to_owned()),
+            status: Some("enabled".into()),
+            authentication: Some(AuthenticationMechanism {
+                symmetric_key: Some(SymmetricKey::default()),
+                kind: Some("sas".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+}
+
 /// A module identity as `PUT/GET /devices/{id}/modules/{mid}` carry it (swagger `Module`, in its member order).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]

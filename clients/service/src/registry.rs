@@ -1,8 +1,6 @@
 //! Device identities: `PUT/GET/DELETE /devices/{id}`, `GET /devices`, `GET /statistics/devices`.
 
-use iothub_proto::registry::{
-    AuthenticationMechanism, BulkRegistryOperationResult, Device, ExportImportDevice, RegistryStatistics, SymmetricKey,
-};
+use iothub_proto::registry::{BulkRegistryOperationResult, Device, ExportImportDevice, RegistryStatistics};
 use reqwest::Method;
 
 use crate::client::{Call, Safety, ServiceClient, segment};
@@ -56,17 +54,7 @@ impl RegistryClient {
 
     /// Registers a device with SAS authentication and hub-generated keys.
     pub async fn create_sas_device(&self, device_id: &str) -> Result<Device, Error> {
-        let device = Device {
-            device_id: Some(device_id.to_owned()),
-            status: Some("enabled".into()),
-            authentication: Some(AuthenticationMechanism {
-                symmetric_key: Some(SymmetricKey::default()),
-                kind: Some("sas".into()),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        self.create_device(&device).await
+        self.create_device(&Device::sas(device_id)).await
     }
 
     /// One device.

@@ -5,9 +5,7 @@ use std::time::Duration;
 
 use iothub_service::Etag;
 use iothub_service::proto::configurations::{Configuration, ConfigurationContent, ConfigurationMetrics};
-use iothub_service::proto::registry::{
-    AuthenticationMechanism, BulkRegistryOperationResult, Device, DeviceCapabilities, ExportImportDevice, SymmetricKey,
-};
+use iothub_service::proto::registry::{BulkRegistryOperationResult, Device, DeviceCapabilities, ExportImportDevice};
 use iothub_service::proto::twin::Twin;
 use serde_json::{Map, Value, json};
 
@@ -38,20 +36,6 @@ fn member(doc: &Value, name: &str) -> Value {
     doc.get(name).cloned().unwrap_or_else(|| json!("<absent>"))
 }
 
-/// A SAS device with hub-generated keys, as `RegistryClient::create_sas_device` sends it.
-fn sas_device(id: &str) -> Device {
-    Device {
-        device_id: Some(id.to_owned()),
-        status: Some("enabled".into()),
-        authentication: Some(AuthenticationMechanism {
-            symmetric_key: Some(SymmetricKey::default()),
-            kind: Some("sas".into()),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
 /// What a device or twin document says about its place in an IoT Edge hierarchy.
 fn scopes(doc: &Value) -> Value {
     json!({
@@ -68,7 +52,7 @@ pub(super) async fn edge_hierarchy(run: &Run) -> anyhow::Result<()> {
     let edge = registry
         .create_device(&Device {
             capabilities: Some(DeviceCapabilities { iot_edge: Some(true) }),
-            ..sas_device(&edge_id)
+            ..Device::sas(&edge_id)
         })
         .await?;
     // The scope is `ms-azure-iot-edge://<deviceId>-<generationId>`: the generated part is hidden, so the snapshot
@@ -99,7 +83,7 @@ pub(super) async fn edge_hierarchy(run: &Run) -> anyhow::Result<()> {
 
     let leaf_id = run.id("leaf");
     run.adopt_device(&leaf_id);
-    let leaf = registry.create_device(&Device { device_scope: Some(scope.clone()), ..sas_device(&leaf_id) }).await?;
+    let leaf = registry.create_device(&Device { device_scope: Some(scope.clone()), ..Device::sas(&leaf_id) }).await?;
     run.observe("leaf as created", hide(&scopes(&serde_json::to_value(&leaf)?)));
     let leaf_doc = raw::get_json(&run.target, &format!("/devices/{leaf_id}")).await?;
     run.observe("leaf read", hide(&scopes(&leaf_doc)));
@@ -114,7 +98,7 @@ pub(super) async fn edge_hierarchy(run: &Run) -> anyhow::Result<()> {
     let unowned = format!("ms-azure-iot-edge://{}-1", run.id("nobody"));
     run.observe(
         "leaf with a scope no Edge device owns",
-        failure(registry.create_device(&Device { device_scope: Some(unowned), ..sas_device(&stray_id) }).await),
+        failure(registry.create_device(&Device { device_scope: Some(unowned), ..Device::sas(&stray_id) }).await),
     );
 
     registry.delete_device(&edge_id, Etag::Any).await?;

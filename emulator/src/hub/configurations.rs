@@ -26,11 +26,24 @@ use crate::domain::twin::{TwinWrite, WriteMode};
 use crate::error::HubError;
 use crate::store::{Pending, Write};
 
-/// Twins waiting for a look: some, or all (after a configuration changed).
+/// Twins waiting for a look: some, or all (after a configuration changed); and whether a pass is under way.
 #[derive(Debug, Default)]
 pub(super) struct Marked {
     all: bool,
     keys: HashSet<String>,
+    busy: bool,
+}
+
+impl Marked {
+    /// Takes the marks for a pass, which is under way until [`Marked::done`].
+    fn take(&mut self) -> (bool, HashSet<String>) {
+        self.busy = true;
+        (std::mem::take(&mut self.all), std::mem::take(&mut self.keys))
+    }
+
+    fn done(&mut self) {
+        self.busy = false;
+    }
 }
 
 /// Twins looked at between yields to the runtime and waits for durability.
@@ -254,15 +267,15 @@ impl Hub {
                 () = self.stop.cancelled() => return,
                 () = self.configurations_changed.notified() => {}
             }
-            let marked = std::mem::take(&mut *self.configuration_marked.lock().unwrap_or_else(|p| p.into_inner()));
-            let keys: Vec<String> = if marked.all {
+            let (all, marked) = self.configuration_marked.lock().unwrap_or_else(|p| p.into_inner()).take();
+            let keys: Vec<String> = if all {
                 self.read().devices.keys().cloned().collect()
             } else {
                 // An IoT Edge deployment targets a device but writes its modules' twins: they follow the device.
                 let state = self.read();
                 let deployments = state.configurations.values().any(|c| c.kind == Kind::Edge);
                 let mut keys = std::collections::BTreeSet::new();
-                for key in marked.keys {
+                for key in marked {
                     if deployments && !key.contains('/') {
                         keys.extend(state.module_keys(&key));
                     }
@@ -285,7 +298,15 @@ impl Hub {
                 }
                 tokio::task::yield_now().await;
             }
+            self.configuration_marked.lock().unwrap_or_else(|p| p.into_inner()).done();
         }
+    }
+
+    /// True while configurations are being applied: twins are marked for a look or a pass is under way. Once it
+    /// is false, every twin shows what the configurations say (until the next change).
+    pub fn configurations_pending(&self) -> bool {
+        let marked = self.configuration_marked.lock().unwrap_or_else(|p| p.into_inner());
+        marked.busy || marked.all || !marked.keys.is_empty()
     }
 
     /// Brings one twin in line with the configurations that target it, under the state lock: writes the desired
