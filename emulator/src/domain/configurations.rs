@@ -77,8 +77,9 @@ impl Content {
         }
     }
 
-    /// Checks every section: keys are `properties.desired[.path]`, values are valid desired properties.
-    fn validate(&self) -> Result<(), HubError> {
+    /// Checks every section: keys are `properties.desired[.path]`, values are valid desired properties (400
+    /// InvalidConfigurationContent otherwise).
+    pub fn validate(&self) -> Result<(), HubError> {
         if let Some(device) = &self.device {
             validate_paths("deviceContent", device)?;
         }

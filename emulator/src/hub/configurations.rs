@@ -202,11 +202,7 @@ impl Hub {
             )));
         }
         // Every module's content is checked before any twin changes.
-        let probe = Configuration::create(
-            "apply",
-            ConfigurationSpec { content: content.clone(), target_condition: "*".into(), ..Default::default() },
-            self.clock.now(),
-        )?;
+        content.validate()?;
         for module_id in modules.keys() {
             let key = registry::identity_key(device_id, Some(module_id));
             if self.get_device(&key).is_err() {
@@ -218,7 +214,7 @@ impl Hub {
             let section = modules.get(module_id).and_then(Json::as_object).cloned().unwrap_or_default();
             let replace = section.contains_key("properties.desired");
             let mut desired = Map::new();
-            for leaf in probe.content.leaves_for(Some(module_id)) {
+            for leaf in content.leaves_for(Some(module_id)) {
                 configurations::place_value(&mut desired, &leaf.path, leaf.value.clone());
             }
             let write = TwinWrite { tags: None, desired: Some(Some(object_from_json(&desired))) };
