@@ -173,3 +173,49 @@ async fn a_change_of_several_records_that_fails_is_undone_whole() {
     assert_eq!(again.get_device("leaf").expect("leaf").device_scope.as_deref(), Some(scope.as_str()));
     assert!(again.get_device("edge2").is_err());
 }
+
+/// Configurations on a failing disk: a configuration written or deleted while the disk fails is undone and
+/// answered 500, what was applied stays, and once the disk is back the hub applies (and takes back) content
+/// again; a restart finds only what was acknowledged.
+#[tokio::test]
+async fn configurations_fail_cleanly_on_a_full_disk_and_are_applied_again_when_it_empties() {
+    use iothub_emulator::domain::configurations::{ConfigurationSpec, Content};
+    let spec = |content: serde_json::Value| ConfigurationSpec {
+        content: Content::new(content.as_object().cloned(), None, None),
+        target_condition: "*".into(),
+        ..ConfigurationSpec::default()
+    };
+    let desired_of = |hub: &Hub| twin_document(hub, "d1").expect("twin")["properties"]["desired"].clone();
+    let eventually = |hub: Arc<Hub>, what: &'static str, done: fn(&serde_json::Value) -> bool| async move {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !done(&twin_document(&hub, "d1").expect("twin")) {
+            assert!(tokio::time::Instant::now() < deadline, "{what}");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    };
+    let disk = FlakyDisk::new(io::ErrorKind::StorageFull);
+    let hub = open(&disk);
+    hub.start();
+    hub.put_device("d1", &DeviceSpec::default(), None).await.expect("device");
+    hub.put_configuration("kept", spec(json!({"properties.desired.kept": 1})), None).await.expect("configuration");
+    eventually(hub.clone(), "applied", |twin| twin["properties"]["desired"]["kept"] == 1).await;
+
+    disk.fail(true);
+    let refused = hub.put_configuration("new", spec(json!({"properties.desired.new": 1})), None).await;
+    assert!(matches!(refused, Err(HubError::ServerError(_))), "{refused:?}");
+    assert!(matches!(hub.configuration("new"), Err(HubError::ConfigurationNotFound(_))), "the create was undone");
+    assert!(matches!(hub.delete_configuration("kept", None).await, Err(HubError::ServerError(_))));
+    assert!(hub.configuration("kept").is_ok(), "the deletion was undone");
+    assert_eq!(desired_of(&hub)["kept"], 1, "what was applied stays");
+
+    disk.fail(false);
+    hub.delete_configuration("kept", None).await.expect("the disk is back");
+    eventually(hub.clone(), "taken back", |twin| twin.get("configurations").is_none()).await;
+    assert!(desired_of(&hub).get("kept").is_none());
+    hub.close().await;
+
+    let again = open(&disk);
+    assert!(again.configurations(100).is_empty());
+    let twin = twin_document(&again, "d1").expect("twin");
+    assert!(twin.get("configurations").is_none() && twin["properties"]["desired"].get("kept").is_none());
+}

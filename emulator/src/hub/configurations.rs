@@ -150,18 +150,7 @@ impl Hub {
         written: Option<&Arc<Configuration>>,
     ) -> Result<(), HubError> {
         let Err(error) = pending.durable().await else { return Ok(()) };
-        let mut state = self.write();
-        let still_ours = match (state.configurations.get(id), written) {
-            (Some(current), Some(written)) => Arc::ptr_eq(current, written),
-            (None, None) => true,
-            _ => false,
-        };
-        if still_ours {
-            match previous {
-                Some(configuration) => state.configurations.insert(id.to_owned(), configuration),
-                None => state.configurations.remove(id),
-            };
-        }
+        super::undo(&mut self.write().configurations, id.to_owned(), previous, written);
         Err(HubError::ServerError(format!("The change could not be saved: {error}")))
     }
 

@@ -141,6 +141,22 @@ impl State {
     }
 }
 
+/// Puts back what a change the store could not save replaced at `key` (`previous`; none: the change created it),
+/// unless a later change has replaced `written` since (`written` none: the change deleted it).
+fn undo<T>(records: &mut BTreeMap<String, Arc<T>>, key: String, previous: Option<Arc<T>>, written: Option<&Arc<T>>) {
+    let still_ours = match (records.get(&key), written) {
+        (Some(current), Some(written)) => Arc::ptr_eq(current, written),
+        (None, None) => true,
+        _ => false,
+    };
+    if still_ours {
+        match previous {
+            Some(record) => records.insert(key, record),
+            None => records.remove(&key),
+        };
+    }
+}
+
 /// The emulated hub.
 pub struct Hub {
     host_name: String,
@@ -586,17 +602,7 @@ impl Hub {
         let Err(error) = pending.durable().await else { return Ok(()) };
         let mut state = self.write();
         for Change { key, previous, written } in changes {
-            let still_ours = match (state.devices.get(&key), &written) {
-                (Some(current), Some(written)) => Arc::ptr_eq(current, written),
-                (None, None) => true,
-                _ => false,
-            };
-            if still_ours {
-                match previous {
-                    Some(device) => state.devices.insert(key, device),
-                    None => state.devices.remove(&key),
-                };
-            }
+            undo(&mut state.devices, key, previous, written.as_ref());
         }
         Err(HubError::ServerError(format!("The change could not be saved: {error}")))
     }
