@@ -18,8 +18,8 @@ use crate::domain::configurations::{
     self, Configuration, ConfigurationSpec, Content, Contribution, Kind, MAX_CONFIGURATIONS, Selects,
 };
 use crate::domain::history::{TwinChangeRecord, TwinSection};
+use crate::domain::query::eval::matches;
 use crate::domain::query::twin_doc::{LivenessSource, TwinView};
-use crate::domain::query::{Query, eval::matches};
 use crate::domain::registry::{self, Device, DeviceSpec, IfMatch};
 use crate::domain::twin::json::object_from_json;
 use crate::domain::twin::{TwinWrite, WriteMode};
@@ -160,14 +160,14 @@ impl Hub {
             .system_metric_queries()
             .into_iter()
             .map(|(name, text)| {
-                let count = configurations::check_query(&text).map_or(0, |query| self.count_rows(&query));
+                let count = configurations::check_query(&text).map_or(0, |query| self.query_row_count(&query));
                 (name.to_owned(), text, Some(count))
             })
             .collect();
         let custom = configuration
             .metrics
             .iter()
-            .map(|metric| (metric.name.clone(), Some(metric.query.as_deref().map_or(0, |q| self.count_rows(q)))))
+            .map(|metric| (metric.name.clone(), Some(metric.query.as_deref().map_or(0, |q| self.query_row_count(q)))))
             .collect();
         ConfigurationCounts { system, custom }
     }
@@ -374,11 +374,4 @@ fn targeting(state: &State, identity: &Device) -> Vec<(Arc<Configuration>, bool)
         found.push((Arc::clone(deployment), may_claim));
     }
     found
-}
-
-impl Hub {
-    /// How many rows `query` returns now (a metric's value).
-    fn count_rows(&self, query: &Query) -> u64 {
-        self.query_row_count(query)
-    }
 }
