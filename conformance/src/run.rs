@@ -73,20 +73,8 @@ impl Run {
 
     /// Records an observation under `key`, with this run's ids replaced by `<run>`.
     pub fn observe(&self, key: &str, value: impl serde::Serialize) {
-        let value = serde_json::to_value(value).unwrap_or(Value::Null);
-        let value = self.normalize(value);
+        let value = replace_text(&serde_json::to_value(value).unwrap_or(Value::Null), &self.prefix, "<run>");
         self.observed.lock().unwrap_or_else(|p| p.into_inner()).insert(key.to_owned(), value);
-    }
-
-    fn normalize(&self, value: Value) -> Value {
-        match value {
-            Value::String(text) => Value::String(text.replace(&self.prefix, "<run>")),
-            Value::Array(items) => Value::Array(items.into_iter().map(|v| self.normalize(v)).collect()),
-            Value::Object(map) => Value::Object(
-                map.into_iter().map(|(k, v)| (k.replace(&self.prefix, "<run>"), self.normalize(v))).collect(),
-            ),
-            other => other,
-        }
     }
 
     /// Everything observed, for the snapshot.
