@@ -225,35 +225,22 @@ enum Targets {
 impl Target {
     /// Parses a configuration's target condition; module configurations write `FROM devices.modules WHERE ...`.
     pub fn parse(text: &str, kind: Kind) -> Result<Self, HubError> {
-        let trimmed = text.trim();
-        let lower = trimmed.to_ascii_lowercase();
-        let condition = match lower.strip_prefix(MODULES_FROM) {
-            Some(_) if kind != Kind::Module => {
-                return Err(HubError::ArgumentInvalid(
-                    "targetCondition: only a module configuration (moduleContent) targets devices.modules".into(),
-                ));
-            }
-            Some(rest) => {
-                let rest = rest.trim_start();
-                match rest.get(..5).filter(|w| *w == "where") {
-                    Some(_) => trimmed[trimmed.len() - rest.len() + 5..].trim(),
-                    None if rest.is_empty() => "*",
-                    None => {
-                        return Err(HubError::ArgumentInvalid(format!(
-                            "targetCondition: expected WHERE after FROM devices.modules in '{text}'"
-                        )));
-                    }
-                }
-            }
-            None if kind == Kind::Module && !trimmed.is_empty() => {
-                return Err(HubError::InvalidConfigurationContent(
-                    "The content provided for configuration is invalid: a module configuration's targetCondition \
-                     must start with 'FROM devices.modules WHERE'"
-                        .into(),
-                ));
-            }
-            None => trimmed,
-        };
+        let split = where_part(text);
+        if split.is_none_or(|(modules, _)| modules) && kind != Kind::Module {
+            return Err(HubError::ArgumentInvalid(
+                "targetCondition: only a module configuration (moduleContent) targets devices.modules".into(),
+            ));
+        }
+        let (modules, condition) = split.ok_or_else(|| {
+            HubError::ArgumentInvalid(format!("targetCondition: expected WHERE after FROM devices.modules in '{text}'"))
+        })?;
+        if !modules && kind == Kind::Module && !condition.is_empty() {
+            return Err(HubError::InvalidConfigurationContent(
+                "The content provided for configuration is invalid: a module configuration's targetCondition \
+                 must start with 'FROM devices.modules WHERE'"
+                    .into(),
+            ));
+        }
         let parsed = if condition.is_empty() {
             Targets::Nothing
         } else {
@@ -281,14 +268,24 @@ impl Target {
 
     /// The condition without a `FROM devices.modules` start (for the system metric queries).
     fn where_text(&self) -> &str {
-        let trimmed = self.text.trim();
-        let lower = trimmed.to_ascii_lowercase();
-        match lower.strip_prefix(MODULES_FROM).map(str::trim_start) {
-            Some(rest) if rest.starts_with("where") => trimmed[trimmed.len() - rest.len() + 5..].trim(),
-            Some(_) => "*",
-            None => trimmed,
-        }
+        where_part(&self.text).map_or("*", |(_, condition)| condition)
     }
+}
+
+/// A target condition's WHERE part, and whether it names module twins: `FROM devices.modules WHERE c` is
+/// `(true, c)` (`*` with no WHERE), anything else `(false, text)`. `None` when something other than WHERE follows
+/// the FROM.
+fn where_part(text: &str) -> Option<(bool, &str)> {
+    let trimmed = text.trim();
+    let lower = trimmed.to_ascii_lowercase();
+    let Some(rest) = lower.strip_prefix(MODULES_FROM) else { return Some((false, trimmed)) };
+    let rest = rest.trim_start();
+    if rest.is_empty() {
+        return Some((true, "*"));
+    }
+    // ASCII lowercasing keeps byte offsets, so the offset into `lower` is one into `trimmed`.
+    let at = trimmed.len() - rest.len();
+    rest.starts_with("where").then(|| (true, trimmed[at + "where".len()..].trim()))
 }
 
 impl PartialEq for Target {
@@ -850,6 +847,10 @@ mod tests {
         let module = Target::parse("FROM devices.modules WHERE moduleId = 'm'", Kind::Module).expect("target");
         assert!(matches!(module.selects(), Selects::Matching(_)));
         assert!(Target::parse("tags.x = 1", Kind::Module).is_err());
+        assert_eq!(where_part(" from devices.modules  WHERE  moduleId = 'm' "), Some((true, "moduleId = 'm'")));
+        assert_eq!(where_part("FROM devices.modules"), Some((true, "*")));
+        assert_eq!(where_part("FROM devices.modules moduleId = 'm'"), None);
+        assert_eq!(where_part(" tags.x = 1 "), Some((false, "tags.x = 1")));
         assert!(matches!(Target::parse("", Kind::Device).expect("empty").selects(), Selects::Nothing));
         assert_eq!(check_target("tags.x = "), check_target("tags.x = ").to_string());
         assert!(!check_target("tags.x = ").is_empty() && check_target("*").is_empty());

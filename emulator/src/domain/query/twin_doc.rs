@@ -10,7 +10,7 @@ use std::borrow::Cow;
 use super::eval::{Document, Val};
 use crate::clock::{format_optional_time, format_time};
 use crate::domain::registry::{Device, Liveness};
-use crate::domain::twin::json::{ConfigurationsJson, MetadataJson, mark_status};
+use crate::domain::twin::json::{MetadataJson, mark_status};
 use crate::domain::twin::{Object, Section, Stamp};
 
 /// The root members of a twin document, in canonical spelling and in the order the document lists them
@@ -161,25 +161,19 @@ impl Document for TwinView<'_> {
             // `configurations.<id>.status`: `Applied` or `Targeted`, as the twin document shows.
             "configurations" => {
                 let marks = device.twin.configuration_marks();
+                let entry = |mark| {
+                    let status = serde_json::Value::String(mark_status(mark).to_owned());
+                    serde_json::Map::from_iter([("status".to_owned(), status)])
+                };
                 match rest {
                     [] if marks.is_empty() => Val::Undefined,
-                    [] => match serde_json::to_value(ConfigurationsJson(marks)) {
-                        Ok(serde_json::Value::Object(map)) => Val::Obj(Cow::Owned(map)),
+                    [] => Val::Obj(Cow::Owned(
+                        marks.iter().map(|m| (m.id.clone(), serde_json::Value::Object(entry(m)))).collect(),
+                    )),
+                    [id, tail @ ..] => match (marks.iter().find(|m| m.id == *id), tail) {
+                        (Some(mark), []) => Val::Obj(Cow::Owned(entry(mark))),
+                        (Some(mark), [name]) if name == "status" => Val::Str(Cow::Borrowed(mark_status(mark))),
                         _ => Val::Undefined,
-                    },
-                    [id, tail @ ..] => match marks.iter().find(|m| m.id == *id) {
-                        None => Val::Undefined,
-                        Some(mark) => match tail {
-                            [] => match serde_json::to_value(ConfigurationsJson(std::slice::from_ref(mark))) {
-                                Ok(serde_json::Value::Object(mut map)) => match map.shift_remove(id.as_str()) {
-                                    Some(serde_json::Value::Object(entry)) => Val::Obj(Cow::Owned(entry)),
-                                    _ => Val::Undefined,
-                                },
-                                _ => Val::Undefined,
-                            },
-                            [name] if name == "status" => Val::Str(Cow::Borrowed(mark_status(mark))),
-                            _ => Val::Undefined,
-                        },
                     },
                 }
             }
