@@ -112,20 +112,6 @@ impl State {
         self.devices.range(registry::keys_under(device_id)).map(|(key, _)| key.clone()).collect()
     }
 
-    /// Puts `dependents` (records a change touches beside the one it names) in memory, adds their writes to
-    /// `writes`, and says what each replaced.
-    fn put_dependents(&mut self, dependents: Vec<edge::Dependent>, writes: &mut Vec<Write>) -> Vec<Change> {
-        let mut changes = Vec::with_capacity(1 + dependents.len());
-        for dependent in dependents {
-            let written = Arc::new(dependent.written);
-            writes.push(Write::put_device(&written));
-            let key = written.key().into_owned();
-            self.devices.insert(key.clone(), Arc::clone(&written));
-            changes.push(Change { key, previous: dependent.previous, written: Some(written) });
-        }
-        changes
-    }
-
     /// Removes a deleted identity from memory with its connection and session; returns its record.
     fn forget_identity(&mut self, key: &str) -> Option<Arc<Device>> {
         self.disconnect(key);
@@ -498,11 +484,30 @@ impl Hub {
                     state.disconnect(&key);
                 }
             }
-            let (device, changes, pending) = self.store_with_dependents(&mut state, device, previous, dependents);
-            (device, changes, pending)
+            self.store_with_dependents(&mut state, device, previous, dependents)
         };
         self.settle_all(pending, changes).await?;
         Ok(device)
+    }
+
+    /// Puts `dependents` (records a change touches beside the one it names) in memory, adds their writes to
+    /// `writes`, marks them for the configurations as every twin write is, and says what each replaced.
+    fn put_dependents(
+        &self,
+        state: &mut State,
+        dependents: Vec<edge::Dependent>,
+        writes: &mut Vec<Write>,
+    ) -> Vec<Change> {
+        let mut changes = Vec::with_capacity(1 + dependents.len());
+        for dependent in dependents {
+            let written = Arc::new(dependent.written);
+            writes.push(Write::put_device(&written));
+            let key = written.key().into_owned();
+            state.devices.insert(key.clone(), Arc::clone(&written));
+            self.mark_for_configurations(state, &key);
+            changes.push(Change { key, previous: dependent.previous, written: Some(written) });
+        }
+        changes
     }
 
     /// Stores `device` and its dependents (records the same change touches: orphaned children, system modules) in
@@ -515,11 +520,8 @@ impl Hub {
         dependents: Vec<edge::Dependent>,
     ) -> (Arc<Device>, Vec<Change>, Pending) {
         let mut also = Vec::with_capacity(dependents.len());
-        let mut changes = state.put_dependents(dependents, &mut also);
+        let mut changes = self.put_dependents(state, dependents, &mut also);
         let (device, pending) = self.store_device_with(state, device, also);
-        for change in &changes {
-            self.mark_for_configurations(state, &change.key);
-        }
         changes.insert(0, Change { key: device.key().into_owned(), previous, written: Some(Arc::clone(&device)) });
         (device, changes, pending)
     }
@@ -560,7 +562,7 @@ impl Hub {
                 .chain(module_keys.iter().cloned())
                 .map(|key| Write::DeleteDevice { id: key })
                 .collect();
-            let mut changes = state.put_dependents(orphans, &mut writes);
+            let mut changes = self.put_dependents(&mut state, orphans, &mut writes);
             let pending = self.store.submit(writes);
             let previous = state.forget_identity(id);
             changes.insert(0, Change { key: id.to_owned(), previous, written: None });
