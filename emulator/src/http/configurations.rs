@@ -7,7 +7,7 @@ use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use super::request::{JsonBody, PathId, authorization, form_pairs, if_match};
+use super::request::{JsonBody, PathId, authorization, if_match, top_param};
 use super::response::{ApiError, ok_json};
 use crate::auth::Rights;
 use crate::domain::configurations::{Configuration, MAX_CONFIGURATIONS};
@@ -80,14 +80,7 @@ pub async fn list_configurations(
 ) -> ApiResult {
     hub.authorize_service(authorization(&headers), "configurations", Rights::REGISTRY_READ)?;
     hub.admit(Operation::Configuration, 1.0)?;
-    let top = match form_pairs(query.as_deref().unwrap_or("")).find(|(k, _)| k.eq_ignore_ascii_case("top")) {
-        None => MAX_CONFIGURATIONS,
-        Some((_, v)) => {
-            let n: i64 =
-                v.trim().parse().map_err(|_| HubError::ArgumentInvalid(format!("top '{v}' is not a number")))?;
-            usize::try_from(n).ok().filter(|n| *n >= 1).map_or(MAX_CONFIGURATIONS, |n| n.min(MAX_CONFIGURATIONS))
-        }
-    };
+    let top = top_param(query.as_deref(), MAX_CONFIGURATIONS)?;
     let configurations: Vec<_> = hub
         .configurations(top)
         .iter()

@@ -8,7 +8,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use iothub_proto::registry::{Device as DeviceBody, RegistryStatistics, ServiceStatistics};
 
-use super::request::{JsonBody, PathId, authorization, form_pairs, if_match};
+use super::request::{JsonBody, PathId, authorization, if_match, top_param};
 use super::response::{ApiError, ok_json};
 use crate::auth::Rights;
 use crate::domain::registry::Device;
@@ -72,17 +72,7 @@ pub async fn delete_device(State(hub): State<Arc<Hub>>, PathId(id): PathId, head
 pub async fn list_devices(State(hub): State<Arc<Hub>>, RawQuery(query): RawQuery, headers: HeaderMap) -> ApiResult {
     hub.authorize_service(authorization(&headers), "devices", Rights::REGISTRY_READ)?;
     hub.admit(Operation::Registry, 1.0)?;
-    let top = match form_pairs(query.as_deref().unwrap_or("")).find(|(k, _)| k.eq_ignore_ascii_case("top")) {
-        None => limits::MAX_DEVICES_LIST,
-        Some((_, v)) => {
-            let n: i64 =
-                v.trim().parse().map_err(|_| HubError::ArgumentInvalid(format!("top '{v}' is not a number")))?;
-            usize::try_from(n)
-                .ok()
-                .filter(|n| (1..=limits::MAX_DEVICES_LIST).contains(n))
-                .unwrap_or(limits::MAX_DEVICES_LIST)
-        }
-    };
+    let top = top_param(query.as_deref(), limits::MAX_DEVICES_LIST)?;
     let devices: Vec<DeviceBody> =
         hub.list_devices(None, top).iter().map(|d| wire::registry::device(d, &hub.liveness(&d.device_id))).collect();
     Ok(ok_json(&devices))

@@ -55,6 +55,17 @@ pub fn if_match(headers: &HeaderMap) -> Result<Option<IfMatch>, HubError> {
     }
 }
 
+/// The `top` query parameter of a list call: at most `max`, and `max` when it is absent, below 1 or above `max`
+/// (the hub lowers such a `top` rather than refusing it); 400 when it is not a number.
+pub fn top_param(query: Option<&str>, max: usize) -> Result<usize, HubError> {
+    let Some((_, value)) = form_pairs(query.unwrap_or("")).find(|(k, _)| k.eq_ignore_ascii_case("top")) else {
+        return Ok(max);
+    };
+    let n: i64 =
+        value.trim().parse().map_err(|_| HubError::ArgumentInvalid(format!("top '{value}' is not a number")))?;
+    Ok(usize::try_from(n).ok().filter(|n| (1..=max).contains(n)).unwrap_or(max))
+}
+
 /// The `Authorization` header text, when present, readable and of sane length.
 pub fn authorization(headers: &HeaderMap) -> Option<&str> {
     headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).filter(|v| v.len() <= limits::MAX_AUTH_HEADER_LEN)
@@ -151,6 +162,15 @@ mod tests {
         assert_eq!(if_match(&headers("MjM=")).expect("ok"), Some(IfMatch::Etag("MjM=".into())));
         assert!(if_match(&headers("\"\"")).is_err());
         assert_eq!(if_match(&HeaderMap::new()).expect("ok"), None);
+    }
+
+    #[test]
+    fn top_is_lowered_to_the_limit_and_must_be_a_number() {
+        assert_eq!(top_param(None, 100).expect("ok"), 100);
+        assert_eq!(top_param(Some("api-version=1&TOP=7"), 100).expect("ok"), 7);
+        assert_eq!(top_param(Some("top=500"), 100).expect("ok"), 100);
+        assert_eq!(top_param(Some("top=0"), 100).expect("ok"), 100);
+        assert!(matches!(top_param(Some("top=x"), 100), Err(HubError::ArgumentInvalid(_))));
     }
 
     #[test]
