@@ -26,7 +26,8 @@ const { Client: DeviceClient } = require('azure-iot-device');
 const { Mqtt } = require('azure-iot-device-mqtt');
 const { Registry } = require('azure-iothub');
 const harness = require('./harness');
-const { check, run } = harness;
+
+const { check, run, sleep } = harness;
 
 const { connectionString, hostName } = harness.ownerConnection();
 const registry = Registry.fromConnectionString(connectionString);
@@ -58,10 +59,6 @@ const configurationIds = [lowId, highId];
 const prop = `conf${suffix}`;
 const tag = 'confsuite';
 const targetCondition = `tags.${tag}='${suffix}'`;
-
-function sleep(ms) {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
 
 // Calls `probe` every 200 ms until it returns nothing (done) or the deadline passes; a string it returns says what
 // is still missing and ends up in the failure.

@@ -32,7 +32,7 @@ const crypto = require('crypto');
 const { Client: DeviceClient } = require('azure-iot-device');
 const { Mqtt } = require('azure-iot-device-mqtt');
 const { Client: ServiceClient, JobClient, Registry } = require('azure-iothub');
-const { emulatorControls, ownerConnection, check, scenario, deviceMaker, fail, run, withTimeout } = require('./harness');
+const { emulatorControls, ownerConnection, check, scenario, deviceMaker, fail, run, sleep, withTimeout } = require('./harness');
 
 const { connectionString, hostName } = ownerConnection();
 const registry = Registry.fromConnectionString(connectionString);
@@ -42,10 +42,6 @@ const suffix = crypto.randomBytes(4).toString('hex');
 const created = [];
 const clients = [];
 const createDevice = deviceMaker(registry, hostName, 'node-faults', suffix, created);
-
-function sleep(ms) {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
 
 // Polls `condition` every 100 ms until it holds; fails after `ms` with `what`.
 async function until(condition, ms, what) {

@@ -15,6 +15,11 @@ function ownerConnection() {
   return { connectionString, hostName: /HostName=([^;]+)/.exec(connectionString)[1] };
 }
 
+/** Resolves after `ms` milliseconds. */
+function sleep(ms) {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
 function check(condition, message) {
   if (!condition) throw new Error(message);
 }
@@ -106,4 +111,4 @@ function emulatorControls(connectionString) {
   };
 }
 
-module.exports = { emulatorControls, ownerConnection, check, scenario, withTimeout, fail, finish, deviceMaker, run };
+module.exports = { emulatorControls, ownerConnection, check, scenario, sleep, withTimeout, fail, finish, deviceMaker, run };

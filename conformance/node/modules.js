@@ -16,7 +16,8 @@ const { Mqtt, MqttWs } = require('azure-iot-device-mqtt');
 const { Client: ServiceClient, Registry } = require('azure-iothub');
 const { EventHubConsumerClient, earliestEventPosition } = require('@azure/event-hubs');
 const harness = require('./harness');
-const { check, run } = harness;
+
+const { check, run, sleep } = harness;
 
 const { connectionString, hostName } = harness.ownerConnection();
 const registry = Registry.fromConnectionString(connectionString);
@@ -27,10 +28,6 @@ const clients = [];
 
 const scenario = (name, body) => harness.scenario(name, body, 30000);
 const createDevice = harness.deviceMaker(registry, hostName, 'conf-node-mod', suffix, created);
-
-function sleep(ms) {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
 
 // Registers a module with hub-generated keys (as the SDK's own e2e tests do) and returns its connection string.
 async function addModule(deviceId, moduleId) {

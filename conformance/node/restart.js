@@ -17,7 +17,7 @@ const { Mqtt } = require('azure-iot-device-mqtt');
 const { Client: ServiceClient, Registry } = require('azure-iothub');
 const { Message } = require('azure-iot-device');
 const { EventHubConsumerClient } = require('@azure/event-hubs');
-const { ownerConnection, check, scenario, fail, finish, withTimeout } = require('./harness');
+const { ownerConnection, check, scenario, fail, finish, sleep, withTimeout } = require('./harness');
 
 const { connectionString, hostName } = ownerConnection();
 const registry = Registry.fromConnectionString(connectionString);
@@ -28,10 +28,6 @@ const awayId = `${deviceId}-away`;
 let client;
 // The consumer's checkpoint: the partition of the device's telemetry and the last sequence number read.
 let checkpoint;
-
-function sleep(ms) {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
 
 function waitForStdinLine() {
   return new Promise((resolve) => {
