@@ -210,7 +210,7 @@ run_suite rust-tutorial env IOTHUB_CONNECTION_STRING="$connection_string" IOTHUB
 # the other with nothing else on the hub; each removes its faults and devices when it ends.
 run_suite node-faults env IOTHUB_CONNECTION_STRING="$connection_string" NODE_EXTRA_CA_CERTS="$ca" \
   node conformance/node/faults.js
-run_suite python-faults env IOTHUB_CONNECTION_STRING="$connection_string" REQUESTS_CA_BUNDLE="$ca" \
+run_suite python-faults env IOTHUB_CONNECTION_STRING="$connection_string" REQUESTS_CA_BUNDLE="$ca" SSL_CERT_FILE="$ca" \
   IOTHUB_CA_FILE="$ca" "$venv/bin/python" conformance/python/faults_conformance.py
 
 # Restarts: devices of both SDKs stay connected while the hub stops (SIGTERM) and starts again on the same data

@@ -6,7 +6,8 @@
 //   a. a device dropped and refused for ~10 s (`disconnect`) reconnects by itself, answers methods again, and
 //      learns the desired change made while it was away;
 //   b. a 30 s hub-wide `outage`: the service REST API answers 503 (the SDK's ServiceUnavailableError), health
-//      says "outage", and afterwards the device reconnects by itself, answers methods and gets desired patches;
+//      says "outage", the AMQP service side is away (a cloud-to-device send is retried by the SDK until it ends),
+//      and afterwards the device reconnects by itself, answers methods and gets desired patches;
 //   c. a device-method job over 3 devices, two of which never get their calls (`methodsUndelivered`), completes
 //      with those two devices' records failed (GatewayTimeout) and the third's completed (200).
 //
@@ -205,6 +206,9 @@ async function main() {
     const { deviceId } = app;
     const before = await health();
     check(before.status === 'healthy', `health before ${JSON.stringify(before)}`);
+    // The back end's AMQP connection (cloud-to-device sends) is open before the outage.
+    await service.open();
+    await service.send(deviceId, 'before the outage');
     const fault = await addFault({ kind: 'outage', durationSeconds: 30 });
     try {
       const outageEnds = Date.parse(fault.endTime);
@@ -228,6 +232,10 @@ async function main() {
           check(retryAfter >= 1 && retryAfter <= 30, `${what} Retry-After ${err.response.headers['retry-after']}`);
         }
       }
+      // The AMQP service side is away too: its sender is detached (detach-forced, the SDK's retryable
+      // ServiceUnavailableError), so a send made now is retried by the SDK and lands only once the outage ends.
+      const sendDuring = service.send(deviceId, 'during the outage')
+        .then(() => ({ at: Date.now() }), (err) => ({ at: Date.now(), err }));
       // The controls still answer, so a test can see (and end) the outage.
       const listed = await emulator('GET', '/emulator/faults');
       check(listed.some((f) => f.id === fault.id && f.kind === 'outage'), `faults ${JSON.stringify(listed)}`);
@@ -251,6 +259,12 @@ async function main() {
       await until(() => app.patches.some((p) => p.afterOutage === 'open'), 10000,
         `the desired change after the outage did not reach the device: ${JSON.stringify(app.patches)}`);
       await withTimeout(reported, 20000, 'the reported patch made during the outage');
+      const sent = await withTimeout(sendDuring, 60000, 'the cloud-to-device send made during the outage');
+      check(!sent.err, `the send made during the outage failed: ${sent.err && `${sent.err.name} ${sent.err.message}`}`);
+      check(sent.at >= outageEnds - 200, `the send made during the outage landed ${outageEnds - sent.at} ms before it ended`);
+      console.log(`INFO outage: the cloud-to-device send made during it landed ${sent.at - outageEnds} ms after it ended`);
+      const { responseBody: identity } = await registry.get(deviceId);
+      check(identity.cloudToDeviceMessageCount === 2, `queued ${identity.cloudToDeviceMessageCount}, not 2`);
       const { responseBody: twin } = await registry.getTwin(deviceId);
       check(twin.properties.reported.duringOutage === true, `reported ${JSON.stringify(twin.properties.reported)}`);
       check(app.errors.length === 0, `app errors: ${app.errors.join('; ')}`);

@@ -5,8 +5,9 @@ The emulator's test-suite faults (POST /emulator/faults) break the hub the way a
 but the SDKs' own retry:
   a. a device dropped and refused for ~10 s (`disconnect`) reconnects by itself, answers methods again, and is
      handed the desired change made while it was away;
-  b. a 30 s hub-wide `outage`: the service REST API answers 503, health says "outage", and afterwards the device
-     reconnects by itself, answers methods and gets desired patches;
+  b. a 30 s hub-wide `outage`: the service REST API answers 503, health says "outage", a cloud-to-device send
+     fails (its AMQP sender is detached), and afterwards the device reconnects by itself, answers methods and gets
+     desired patches;
   c. a device-method job over 2 devices, one of which never gets its call (`methodsUndelivered`), completes with
      that device's record failed (GatewayTimeout) and the other's completed (200).
 
@@ -221,6 +222,9 @@ def scenarios():
     def _():
         app = App("outage")
         check(health()["status"] == "healthy", "health before")
+        # The back end's AMQP sender (uamqp) is open before the outage.
+        sender = IoTHubRegistryManager.from_connection_string(CONNECTION_STRING)
+        sender.send_c2d_message(app.device_id, "before the outage", {})
         injected = time.time()
         fault = add_fault(kind="outage", durationSeconds=30)
         try:
@@ -238,6 +242,12 @@ def scenarios():
                 check(1 <= retry_after <= 30, f"Retry-After {error.response.headers.get('Retry-After')}")
                 check("ServiceUnavailable" in error.response.text, f"body {error.response.text}")
             check(time.time() - started < 5, "the 503 was not surfaced at once")
+            # The AMQP service side is away too: the sender is detached (detach-forced), and uamqp reports it.
+            try:
+                sender.send_c2d_message(app.device_id, "during the outage", {})
+                raise AssertionError("send_c2d_message succeeded during the outage")
+            except Exception as error:  # uamqp's LinkDetach; the SDK declares no type of its own
+                check("outage" in str(error), f"send_c2d_message during the outage: {type(error).__name__} {error}")
             listed = emulator("GET", "/emulator/faults")
             check(any(f["id"] == fault["id"] and f["kind"] == "outage" for f in listed), f"faults {listed}")
             until(lambda: app.dropped_at(injected), 5, "the SDK did not see the connection drop")
@@ -248,6 +258,11 @@ def scenarios():
             check(time.time() >= outage_ends - 0.5, f"get_twin answered {outage_ends - time.time():.1f} s early")
             check(twin.device_id == app.device_id and "during" not in twin.properties.desired, f"twin {twin}")
             check(health()["status"] == "healthy", "health after")
+            # uamqp keeps a detached sender failed (as after any detach a real hub makes): a new manager sends.
+            IoTHubRegistryManager.from_connection_string(CONNECTION_STRING).send_c2d_message(
+                app.device_id, "after the outage", {})
+            queued = registry.get_device(app.device_id).cloud_to_device_message_count
+            check(queued == 2, f"queued {queued}, not 2 (before and after the outage)")
 
             until(lambda: app.reconnected_at(injected), outage_ends - time.time() + 60,
                   "the SDK did not reconnect within 60 s of the outage's end")

@@ -98,3 +98,30 @@ async fn consumer_groups_read_independently_and_an_undeclared_one_is_refused() {
     };
     assert!(error.contains("not-found") || error.contains("could not be found"), "{error}");
 }
+
+#[tokio::test]
+async fn an_outage_detaches_readers_and_refuses_them_until_it_ends() {
+    use iothub_emulator::domain::faults::{FaultKind, FaultSpec};
+    let emulator = start().await;
+    let reader = consumer(&emulator, "$Default");
+    let partition = partition_of("d3");
+    let mut receiver = reader.receive(&partition, EventPosition::Earliest).await.expect("receiver");
+    let outage = FaultSpec { kind: FaultKind::Outage, target: None, duration: Duration::from_secs(600) };
+    emulator.hub().inject_fault(outage).expect("outage");
+
+    let ended = tokio::time::timeout(WAIT, receiver.next()).await.expect("in time").expect_err("detached");
+    assert!(ended.to_string().contains("outage"), "{ended}");
+    let refused = match reader.receive(&partition, EventPosition::Earliest).await {
+        Err(error) => error.to_string(),
+        Ok(mut again) => {
+            tokio::time::timeout(WAIT, again.next()).await.expect("in time").expect_err("refused").to_string()
+        }
+    };
+    assert!(refused.contains("outage"), "{refused}");
+
+    emulator.hub().clear_faults();
+    send(&emulator, "d3", "back").await;
+    let mut receiver = reader.receive(&partition, EventPosition::Earliest).await.expect("receiver once it ended");
+    assert_eq!(next(&mut receiver).await.body, b"back");
+    receiver.close().await;
+}

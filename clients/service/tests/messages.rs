@@ -275,3 +275,26 @@ async fn a_send_after_the_hub_restarted_goes_over_a_new_connection() {
     assert_eq!((first.body.as_slice(), second.body.as_slice()), (&b"before"[..], &b"after"[..]));
     service.close().await;
 }
+
+#[tokio::test]
+async fn an_outage_detaches_the_sender_and_refuses_sends_until_it_ends() {
+    let (emulator, service) = start().await;
+    let device = HttpDevice::register(&emulator, &service, "away").await;
+    service.messages().send("away", &CloudToDeviceMessage::new("before")).await.expect("send");
+    let controls = service.emulator();
+    let outage = controls.outage(Duration::from_secs(600)).await.expect("outage");
+
+    // The open sender is detached, and the client's one reconnect is refused too: the hub is away.
+    let refused = service.messages().send("away", &CloudToDeviceMessage::new("during")).await.expect_err("refused");
+    assert!(refused.to_string().contains("outage"), "{refused}");
+
+    controls.remove_fault(&outage.id).await.expect("ended");
+    service.messages().send("away", &CloudToDeviceMessage::new("after")).await.expect("sent once it ended");
+    let mut bodies = Vec::new();
+    while let Some(pulled) = device.pull().await {
+        device.settle(&pulled, false).await;
+        bodies.push(String::from_utf8(pulled.body).expect("text"));
+    }
+    assert_eq!(bodies, ["before", "after"], "nothing sent during the outage was queued");
+    service.close().await;
+}

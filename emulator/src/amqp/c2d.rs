@@ -140,12 +140,14 @@ pub(super) async fn serve(
             Next::Stopped => return Some(receiver),
             Next::Ended => return None,
         };
-        let queued = match read(delivery.message()) {
-            Ok((device_id, message)) => match connection.hub.admit(Operation::CloudToDeviceSend, 1.0) {
+        // A send that raced an outage's start is refused as the link about to be detached would be.
+        let queued = match (super::links::outage_refusal(&connection.hub), read(delivery.message())) {
+            (Some(away), _) => Err(away),
+            (None, Ok((device_id, message))) => match connection.hub.admit(Operation::CloudToDeviceSend, 1.0) {
                 Ok(()) => connection.hub.send_message(&device_id, message).await.map_err(|e| refusal(&e)),
                 Err(throttled) => Err(refusal(&throttled)),
             },
-            Err(unreadable) => Err(unreadable),
+            (None, Err(unreadable)) => Err(unreadable),
         };
         let settled = match queued {
             Ok(()) => Box::pin(receiver.accept(&*delivery)).await,

@@ -179,6 +179,12 @@ pub(super) async fn serve_session(
 }
 
 impl Node {
+    /// True for the service side's links (cloud-to-device sends, feedback, the Event Hubs-compatible endpoint and
+    /// its `$management`): a hub outage detaches them and refuses them until it ends.
+    fn is_service(&self) -> bool {
+        matches!(self, Node::DeviceBound | Node::Feedback | Node::Events(_) | Node::ManagementRequests)
+    }
+
     /// The device or module a device link belongs to.
     fn identity(&self) -> Option<&str> {
         match self {
@@ -247,15 +253,35 @@ async fn run_link(link: LinkEndpoint, node: Node, connection: Arc<Connection>, s
         let refusal = error(LinkError::DetachForced, "The hub is unavailable (emulator fault); retry later");
         return close(link, Some(refusal)).await;
     }
-    // The link ends when the connection does, or when the tokens that authorized it expire unrenewed.
+    let service = node.is_service();
+    if let Some(refusal) = outage_refusal(&connection.hub).filter(|_| service) {
+        tracing::debug!(peer = %connection.peer, ?node, "service link refused by an outage");
+        return close(link, Some(refusal)).await;
+    }
+    // The link ends when the connection does, when the tokens that authorized it expire unrenewed, or (a service
+    // link) when an outage begins; the reason it is detached with is kept here.
     let stop = shutdown.child_token();
-    let expired = std::sync::atomic::AtomicBool::new(false);
+    let ended_by = std::sync::OnceLock::new();
     let watch = async {
-        if let Some((target, rights)) = &needed {
-            connection.until_unauthorized(target, *rights).await;
-            expired.store(true, std::sync::atomic::Ordering::Relaxed);
-            stop.cancel();
-        }
+        let expiry = async {
+            match &needed {
+                Some((target, rights)) => connection.until_unauthorized(target, *rights).await,
+                None => std::future::pending().await,
+            }
+        };
+        let outage = async {
+            if service {
+                connection.hub.outage_begun().await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        let reason = tokio::select! {
+            () = expiry => token_expired(),
+            () = outage => outage_refusal(&connection.hub).unwrap_or_else(token_expired),
+        };
+        let _ = ended_by.set(reason);
+        stop.cancel();
         std::future::pending::<()>().await;
     };
     let returned = tokio::select! {
@@ -263,9 +289,19 @@ async fn run_link(link: LinkEndpoint, node: Node, connection: Arc<Connection>, s
         () = watch => None,
     };
     if let Some(link) = returned {
-        let reason = expired.load(std::sync::atomic::Ordering::Relaxed).then(token_expired);
-        close(link, reason).await;
+        close(link, ended_by.into_inner()).await;
     }
+}
+
+/// While a hub outage is in force, the error service links are detached and refused with: `detach-forced`, which
+/// the SDKs retry (Node's ServiceUnavailableError, the Event Hubs clients' DetachForcedError), as the service REST
+/// API's 503 is retried.
+pub(super) fn outage_refusal(hub: &Hub) -> Option<definitions::Error> {
+    let seconds = hub.outage_seconds_left()?;
+    Some(error(
+        LinkError::DetachForced,
+        format!("The hub is unavailable (emulator outage fault) for {seconds} s; retry later"),
+    ))
 }
 
 /// Serves a link until it ends or `stop` fires; returns it when it is still attached, for the caller to detach.

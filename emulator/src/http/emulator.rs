@@ -36,10 +36,7 @@ pub async fn device_telemetry(
 /// While an outage fault is in force the service API answers 503 ServiceUnavailable (with `Retry-After`), as a
 /// hub that is away would; the controls under `/emulator/` still answer, so a test can end it.
 pub async fn refuse_during_outage(State(hub): State<Arc<Hub>>, request: Request, next: Next) -> Response {
-    let Some(outage) = hub.outage() else { return next.run(request).await };
-    // Rounded up: a client that honours Retry-After must not come back while the outage still holds.
-    let left = outage.ends.duration_since(hub.clock().now());
-    let seconds = (left.as_secs() + i64::from(left.subsec_nanos() > 0)).max(1);
+    let Some(seconds) = hub.outage_seconds_left() else { return next.run(request).await };
     let error = HubError::ServiceUnavailable(format!("The hub is unavailable (emulator outage fault) for {seconds} s"));
     let mut response = ApiError(error).into_response();
     if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {

@@ -181,6 +181,26 @@ impl Hub {
         self.faults_changed.notified().await;
     }
 
+    /// How long the outage in force still lasts, in whole seconds rounded up (at least 1), if one is: what a client
+    /// told to come back after it must wait not to be refused again.
+    pub fn outage_seconds_left(&self) -> Option<i64> {
+        let left = self.outage()?.ends.duration_since(self.clock.now());
+        Some((left.as_secs() + i64::from(left.subsec_nanos() > 0)).max(1))
+    }
+
+    /// Returns once a hub outage is in force (at once when one is): for transports that end what an outage ends.
+    pub async fn outage_begun(&self) {
+        loop {
+            let changed = self.faults_changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.outage().is_some() {
+                return;
+            }
+            changed.await;
+        }
+    }
+
     pub(super) fn record_method(&self, key: &str, record: MethodRecord) {
         self.history_log().record_method(key, record);
     }
