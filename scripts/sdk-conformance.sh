@@ -209,7 +209,7 @@ run_suite rust-tutorial env IOTHUB_CONNECTION_STRING="$connection_string" IOTHUB
 # not delivered; both SDKs ride them out with their own retry. An outage refuses everyone, so these run one after
 # the other with nothing else on the hub; each removes its faults and devices when it ends.
 run_suite node-faults env IOTHUB_CONNECTION_STRING="$connection_string" NODE_EXTRA_CA_CERTS="$ca" \
-  node conformance/node/faults.js
+  IOTHUB_EVENTHUB_CONNECTION_STRING="$eventhub_connection_string" node conformance/node/faults.js
 run_suite python-faults env IOTHUB_CONNECTION_STRING="$connection_string" REQUESTS_CA_BUNDLE="$ca" SSL_CERT_FILE="$ca" \
   IOTHUB_CA_FILE="$ca" "$venv/bin/python" conformance/python/faults_conformance.py
 

@@ -6,8 +6,9 @@
 //   a. a device dropped and refused for ~10 s (`disconnect`) reconnects by itself, answers methods again, and
 //      learns the desired change made while it was away;
 //   b. a 30 s hub-wide `outage`: the service REST API answers 503 (the SDK's ServiceUnavailableError), health
-//      says "outage", the AMQP service side is away (a cloud-to-device send is retried by the SDK until it ends),
-//      and afterwards the device reconnects by itself, answers methods and gets desired patches;
+//      says "outage", the AMQP service side is away (a cloud-to-device send is retried by the SDK until it ends,
+//      an Event Hubs reader is detached and reads on after it), and afterwards the device reconnects by itself,
+//      answers methods and gets desired patches;
 //   c. a device-method job over 3 devices, two of which never get their calls (`methodsUndelivered`), completes
 //      with those two devices' records failed (GatewayTimeout) and the third's completed (200).
 //
@@ -24,13 +25,15 @@
 // 'connect' event (emitted on every successful MQTT connection, the first included): `twin.get()` merges the whole
 // desired section and fires the 'properties.desired' listeners with it.
 //
-// Needs IOTHUB_CONNECTION_STRING (hub owner: the emulator controls need the iothubowner policy) and, for the
-// emulator, NODE_EXTRA_CA_CERTS=<ca.pem>. The outage is hub-wide: nothing else may use the hub meanwhile. Prints
+// Needs IOTHUB_CONNECTION_STRING (hub owner: the emulator controls need the iothubowner policy),
+// IOTHUB_EVENTHUB_CONNECTION_STRING (the Event Hubs-compatible endpoint) and, for the emulator,
+// NODE_EXTRA_CA_CERTS=<ca.pem>. The outage is hub-wide: nothing else may use the hub meanwhile. Prints
 // "PASS <name>" / "FAIL <name>: <why>", then "N passed, M failed"; exits 0 only when nothing failed. Removes every
 // fault (DELETE /emulator/faults) and deletes its devices at the end, whatever happened.
 
 const crypto = require('crypto');
-const { Client: DeviceClient } = require('azure-iot-device');
+const { EventHubConsumerClient, latestEventPosition } = require('@azure/event-hubs');
+const { Client: DeviceClient, Message } = require('azure-iot-device');
 const { Mqtt } = require('azure-iot-device-mqtt');
 const { Client: ServiceClient, JobClient, Registry } = require('azure-iothub');
 const { emulatorControls, ownerConnection, check, scenario, deviceMaker, fail, run, sleep, withTimeout } = require('./harness');
@@ -206,9 +209,19 @@ async function main() {
     const { deviceId } = app;
     const before = await health();
     check(before.status === 'healthy', `health before ${JSON.stringify(before)}`);
-    // The back end's AMQP connection (cloud-to-device sends) is open before the outage.
+    // The back end's AMQP connections are open before the outage: cloud-to-device sends, and a telemetry reader on
+    // the Event Hubs-compatible endpoint (its retry delay shortened from the SDK's 30 s to keep the run short).
     await service.open();
     await service.send(deviceId, 'before the outage');
+    const events = [];
+    const readerErrors = [];
+    const consumer = new EventHubConsumerClient('$Default', process.env.IOTHUB_EVENTHUB_CONNECTION_STRING,
+      { retryOptions: { retryDelayInMs: 2000 } });
+    const subscription = consumer.subscribe({
+      processEvents: async (received) => { events.push(...received); },
+      processError: async (err) => { readerErrors.push(err); },
+    }, { startPosition: latestEventPosition, maxWaitTimeInSeconds: 1 });
+    await sleep(2000);
     const fault = await addFault({ kind: 'outage', durationSeconds: 30 });
     try {
       const outageEnds = Date.parse(fault.endTime);
@@ -258,6 +271,12 @@ async function main() {
       await registry.updateTwin(deviceId, { properties: { desired: { afterOutage: 'open' } } }, '*');
       await until(() => app.patches.some((p) => p.afterOutage === 'open'), 10000,
         `the desired change after the outage did not reach the device: ${JSON.stringify(app.patches)}`);
+      // The reader rode the outage out with the SDK's own retry and reads what the device sends after it.
+      const marker = `after-outage-${crypto.randomUUID()}`;
+      await app.client.sendEvent(new Message(JSON.stringify({ marker })));
+      await until(() => events.some((e) => e.body && e.body.marker === marker), 60000,
+        `the telemetry sent after the outage was not read: ${readerErrors.map((e) => e.message).join('; ')}`);
+      console.log(`INFO outage: the Event Hubs reader saw ${readerErrors.length} errors and read on`);
       await withTimeout(reported, 20000, 'the reported patch made during the outage');
       const sent = await withTimeout(sendDuring, 60000, 'the cloud-to-device send made during the outage');
       check(!sent.err, `the send made during the outage failed: ${sent.err && `${sent.err.name} ${sent.err.message}`}`);
@@ -272,8 +291,10 @@ async function main() {
     } finally {
       // Ends it early if a check failed, so what follows is not refused.
       await emulator('DELETE', `/emulator/faults/${fault.id}`).catch(() => {});
+      await subscription.close().catch(() => {});
+      await consumer.close().catch(() => {});
     }
-  }, 130000);
+  }, 150000);
 
   await scenario('job-with-undelivered-methods-fails-those-devices-GatewayTimeout', async () => {
     const apps = [];

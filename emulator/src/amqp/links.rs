@@ -179,10 +179,11 @@ pub(super) async fn serve_session(
 }
 
 impl Node {
-    /// True for the service side's links (cloud-to-device sends, feedback, the Event Hubs-compatible endpoint and
-    /// its `$management`): a hub outage detaches them and refuses them until it ends.
+    /// True for the service side's links (cloud-to-device sends, feedback, Event Hubs partition readers): a hub
+    /// outage detaches them and refuses them until it ends. Not `$management`: @azure/event-hubs waits out its
+    /// 60 s operation time-out on a refused request link, and its readers stay down meanwhile.
     fn is_service(&self) -> bool {
-        matches!(self, Node::DeviceBound | Node::Feedback | Node::Events(_) | Node::ManagementRequests)
+        matches!(self, Node::DeviceBound | Node::Feedback | Node::Events(_))
     }
 
     /// The device or module a device link belongs to.
