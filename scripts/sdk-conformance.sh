@@ -211,7 +211,8 @@ run_suite rust-tutorial env IOTHUB_CONNECTION_STRING="$connection_string" IOTHUB
 run_suite node-faults env IOTHUB_CONNECTION_STRING="$connection_string" NODE_EXTRA_CA_CERTS="$ca" \
   IOTHUB_EVENTHUB_CONNECTION_STRING="$eventhub_connection_string" node conformance/node/faults.js
 run_suite python-faults env IOTHUB_CONNECTION_STRING="$connection_string" REQUESTS_CA_BUNDLE="$ca" SSL_CERT_FILE="$ca" \
-  IOTHUB_CA_FILE="$ca" "$venv/bin/python" conformance/python/faults_conformance.py
+  IOTHUB_CA_FILE="$ca" IOTHUB_EVENTHUB_CONNECTION_STRING="$eventhub_connection_string" \
+  "$venv/bin/python" conformance/python/faults_conformance.py
 
 # Restarts: devices of both SDKs stay connected while the hub stops (SIGTERM) and starts again on the same data
 # dir; they reconnect by themselves and find everything that was acknowledged.

@@ -21,8 +21,8 @@ def consumer(group="$Default", connection_string=EVENTHUB_CONNECTION_STRING, **k
     """An `EventHubConsumerClient` for `group`, trusting the emulator's CA unless the string asks for plain AMQP."""
     if CA_FILE and "UseDevelopmentEmulator" not in connection_string:
         kwargs.setdefault("connection_verify", CA_FILE)
-    return EventHubConsumerClient.from_connection_string(connection_string, consumer_group=group, retry_total=1,
-                                                         **kwargs)
+    kwargs.setdefault("retry_total", 1)
+    return EventHubConsumerClient.from_connection_string(connection_string, consumer_group=group, **kwargs)
 
 
 class Reader:

@@ -6,8 +6,8 @@ but the SDKs' own retry:
   a. a device dropped and refused for ~10 s (`disconnect`) reconnects by itself, answers methods again, and is
      handed the desired change made while it was away;
   b. a 30 s hub-wide `outage`: the service REST API answers 503, health says "outage", a cloud-to-device send
-     fails (its AMQP sender is detached), and afterwards the device reconnects by itself, answers methods and gets
-     desired patches;
+     fails (its AMQP sender is detached), an Event Hubs reader is detached and reads on after it, and afterwards
+     the device reconnects by itself, answers methods and gets desired patches;
   c. a device-method job over 2 devices, one of which never gets its call (`methodsUndelivered`), completes with
      that device's record failed (GatewayTimeout) and the other's completed (200).
 
@@ -25,24 +25,27 @@ The service side, msrest over urllib3 (msrest/universal_http/requests.py, Client
 or POST), so a PATCH during an outage fails at once with the 503 while a GET waits the outage out.
 
 Environment: IOTHUB_CONNECTION_STRING (hub owner: the emulator controls need the iothubowner policy),
-REQUESTS_CA_BUNDLE=<ca.pem> and IOTHUB_CA_FILE=<ca.pem>. The outage is hub-wide: nothing else may use the hub
+IOTHUB_EVENTHUB_CONNECTION_STRING, REQUESTS_CA_BUNDLE=<ca.pem>, SSL_CERT_FILE=<ca.pem> (uamqp trusts only it) and
+IOTHUB_CA_FILE=<ca.pem>. The outage is hub-wide: nothing else may use the hub
 meanwhile. Prints "PASS <name>" / "FAIL <name>: <why>", then "N passed, M failed"; exits 0 only when nothing
 failed. Removes every fault (DELETE /emulator/faults) and deletes its devices at the end, whatever happened.
 """
 
 import datetime
+import json
 import secrets
 import threading
 import time
 import uuid
 
 import requests
-from azure.iot.device import IoTHubDeviceClient, MethodResponse
+from azure.iot.device import IoTHubDeviceClient, Message, MethodResponse
 from azure.iot.hub import IoTHubJobManager, IoTHubRegistryManager
 from azure.iot.hub.auth import ConnectionStringAuthentication
 from azure.iot.hub.models import CloudToDeviceMethod, JobRequest, QuerySpecification, Twin, TwinProperties
 from msrest.exceptions import HttpOperationError
 
+from eventhub_reader import Reader, consumer
 from harness import check, device_maker, hub_settings, results, run, scenario
 
 CONNECTION_STRING, HOST, CA_PEM = hub_settings()
@@ -225,6 +228,12 @@ def scenarios():
         # The back end's AMQP sender (uamqp) is open before the outage.
         sender = IoTHubRegistryManager.from_connection_string(CONNECTION_STRING)
         sender.send_c2d_message(app.device_id, "before the outage", {})
+        # And a telemetry reader on the Event Hubs-compatible endpoint, with the SDK's default retry. It starts from
+        # a time, not "@latest": a receiver that attaches again after the outage then starts there too, and
+        # misses nothing sent before it got back.
+        reader = Reader(consumer(retry_total=3), app.device_id,
+                        starting_position=datetime.datetime.now(datetime.timezone.utc))
+        check(reader.wait_live(4), "the Event Hubs reader did not attach to the 4 partitions")
         injected = time.time()
         fault = add_fault(kind="outage", durationSeconds=30)
         try:
@@ -275,12 +284,18 @@ def scenarios():
             registry.update_twin(app.device_id, Twin(properties=TwinProperties(desired={"afterOutage": "open"})), "*")
             until(lambda: any(p.get("afterOutage") == "open" for p in app.patches), 10,
                   f"the desired change after the outage did not reach the device: {app.patches}")
+            # The reader was detached and rode the outage out with the SDK's retry: it reads what comes after.
+            app.client.send_message(Message(json.dumps({"after": "outage"})))
+            read = reader.wait(1, 60)
+            check(read == [{"after": "outage"}], f"read after the outage {read}; errors {reader.errors}")
+            print(f"INFO outage: the Event Hubs reader saw {len(reader.errors)} errors and read on", flush=True)
         finally:
             # Ends it early if a check failed, so what follows is not refused.
             try:
                 emulator("DELETE", f"/emulator/faults/{fault['id']}")
             except AssertionError:
                 pass  # ended already
+            reader.close()
 
     @scenario("job-with-an-undelivered-method-fails-that-device-GatewayTimeout")
     def _():
