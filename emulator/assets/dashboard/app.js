@@ -214,7 +214,7 @@ function connectLive(watch = null) {
         const outage = (data.faults || []).find((fault) => fault.kind === 'outage');
         const banner = document.getElementById('banner');
         banner.hidden = !outage;
-        if (outage) banner.textContent = `Hub outage in force until ${clock(outage.endTime)}: devices are refused and the service API answers 503.`;
+        if (outage) banner.textContent = `Hub outage in force until ${clock(outage.endTime)}: devices are refused, the service API answers 503 and its AMQP links are detached.`;
       }
       if (name === 'jobs') state.jobs = data;
       emit(name, data);
