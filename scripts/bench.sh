@@ -238,6 +238,27 @@ for attempt in 1 2 3; do
 done
 echo "RESULT run=startup scenario=startup devices=$startup_devices best_ms=$best" >>"$results"
 
+# The Event Hubs-compatible log read back at start: telemetry written back to back, then the hub restarted on the
+# same data dir. Memory after the restart should be what it was once the events were written, not more.
+echo "== restart with the telemetry of a $seconds s load kept"
+start_emulator
+lg --count "$devices" telemetry --seconds "$seconds" >"$work/reload.out" 2>"$work/reload.err" || tail -n 5 "$work/reload.err"
+sleep 1
+written_rss="$(rss "$emulator_pid")"
+events="$(grep -o 'scenario=telemetry ops=[0-9]*' "$work/reload.out" | grep -o '[0-9]*$' || echo 0)"
+kill -TERM "$emulator_pid"; wait "$emulator_pid" 2>/dev/null || true
+begin="$(date +%s%N)"
+"$emulator" --data-dir "$work/data" --https-port "$https_port" --mqtt-port "$mqtt_port" --amqp-port "$amqp_port" \
+  >"$work/banner.txt" 2>"$work/emulator.log" &
+emulator_pid=$!
+until grep -q "Python" "$work/banner.txt" 2>/dev/null; do sleep 0.005; done
+took=$(( ($(date +%s%N) - begin) / 1000000 ))
+sleep 1
+reloaded_rss="$(rss "$emulator_pid")"
+echo "   $events events: ${written_rss} KiB once written; restarted in $took ms, ${reloaded_rss} KiB (peak $(peak_rss "$emulator_pid") KiB)"
+echo "RESULT run=reload scenario=reload events=$events written_kib=$written_rss start_ms=$took reloaded_kib=$reloaded_rss peak_kib=$(peak_rss "$emulator_pid")" >>"$results"
+stop_emulator
+
 # Queries over 100k and 1M twins (in-process: the query engine alone).
 if ! $quick; then
   echo "== queries over 100k and 1M twins"

@@ -130,6 +130,9 @@ def main():
                f"{get('eventhubs-10k', 'eventhubs-read', 'rate')}/s read, p50 {get('eventhubs-10k', 'eventhubs-read', 'p50_ms')} ms, p99 {get('eventhubs-10k', 'eventhubs-read', 'p99_ms')} ms; "
                f"PUBACK p99 {get('eventhubs-10k', 'eventhubs-ingest', 'p99_ms')} ms | {procs('eventhubs-10k')} |")
     out.append(f"| start-up with {get('startup', 'startup', 'devices')} persisted devices | <= 300 ms | best of 3: {get('startup', 'startup', 'best_ms')} ms to the banner | - | - |")
+    out.append(f"| restart with the telemetry of a 10 s load kept ({get('reload', 'reload', 'events')} events) | memory as once written | "
+               f"{get('reload', 'reload', 'start_ms')} ms to the banner; {get('reload', 'reload', 'reloaded_kib')} KiB resident "
+               f"(peak {get('reload', 'reload', 'peak_kib')} KiB) against {get('reload', 'reload', 'written_kib')} KiB once written | - | - |")
     out.append("")
     out.append("## The anchor: Mosquitto on the same machine and run\n")
     out.append("The nearest equivalent of a direct method through a plain broker: callers publish a request to a responder's "
@@ -177,6 +180,7 @@ def main():
         ("telemetry", "iothub-loadgen --count 1000 telemetry --seconds 10 [--rate-per-device 30]"),
         ("anchor", "mosquitto with a TLS listener on 18884; iothub-loadgen --mqtt 127.0.0.1:18884 echo --responders 1000 --callers 64 --seconds 10 [--rate 10000]"),
         ("start-up", "seed 100,000 devices once, then time three fresh starts until the banner"),
+        ("restart with telemetry", "iothub-loadgen --count 1000 telemetry --seconds 10, then SIGTERM and a start on the same data dir"),
         ("queries", "cargo bench -p iothub-emulator --bench query_scale"),
         ("configurations", "cargo bench -p iothub-emulator --bench configuration_apply"),
     ]:

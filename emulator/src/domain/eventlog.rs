@@ -162,7 +162,7 @@ pub struct Partition {
 
 impl Partition {
     /// A partition holding `events` (in sequence order, all durable), continuing at least from `continuation`.
-    pub fn new(id: u32, events: Vec<Event>, continuation: Continuation) -> Self {
+    pub fn new(id: u32, events: Vec<Arc<Event>>, continuation: Continuation) -> Self {
         let mut partition = Self {
             id,
             next_sequence: continuation.next_sequence,
@@ -173,7 +173,7 @@ impl Partition {
             partition.next_sequence = partition.next_sequence.max(event.sequence + 1);
             partition.next_offset = partition.next_offset.max(event.offset + event.size());
             partition.bytes += event.size();
-            partition.events.push_back(Arc::new(event));
+            partition.events.push_back(event);
         }
         partition.visible_end = partition.next_sequence;
         partition

@@ -96,7 +96,7 @@ impl EventLog {
     pub(super) fn new(
         mut settings: LogSettings,
         record: Option<EventHubRecord>,
-        events: Vec<Event>,
+        events: Vec<Arc<Event>>,
         continuations: &[(u32, Continuation)],
         now: Timestamp,
     ) -> Self {
@@ -111,7 +111,7 @@ impl EventLog {
             settings.partitions = record.partitions;
         }
         let count = settings.partitions.max(1);
-        let mut by_partition: Vec<Vec<Event>> = (0..count).map(|_| Vec::new()).collect();
+        let mut by_partition: Vec<Vec<Arc<Event>>> = (0..count).map(|_| Vec::new()).collect();
         for event in events {
             match by_partition.get_mut(event.partition as usize) {
                 Some(list) => list.push(event),
@@ -180,7 +180,7 @@ impl EventLog {
         for (cell, id) in self.partitions.into_iter().zip(0..) {
             let partition = cell.log.into_inner().unwrap_or_else(|p| p.into_inner());
             continuations.push((id, partition.continuation()));
-            events.extend(partition.read(0, usize::MAX).into_iter().map(|e| (*e).clone()));
+            events.extend(partition.read(0, usize::MAX));
         }
         Self::new(settings, record, events, &continuations, self.created_at)
     }

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use redb::{Database, DatabaseError, ReadableDatabase as _, ReadableTable as _, TableDefinition};
@@ -191,20 +191,24 @@ fn trim_points(db: &impl redb::ReadableDatabase, shown: &str) -> Result<BTreeMap
 
 /// Moves events an earlier build kept in the redb table into the segment files, then empties the table (a crash
 /// in between leaves them in both: `merge_events` keeps one of each).
-fn move_events_to_segments(db: &Database, log: &mut SegmentLog, events: &[Event]) -> Result<(), String> {
+fn move_events_to_segments(db: &Database, log: &mut SegmentLog, events: &[Arc<Event>]) -> Result<(), String> {
     if events.is_empty() {
         return Ok(());
     }
-    log.append(&events.iter().collect::<Vec<_>>())
+    log.append(&events.iter().map(|event| &**event).collect::<Vec<_>>())
         .map_err(|e| format!("cannot move the event log to its files: {e}"))?;
     let txn = db.begin_write().map_err(|e| e.to_string())?;
     txn.open_table(EVENTS).map_err(|e| e.to_string())?.retain(|_, _| false).map_err(|e| e.to_string())?;
     txn.commit().map_err(|e| e.to_string())
 }
 
-/// Events from the redb table and from the segment files, in (partition, sequence) order, each once.
-fn merge_events(table: Vec<Event>, segments: Vec<Event>) -> Vec<Event> {
-    let mut events: BTreeMap<(u32, u64), Event> = BTreeMap::new();
+/// Events from the redb table and from the segment files, in (partition, sequence) order, each once. Segments are
+/// read in order, so without table events (any data dir but one an earlier build wrote) they are the answer.
+fn merge_events(table: Vec<Arc<Event>>, segments: Vec<Arc<Event>>) -> Vec<Arc<Event>> {
+    if table.is_empty() {
+        return segments;
+    }
+    let mut events: BTreeMap<(u32, u64), Arc<Event>> = BTreeMap::new();
     for event in table.into_iter().chain(segments) {
         events.insert((event.partition, event.sequence), event);
     }
@@ -365,7 +369,7 @@ fn load_events(read: &redb::ReadTransaction, shown: &str) -> Result<Loaded, Stor
             let (partition, sequence) = key.value();
             let event = events::decode(partition, sequence, value.value())
                 .map_err(|e| corrupt(format!("event {sequence} of partition {partition} is unreadable: {e}")))?;
-            loaded.events.push(event);
+            loaded.events.push(Arc::new(event));
         }
     }
     Ok(loaded)
@@ -733,7 +737,7 @@ mod tests {
         }
         for _ in 0..2 {
             let (store, loaded) = Store::open(&path).expect("open");
-            assert_eq!(loaded.events, vec![event.clone()], "read back once, from the segment files");
+            assert_eq!(loaded.events, vec![Arc::new(event.clone())], "read back once, from the segment files");
             store.close().await;
         }
         let db = Database::open(&path).expect("open");

@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::domain::eventlog::Event;
 
@@ -57,7 +58,7 @@ impl SegmentLog {
         dir: &Path,
         trimmed: &BTreeMap<u32, u64>,
         writable: bool,
-    ) -> Result<(Option<Self>, Vec<Event>), String> {
+    ) -> Result<(Option<Self>, Vec<Arc<Event>>), String> {
         if writable {
             fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         }
@@ -191,7 +192,7 @@ fn segment_number(path: &Path) -> Option<u64> {
 }
 
 /// The whole records of a segment, and the length they end at (a torn or damaged tail is left out).
-fn read_segment(path: &Path) -> Result<(Vec<Event>, u64), String> {
+fn read_segment(path: &Path) -> Result<(Vec<Arc<Event>>, u64), String> {
     let bytes = fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let mut events = Vec::new();
     let mut at = 0;
@@ -206,7 +207,7 @@ fn read_segment(path: &Path) -> Result<(Vec<Event>, u64), String> {
         sequence.copy_from_slice(&position[4..]);
         let sequence = u64::from_le_bytes(sequence);
         match events::decode(partition, sequence, payload) {
-            Ok(event) => events.push(event),
+            Ok(event) => events.push(Arc::new(event)),
             Err(error) => {
                 tracing::warn!(path = %path.display(), sequence, %error, "an unreadable event ends the segment");
                 break;
@@ -258,7 +259,7 @@ mod tests {
     }
 
     /// (partition, sequence, body) of each event, in (partition, sequence) order.
-    fn bodies(events: &[Event]) -> Vec<(u32, u64, String)> {
+    fn bodies(events: &[Arc<Event>]) -> Vec<(u32, u64, String)> {
         let mut found: Vec<_> = events
             .iter()
             .map(|e| (e.partition, e.sequence, String::from_utf8_lossy(&e.message.body).into_owned()))
