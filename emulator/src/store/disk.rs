@@ -202,8 +202,9 @@ fn move_events_to_segments(db: &Database, log: &mut SegmentLog, events: &[Arc<Ev
     txn.commit().map_err(|e| e.to_string())
 }
 
-/// Events from the redb table and from the segment files, in (partition, sequence) order, each once. Segments are
-/// read in order, so without table events (any data dir but one an earlier build wrote) they are the answer.
+/// Events from the redb table and from the segment files, each once and each partition's in sequence order. Segments
+/// are read in the order they were appended, which is each partition's sequence order, so without table events (any
+/// data dir but one an earlier build wrote) they are the answer as they are.
 fn merge_events(table: Vec<Arc<Event>>, segments: Vec<Arc<Event>>) -> Vec<Arc<Event>> {
     if table.is_empty() {
         return segments;

@@ -116,8 +116,9 @@ pub struct Loaded {
     pub feedback: Vec<FeedbackRecord>,
     /// The built-in endpoint, once the hub recorded it.
     pub event_hub: Option<events::EventHubRecord>,
-    /// The Event Hubs-compatible log, in (partition, sequence) order. Each event is put in its `Arc` as it is
-    /// read, so loading never holds a second copy of the log (the allocator keeps what a load's copies took).
+    /// The Event Hubs-compatible log, each partition's events in sequence order. Each event is put in its `Arc`
+    /// as it is read, so loading never holds a second copy of the log (the allocator keeps what a load's copies
+    /// took).
     pub events: Vec<Arc<Event>>,
     /// Where trimmed partitions continue.
     pub continuations: Vec<(u32, Continuation)>,
