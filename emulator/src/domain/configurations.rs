@@ -109,18 +109,24 @@ impl Content {
         section.map(leaves).unwrap_or_default()
     }
 
+    /// Whether this content gives module `module_id` its whole `properties.desired` (rather than paths below it).
+    pub fn writes_whole_desired(&self, module_id: &str) -> bool {
+        self.modules
+            .as_ref()
+            .and_then(|m| m.get(module_id))
+            .and_then(Json::as_object)
+            .is_some_and(|section| section.contains_key(DESIRED))
+    }
+
     /// For a deployment: whether it is a base deployment (`$edgeAgent` gets the whole `properties.desired`),
     /// which replaces lower-priority ones instead of merging with them. Layered ones write paths below it.
     pub fn is_base_deployment(&self) -> bool {
-        self.modules
-            .as_ref()
-            .and_then(|m| m.get("$edgeAgent"))
-            .and_then(Json::as_object)
-            .is_some_and(|agent| agent.contains_key(DESIRED))
+        self.writes_whole_desired("$edgeAgent")
     }
 }
 
-fn invalid_content(detail: String) -> HubError {
+/// 400 InvalidConfigurationContent, with the hub's wording before `detail`.
+pub fn invalid_content(detail: String) -> HubError {
     HubError::InvalidConfigurationContent(format!("The content provided for configuration is invalid: {detail}"))
 }
 
@@ -142,10 +148,9 @@ fn validate_paths(name: &str, section: &Map<String, Json>) -> Result<(), HubErro
         if path.is_empty() && !value.is_object() {
             return Err(invalid_content(format!("{name}.{key} must be an object")));
         }
-        let patch = nest(&path, value);
-        rules::validate(SectionKind::Desired, &object_from_json(&patch), true)
-            .map_err(|e| invalid_content(format!("{name}.{key}: {e}")))?;
-        rules::check_size(SectionKind::Desired, &object_from_json(&patch))
+        let patch = object_from_json(&nest(&path, value));
+        rules::validate(SectionKind::Desired, &patch, true)
+            .and_then(|()| rules::check_size(SectionKind::Desired, &patch))
             .map_err(|e| invalid_content(format!("{name}.{key}: {e}")))?;
     }
     Ok(())
@@ -226,7 +231,7 @@ impl Target {
     /// Parses a configuration's target condition; module configurations write `FROM devices.modules WHERE ...`.
     pub fn parse(text: &str, kind: Kind) -> Result<Self, HubError> {
         let split = where_part(text);
-        if split.is_none_or(|(modules, _)| modules) && kind != Kind::Module {
+        if names_modules(split) && kind != Kind::Module {
             return Err(HubError::ArgumentInvalid(
                 "targetCondition: only a module configuration (moduleContent) targets devices.modules".into(),
             ));
@@ -235,10 +240,8 @@ impl Target {
             HubError::ArgumentInvalid(format!("targetCondition: expected WHERE after FROM devices.modules in '{text}'"))
         })?;
         if !modules && kind == Kind::Module && !condition.is_empty() {
-            return Err(HubError::InvalidConfigurationContent(
-                "The content provided for configuration is invalid: a module configuration's targetCondition \
-                 must start with 'FROM devices.modules WHERE'"
-                    .into(),
+            return Err(invalid_content(
+                "a module configuration's targetCondition must start with 'FROM devices.modules WHERE'".into(),
             ));
         }
         let parsed = if condition.is_empty() {
@@ -270,6 +273,11 @@ impl Target {
     fn where_text(&self) -> &str {
         where_part(&self.text).map_or("*", |(_, condition)| condition)
     }
+}
+
+/// Whether a target condition (split by [`where_part`]) starts `FROM devices.modules`, well formed or not.
+fn names_modules(split: Option<(bool, &str)>) -> bool {
+    split.is_none_or(|(modules, _)| modules)
 }
 
 /// A target condition's WHERE part, and whether it names module twins: `FROM devices.modules WHERE c` is
@@ -325,7 +333,7 @@ pub fn check_query(text: &str) -> Result<Query, String> {
 
 /// Checks a target condition for `testQueries`: the error text, `""` when valid.
 pub fn check_target(text: &str) -> String {
-    let kind = if text.trim().to_ascii_lowercase().starts_with(MODULES_FROM) { Kind::Module } else { Kind::Device };
+    let kind = if names_modules(where_part(text)) { Kind::Module } else { Kind::Device };
     Target::parse(text, kind).err().map(|e| e.to_string()).unwrap_or_default()
 }
 

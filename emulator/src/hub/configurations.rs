@@ -11,7 +11,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use jiff::Timestamp;
-use serde_json::{Map, Value as Json};
+use serde_json::Map;
 
 use super::{Change, Hub, State};
 use crate::domain::configurations::{
@@ -181,9 +181,7 @@ impl Hub {
             return Err(HubError::DeviceNotFound(device_id.to_owned()));
         }
         let Some(modules) = &content.modules else {
-            return Err(HubError::InvalidConfigurationContent(
-                "The content provided for configuration is invalid: modulesContent is mandatory".into(),
-            ));
+            return Err(configurations::invalid_content("modulesContent is mandatory".into()));
         };
         if !device.iot_edge {
             return Err(HubError::ArgumentInvalid(format!(
@@ -200,14 +198,12 @@ impl Hub {
                     Err(other) => return Err(other),
                 }
             }
-            let section = modules.get(module_id).and_then(Json::as_object).cloned().unwrap_or_default();
-            let replace = section.contains_key("properties.desired");
             let mut desired = Map::new();
             for leaf in content.leaves_for(Some(module_id)) {
                 configurations::place_value(&mut desired, &leaf.path, leaf.value.clone());
             }
             let write = TwinWrite { tags: None, desired: Some(Some(object_from_json(&desired))) };
-            let mode = if replace { WriteMode::Replace } else { WriteMode::Merge };
+            let mode = if content.writes_whole_desired(module_id) { WriteMode::Replace } else { WriteMode::Merge };
             self.write_twin(&key, &write, mode, None).await?;
         }
         Ok(())

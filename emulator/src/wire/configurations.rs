@@ -34,19 +34,7 @@ pub fn spec(id: &str, body: &Json) -> Result<ConfigurationSpec, HubError> {
             Some(other) => Err(invalid(format!("{name} must be a string, not {other}"))),
         }
     };
-    let labels = match member("labels") {
-        None => None,
-        Some(Json::Object(labels)) => Some(
-            labels
-                .iter()
-                .map(|(name, value)| match value {
-                    Json::String(value) => Ok((name.clone(), value.clone())),
-                    other => Err(invalid(format!("labels.{name} must be a string, not {other}"))),
-                })
-                .collect::<Result<Vec<_>, _>>()?,
-        ),
-        Some(other) => return Err(invalid(format!("labels must be an object, not {other}"))),
-    };
+    let labels = member("labels").map(|labels| string_members("labels", labels)).transpose()?;
     let priority = match member("priority") {
         None => 0,
         Some(value) => value
@@ -56,14 +44,7 @@ pub fn spec(id: &str, body: &Json) -> Result<ConfigurationSpec, HubError> {
     };
     let metrics = match member("metrics").and_then(|m| m.get("queries")).filter(|q| !q.is_null()) {
         None => Vec::new(),
-        Some(Json::Object(queries)) => queries
-            .iter()
-            .map(|(name, query)| match query {
-                Json::String(query) => Ok((name.clone(), query.clone())),
-                other => Err(invalid(format!("metrics.queries.{name} must be a string, not {other}"))),
-            })
-            .collect::<Result<_, _>>()?,
-        Some(other) => return Err(invalid(format!("metrics.queries must be an object, not {other}"))),
+        Some(queries) => string_members("metrics.queries", queries)?,
     };
     Ok(ConfigurationSpec {
         schema_version: text("schemaVersion")?,
@@ -73,6 +54,20 @@ pub fn spec(id: &str, body: &Json) -> Result<ConfigurationSpec, HubError> {
         priority,
         metrics,
     })
+}
+
+/// The members of `value`, an object of strings (`labels`, `metrics.queries`), named `what` in errors.
+fn string_members(what: &str, value: &Json) -> Result<Vec<(String, String)>, HubError> {
+    let Json::Object(members) = value else {
+        return Err(invalid(format!("{what} must be an object, not {value}")));
+    };
+    members
+        .iter()
+        .map(|(name, member)| match member {
+            Json::String(text) => Ok((name.clone(), text.clone())),
+            other => Err(invalid(format!("{what}.{name} must be a string, not {other}"))),
+        })
+        .collect()
 }
 
 /// Reads a `content` object (absent or `null`: no content). Each section must be an object or `null`.
@@ -86,9 +81,9 @@ pub fn content(value: Option<&Json>) -> Result<Content, HubError> {
         match content.get(name) {
             None | Some(Json::Null) => Ok(None),
             Some(Json::Object(section)) => Ok(Some(section.clone())),
-            Some(other) => Err(HubError::InvalidConfigurationContent(format!(
-                "The content provided for configuration is invalid: content.{name} must be an object, not {other}"
-            ))),
+            Some(other) => {
+                Err(configurations::invalid_content(format!("content.{name} must be an object, not {other}")))
+            }
         }
     };
     Ok(Content::new(section("deviceContent")?, section("modulesContent")?, section("moduleContent")?))
